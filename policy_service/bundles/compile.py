@@ -1,0 +1,447 @@
+"""The meaning pass: check what a shape-valid bundle says, and compile it.
+
+Every builder appends to one problem list instead of raising, so an author sees all of
+their mistakes in one run. Messages name the path and say what to write instead; they are
+part of the product (each has a fixture with the message pinned in tests/fixtures/bundles).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from policy_service.bundles.model import (
+    DEFAULT_API_KEY_HEADER,
+    DEFAULT_IDENTITY_HEADER_PREFIX,
+    METADATA_PATH_PREFIX,
+    ClientFilter,
+    CompiledBundle,
+    CompiledRule,
+    DenialStyle,
+    Effect,
+    NameMatcher,
+    UpstreamPolicy,
+)
+from policy_service.errors import BundleError, BundleProblem
+from policy_service.gen.policy_service.bundle.v1 import bundle_pb2
+from policy_service.identity.config import (
+    ASYMMETRIC_ALGORITHMS,
+    SYMMETRIC_ALGORITHMS,
+    ApiKeyEntry,
+    IssuerConfig,
+)
+from policy_service.request.a2a import A2A_METHODS
+from policy_service.request.model import UpstreamProtocol
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_HEADER_PREFIX = re.compile(r"^[a-z0-9-]{2,40}$")
+_SCOPE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")  # RFC 6749 scope-token characters
+_MCP_TARGET_METHODS = {
+    "tools/call": "tools",
+    "resources/read": "resources",
+    "resources/subscribe": "resources",
+    "resources/unsubscribe": "resources",
+    "prompts/get": "prompts",
+}
+_MAX_LEEWAY_SECONDS = 600.0
+
+
+class _Problems:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.items: list[BundleProblem] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append(BundleProblem(self.source, path, message))
+
+
+def compile_bundle(
+    message: bundle_pb2.Bundle,
+    *,
+    source: str,
+    base_dir: Path,
+    environ: Mapping[str, str],
+) -> CompiledBundle:
+    problems = _Problems(source)
+    if message.version != "v1":
+        shown = f"'{message.version}'" if message.version else "missing"
+        problems.add("version", f"must be 'v1' (got {shown})")
+
+    gateway = message.gateway
+    prefix = gateway.identity_header_prefix or DEFAULT_IDENTITY_HEADER_PREFIX
+    if not _HEADER_PREFIX.match(prefix):
+        problems.add(
+            "gateway.identity_header_prefix",
+            "must be lower-case letters, digits and '-', like 'x-gateway-'",
+        )
+    api_key_header = (gateway.api_key_header or DEFAULT_API_KEY_HEADER).lower()
+    if api_key_header == "authorization" or api_key_header.startswith(prefix):
+        problems.add(
+            "gateway.api_key_header",
+            "must not be 'authorization' or start with the identity header prefix",
+        )
+    gateway_origins = _origins(gateway.allowed_origins, "gateway.allowed_origins", problems)
+
+    issuers = _issuers(message, base_dir, environ, problems)
+    api_keys = _api_keys(message, problems)
+    issuer_urls = tuple(issuer.issuer for issuer in issuers)
+    upstreams = _upstreams(message, issuer_urls, gateway_origins, problems)
+
+    if not message.issuers and not message.api_keys:
+        problems.add("issuers", "no issuers and no api_keys: nobody could ever be allowed")
+    if problems.items:
+        raise BundleError(problems.items)
+
+    by_prefix = tuple(sorted(upstreams, key=lambda up: len(up.path_prefix), reverse=True))
+    documents: dict[str, bytes] = {}
+    for upstream in upstreams:
+        documents[urlsplit(upstream.metadata_url).path] = upstream.metadata_document
+    # RFC 9728 root form: unambiguous only when there is exactly one upstream.
+    if len(upstreams) == 1:
+        documents.setdefault(METADATA_PATH_PREFIX, upstreams[0].metadata_document)
+    return CompiledBundle(
+        revision=message.revision or "unversioned",
+        source=source,
+        issuers=issuers,
+        api_keys=api_keys,
+        upstreams=upstreams,
+        identity_header_prefix=prefix,
+        api_key_header=api_key_header,
+        by_name={upstream.name: upstream for upstream in upstreams},
+        by_prefix=by_prefix,
+        metadata_documents=documents,
+    )
+
+
+def _issuers(
+    message: bundle_pb2.Bundle, base_dir: Path, environ: Mapping[str, str], problems: _Problems
+) -> tuple[IssuerConfig, ...]:
+    compiled: list[IssuerConfig] = []
+    names: set[str] = set()
+    for index, issuer in enumerate(message.issuers):
+        path = f"issuers[{index}]"
+        ok = True
+        if not _NAME.match(issuer.name):
+            problems.add(f"{path}.name", "must be a short lower-case name like 'corp-idp'")
+            ok = False
+        elif issuer.name in names:
+            problems.add(f"{path}.name", f"duplicate issuer name '{issuer.name}'")
+            ok = False
+        names.add(issuer.name)
+        if not issuer.issuer:
+            problems.add(f"{path}.issuer", "is required: the exact `iss` value of its tokens")
+            ok = False
+        algorithms = tuple(issuer.algorithms)
+        if not algorithms:
+            problems.add(f"{path}.algorithms", "is required, e.g. [ES256] or [RS256]")
+            ok = False
+        for position, algorithm in enumerate(algorithms):
+            if algorithm not in ASYMMETRIC_ALGORITHMS | SYMMETRIC_ALGORITHMS:
+                allowed = ", ".join(sorted(ASYMMETRIC_ALGORITHMS | SYMMETRIC_ALGORITHMS))
+                problems.add(
+                    f"{path}.algorithms[{position}]",
+                    f"'{algorithm}' is not supported; use one of {allowed}",
+                )
+                ok = False
+        secret: bytes | None = None
+        if "HS256" in algorithms:
+            if not issuer.hs256_secret_env:
+                problems.add(
+                    f"{path}.algorithms",
+                    "HS256 needs hs256_secret_env naming the variable that holds the secret",
+                )
+                ok = False
+            elif not environ.get(issuer.hs256_secret_env):
+                problems.add(
+                    f"{path}.hs256_secret_env",
+                    f"environment variable '{issuer.hs256_secret_env}' is not set or empty",
+                )
+                ok = False
+            else:
+                secret = environ[issuer.hs256_secret_env].encode()
+        elif issuer.hs256_secret_env:
+            problems.add(f"{path}.hs256_secret_env", "is set but HS256 is not in algorithms")
+            ok = False
+        needs_keys = any(alg in ASYMMETRIC_ALGORITHMS for alg in algorithms)
+        jwks_file: str | None = None
+        if issuer.jwks_url and issuer.jwks_file:
+            problems.add(path, "give jwks_url or jwks_file, not both")
+            ok = False
+        elif issuer.jwks_url:
+            if urlsplit(issuer.jwks_url).scheme not in ("https", "http"):
+                problems.add(f"{path}.jwks_url", "must be an http(s) URL")
+                ok = False
+        elif issuer.jwks_file:
+            candidate = (base_dir / issuer.jwks_file).resolve()
+            if not candidate.is_file():
+                problems.add(f"{path}.jwks_file", f"file '{issuer.jwks_file}' does not exist")
+                ok = False
+            jwks_file = str(candidate)
+        elif needs_keys:
+            problems.add(path, "needs jwks_url or jwks_file for its signing keys")
+            ok = False
+        leeway = issuer.leeway_seconds if issuer.HasField("leeway_seconds") else 30.0
+        if not 0 <= leeway <= _MAX_LEEWAY_SECONDS:
+            problems.add(f"{path}.leeway_seconds", f"must be between 0 and {_MAX_LEEWAY_SECONDS:g}")
+            ok = False
+        cache_seconds = issuer.jwks_cache_seconds if issuer.HasField("jwks_cache_seconds") else 300.0
+        if cache_seconds <= 0:
+            problems.add(f"{path}.jwks_cache_seconds", "must be greater than 0")
+            ok = False
+        for position, audience in enumerate(issuer.audiences):
+            if not audience:
+                problems.add(f"{path}.audiences[{position}]", "must not be empty")
+                ok = False
+        if ok:
+            compiled.append(
+                IssuerConfig(
+                    name=issuer.name,
+                    issuer=issuer.issuer,
+                    algorithms=algorithms,
+                    jwks_url=issuer.jwks_url or None,
+                    jwks_file=jwks_file,
+                    hs256_secret=secret,
+                    audiences=tuple(issuer.audiences),
+                    leeway_seconds=leeway,
+                    jwks_cache_seconds=cache_seconds,
+                )
+            )
+    return tuple(compiled)
+
+
+def _api_keys(message: bundle_pb2.Bundle, problems: _Problems) -> tuple[ApiKeyEntry, ...]:
+    compiled: list[ApiKeyEntry] = []
+    ids: set[str] = set()
+    hashes: set[str] = set()
+    for index, key in enumerate(message.api_keys):
+        path = f"api_keys[{index}]"
+        ok = True
+        if not _NAME.match(key.id):
+            problems.add(f"{path}.id", "must be a short lower-case name like 'ci-bot'")
+            ok = False
+        elif key.id in ids:
+            problems.add(f"{path}.id", f"duplicate api key id '{key.id}'")
+            ok = False
+        ids.add(key.id)
+        if not _SHA256_HEX.match(key.sha256):
+            problems.add(
+                f"{path}.sha256",
+                "must be 64 lower-case hex digits (`policy-service hash-key` prints it); "
+                "never put the key itself in a bundle",
+            )
+            ok = False
+        elif key.sha256 in hashes:
+            problems.add(f"{path}.sha256", "the same key hash appears twice")
+            ok = False
+        hashes.add(key.sha256)
+        if not key.subject:
+            problems.add(f"{path}.subject", "is required: who the key acts as")
+            ok = False
+        scopes = _scopes(key.scopes, f"{path}.scopes", problems)
+        if ok:
+            compiled.append(ApiKeyEntry(key.id, key.sha256, key.subject, scopes))
+    return tuple(compiled)
+
+
+def _scopes(values: object, path: str, problems: _Problems) -> frozenset[str]:
+    scopes = list(values)  # type: ignore[call-overload]
+    for position, scope in enumerate(scopes):
+        if not _SCOPE.match(scope):
+            problems.add(f"{path}[{position}]", f"'{scope}' is not a valid scope (no spaces or quotes)")
+    return frozenset(scopes)
+
+
+def _origins(values: object, path: str, problems: _Problems) -> frozenset[str]:
+    origins: set[str] = set()
+    for position, origin in enumerate(list(values)):  # type: ignore[call-overload]
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+            problems.add(
+                f"{path}[{position}]",
+                f"'{origin}' is not an origin; write scheme://host[:port], e.g. https://app.example.com",
+            )
+            continue
+        origins.add(f"{parts.scheme}://{parts.netloc}".lower())
+    return frozenset(origins)
+
+
+def _clients(message: bundle_pb2.ClientList) -> ClientFilter:
+    return ClientFilter(frozenset(message.allow), frozenset(message.deny))
+
+
+def _upstreams(
+    message: bundle_pb2.Bundle,
+    issuer_urls: tuple[str, ...],
+    gateway_origins: frozenset[str],
+    problems: _Problems,
+) -> tuple[UpstreamPolicy, ...]:
+    if not message.upstreams:
+        problems.add("upstreams", "at least one upstream is required")
+    compiled: list[UpstreamPolicy] = []
+    names: set[str] = set()
+    prefixes: set[str] = set()
+    for index, upstream in enumerate(message.upstreams):
+        path = f"upstreams[{index}]"
+        before = len(problems.items)
+        if not _NAME.match(upstream.name):
+            problems.add(f"{path}.name", "must be a short lower-case name like 'fininfo'")
+        elif upstream.name in names:
+            problems.add(f"{path}.name", f"duplicate upstream name '{upstream.name}'")
+        names.add(upstream.name)
+        prefix = upstream.path_prefix
+        if not (prefix.startswith("/") and prefix.endswith("/")) or "//" in prefix:
+            problems.add(f"{path}.path_prefix", "must start and end with '/', like '/fininfo/'")
+        elif prefix.startswith("/.well-known/"):
+            problems.add(f"{path}.path_prefix", "must not be under /.well-known/ (discovery documents live there)")
+        elif prefix in prefixes:
+            problems.add(f"{path}.path_prefix", f"duplicate path_prefix '{prefix}'")
+        prefixes.add(prefix)
+        try:
+            protocol = UpstreamProtocol(upstream.protocol)
+        except ValueError:
+            problems.add(f"{path}.protocol", "must be one of: mcp, a2a, http")
+            protocol = UpstreamProtocol.HTTP
+        resource = _canonical_resource(upstream.resource, f"{path}.resource", problems)
+        try:
+            denial_style = DenialStyle(upstream.denial_style or DenialStyle.HTTP)
+        except ValueError:
+            problems.add(f"{path}.denial_style", "must be 'http' or 'jsonrpc'")
+            denial_style = DenialStyle.HTTP
+        if denial_style is DenialStyle.JSONRPC and protocol is UpstreamProtocol.HTTP:
+            problems.add(f"{path}.denial_style", "'jsonrpc' needs protocol mcp or a2a")
+        required = _scopes(upstream.required_scopes, f"{path}.required_scopes", problems)
+        origins = gateway_origins | _origins(upstream.allowed_origins, f"{path}.allowed_origins", problems)
+        if upstream.backend:
+            backend = urlsplit(upstream.backend)
+            if backend.scheme not in ("http", "https") or not backend.hostname or not backend.port:
+                problems.add(f"{path}.backend", "must be http(s)://host:port, e.g. http://127.0.0.1:9101")
+        rules = tuple(
+            rule
+            for position, raw in enumerate(upstream.rules)
+            if (rule := _rule(raw, protocol, f"{path}.rules[{position}]", upstream.name, position, problems))
+        )
+        auth_servers = tuple(upstream.authorization_servers) or issuer_urls
+        if len(problems.items) > before:
+            continue
+        scopes_supported = sorted(required.union(*(rule.scopes for rule in rules)))
+        metadata_url = _metadata_url(resource)
+        document = {
+            "resource": resource,
+            "resource_name": upstream.name,
+            "authorization_servers": list(auth_servers),
+            "scopes_supported": scopes_supported,
+            "bearer_methods_supported": ["header"],
+        }
+        compiled.append(
+            UpstreamPolicy(
+                name=upstream.name,
+                path_prefix=prefix,
+                protocol=protocol,
+                resource=resource,
+                denial_style=denial_style,
+                required_scopes=required,
+                allowed_origins=origins | {_origin_of(resource)},
+                clients=_clients(upstream.clients),
+                rules=rules,
+                backend=upstream.backend or None,
+                metadata_url=metadata_url,
+                metadata_document=json.dumps(document, separators=(",", ":")).encode(),
+                audiences=(resource,),
+            )
+        )
+    return tuple(compiled)
+
+
+def _canonical_resource(value: str, path: str, problems: _Problems) -> str:
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        problems.add(
+            path,
+            "must be the absolute URI clients use for this upstream, "
+            "e.g. https://gateway.example.com/fininfo/mcp",
+        )
+        return value
+    if parts.fragment or parts.query:
+        problems.add(path, "must not have a query or fragment (RFC 8707 resource identifier)")
+    # MCP's canonical form: lower-case scheme and host, no trailing slash.
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
+
+
+def _origin_of(resource: str) -> str:
+    parts = urlsplit(resource)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _metadata_url(resource: str) -> str:
+    # RFC 9728 section 3.1: the well-known suffix goes between the host and the path.
+    parts = urlsplit(resource)
+    return f"{parts.scheme}://{parts.netloc}{METADATA_PATH_PREFIX}{parts.path}"
+
+
+def _rule(
+    raw: bundle_pb2.Rule,
+    protocol: UpstreamProtocol,
+    path: str,
+    upstream_name: str,
+    position: int,
+    problems: _Problems,
+) -> CompiledRule | None:
+    before = len(problems.items)
+    targets = {
+        "tools": list(raw.tools),
+        "resources": list(raw.resources),
+        "prompts": list(raw.prompts),
+        "methods": list(raw.methods),
+        "a2a_methods": list(raw.a2a_methods),
+    }
+    if not any(targets.values()):
+        problems.add(path, "matches nothing: give at least one of tools, resources, prompts, methods, a2a_methods")
+    mcp_keys = ("tools", "resources", "prompts", "methods")
+    if protocol is not UpstreamProtocol.MCP:
+        for key in mcp_keys:
+            if targets[key]:
+                problems.add(f"{path}.{key}", f"can never match: the upstream's protocol is {protocol}, not mcp")
+    if protocol is not UpstreamProtocol.A2A and targets["a2a_methods"]:
+        problems.add(f"{path}.a2a_methods", f"can never match: the upstream's protocol is {protocol}, not a2a")
+    for key, entries in targets.items():
+        for entry_index, entry in enumerate(entries):
+            if not entry:
+                problems.add(f"{path}.{key}[{entry_index}]", "must not be empty")
+    for entry_index, method in enumerate(targets["methods"]):
+        if method in _MCP_TARGET_METHODS:
+            problems.add(
+                f"{path}.methods[{entry_index}]",
+                f"'{method}' is matched by '{_MCP_TARGET_METHODS[method]}:' (name the "
+                f"{_MCP_TARGET_METHODS[method]}, or '*' for all)",
+            )
+    for entry_index, method in enumerate(targets["a2a_methods"]):
+        if "*" not in method and method not in A2A_METHODS:
+            problems.add(
+                f"{path}.a2a_methods[{entry_index}]",
+                f"unknown A2A method '{method}'; known: {', '.join(sorted(A2A_METHODS))}",
+            )
+    try:
+        effect = Effect(raw.effect or Effect.ALLOW)
+    except ValueError:
+        problems.add(f"{path}.effect", "must be 'allow' or 'deny'")
+        effect = Effect.DENY
+    scopes = _scopes(raw.scopes, f"{path}.scopes", problems)
+    if effect is Effect.DENY and scopes:
+        problems.add(f"{path}.scopes", "a deny rule takes no scopes: it refuses whatever it matches")
+    if len(problems.items) > before:
+        return None
+    return CompiledRule(
+        name=raw.name or f"{upstream_name}#{position}",
+        tools=NameMatcher.compile(targets["tools"]),
+        resources=NameMatcher.compile(targets["resources"]),
+        prompts=NameMatcher.compile(targets["prompts"]),
+        methods=NameMatcher.compile(targets["methods"]),
+        a2a_methods=NameMatcher.compile(targets["a2a_methods"]),
+        scopes=scopes,
+        clients=_clients(raw.clients),
+        effect=effect,
+    )

@@ -1,0 +1,99 @@
+"""Read a bundle file: YAML -> shape check -> meaning check and compile.
+
+A bundle either loads completely or raises ``BundleError`` listing every problem; there
+is no partially loaded bundle. ``lint`` and the server share this one path, so what lint
+accepts is exactly what the server will run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from google.protobuf import json_format
+
+from policy_service.bundles.compile import compile_bundle
+from policy_service.bundles.model import CompiledBundle
+from policy_service.bundles.shape import check_shape
+from policy_service.errors import BundleError, BundleProblem
+from policy_service.gen.policy_service.bundle.v1 import bundle_pb2
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys.
+
+    PyYAML keeps the last of two equal keys silently; in a policy that would let a second
+    `rules:` quietly replace the first, so it is an error here.
+    """
+
+    duplicate_problems: list[tuple[int, str]]
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        if isinstance(key, str) and key in seen:
+            loader.duplicate_problems.append((key_node.start_mark.line + 1, key))
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    loader = _StrictLoader(text)
+    loader.duplicate_problems = []
+    try:
+        document = loader.get_single_data()  # type: ignore[no-untyped-call]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise BundleError([BundleProblem(source, where, f"not valid YAML: {problem}")]) from exc
+    finally:
+        loader.dispose()  # type: ignore[no-untyped-call]
+    if loader.duplicate_problems:
+        raise BundleError(
+            [
+                BundleProblem(source, f"line {line}", f"duplicate key '{key}'")
+                for line, key in loader.duplicate_problems
+            ]
+        )
+    return document
+
+
+def load_bundle_text(
+    text: str,
+    *,
+    source: str,
+    base_dir: Path,
+    environ: Mapping[str, str] | None = None,
+) -> CompiledBundle:
+    document = parse_yaml(text, source)
+    problems = check_shape(document, bundle_pb2.Bundle.DESCRIPTOR, source)
+    if problems:
+        raise BundleError(problems)
+    message = bundle_pb2.Bundle()
+    # The shape check already proved every key and type, so this cannot fail on input;
+    # it is the typed view the compiler reads.
+    json_format.ParseDict(document, message)
+    return compile_bundle(
+        message, source=source, base_dir=base_dir, environ=os.environ if environ is None else environ
+    )
+
+
+def load_bundle(path: str | Path, *, environ: Mapping[str, str] | None = None) -> CompiledBundle:
+    bundle_path = Path(path)
+    try:
+        text = bundle_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "cannot be read"
+        raise BundleError([BundleProblem(str(bundle_path), "", reason)]) from exc
+    return load_bundle_text(
+        text, source=str(bundle_path), base_dir=bundle_path.resolve().parent, environ=environ
+    )

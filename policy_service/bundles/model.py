@@ -1,0 +1,131 @@
+"""A bundle after validation and compilation: what the request path reads.
+
+Everything here is built once at load time (patterns compiled, documents pre-rendered,
+lookups indexed) and never changes, so a check can hold one ``CompiledBundle`` for its
+whole life and a reload is an atomic swap of one reference.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from policy_service.identity.config import ApiKeyEntry, IssuerConfig
+from policy_service.identity.principal import Principal
+from policy_service.request.model import UpstreamProtocol
+
+DEFAULT_IDENTITY_HEADER_PREFIX = "x-gateway-"
+DEFAULT_API_KEY_HEADER = "x-api-key"
+METADATA_PATH_PREFIX = "/.well-known/oauth-protected-resource"
+
+
+class DenialStyle(StrEnum):
+    HTTP = "http"  # 403 + WWW-Authenticate insufficient_scope (the MCP spec's path)
+    JSONRPC = "jsonrpc"  # 200 + JSON-RPC error: many MCP clients drop the session on non-2xx
+
+
+class Effect(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+@dataclass(frozen=True, slots=True)
+class NameMatcher:
+    """Exact names plus ``*`` wildcards, compiled once."""
+
+    exact: frozenset[str] = frozenset()
+    patterns: tuple[re.Pattern[str], ...] = ()
+
+    @classmethod
+    def compile(cls, entries: list[str] | tuple[str, ...]) -> NameMatcher:
+        exact = frozenset(entry for entry in entries if "*" not in entry)
+        patterns = tuple(
+            re.compile(".*".join(re.escape(part) for part in entry.split("*")), re.DOTALL)
+            for entry in entries
+            if "*" in entry
+        )
+        return cls(exact, patterns)
+
+    def __bool__(self) -> bool:
+        return bool(self.exact or self.patterns)
+
+    def matches(self, name: str) -> bool:
+        if name in self.exact:
+            return True
+        return any(pattern.fullmatch(name) for pattern in self.patterns)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientFilter:
+    """Allow and deny lists over a principal's client id and subject. Deny wins."""
+
+    allow: frozenset[str] = frozenset()
+    deny: frozenset[str] = frozenset()
+
+    def admits(self, principal: Principal) -> bool:
+        names = (principal.client_id, principal.subject)
+        if any(name in self.deny for name in names if name):
+            return False
+        if not self.allow:
+            return True
+        return any(name in self.allow for name in names if name)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    name: str
+    tools: NameMatcher
+    resources: NameMatcher
+    prompts: NameMatcher
+    methods: NameMatcher
+    a2a_methods: NameMatcher
+    scopes: frozenset[str]
+    clients: ClientFilter
+    effect: Effect
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamPolicy:
+    name: str
+    path_prefix: str
+    protocol: UpstreamProtocol
+    resource: str  # canonical URI, the audience tokens must carry
+    denial_style: DenialStyle
+    required_scopes: frozenset[str]
+    allowed_origins: frozenset[str]
+    clients: ClientFilter
+    rules: tuple[CompiledRule, ...]
+    backend: str | None
+    metadata_url: str  # absolute URL of this resource's RFC 9728 document
+    metadata_document: bytes  # pre-rendered JSON of that document
+    audiences: tuple[str, ...]  # what `aud` may contain for this upstream
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledBundle:
+    revision: str
+    source: str
+    issuers: tuple[IssuerConfig, ...]
+    api_keys: tuple[ApiKeyEntry, ...]
+    upstreams: tuple[UpstreamPolicy, ...]
+    identity_header_prefix: str = DEFAULT_IDENTITY_HEADER_PREFIX
+    api_key_header: str = DEFAULT_API_KEY_HEADER
+    by_name: Mapping[str, UpstreamPolicy] = field(default_factory=dict)
+    # Longest prefix first, so /a/b/ wins over /a/.
+    by_prefix: tuple[UpstreamPolicy, ...] = ()
+    # RFC 9728 metadata path -> document; served without a token.
+    metadata_documents: Mapping[str, bytes] = field(default_factory=dict)
+
+    def route(self, path: str, context_extensions: Mapping[str, str]) -> UpstreamPolicy | None:
+        """The upstream a request is for: Envoy's per-route tag first, then the path prefix."""
+        tagged = context_extensions.get("upstream")
+        if tagged is not None:
+            # A route tagged with a name this bundle doesn't know must not fall through to a
+            # prefix match: the Envoy config and the bundle disagree, so fail closed.
+            return self.by_name.get(tagged)
+        for upstream in self.by_prefix:
+            if path.startswith(upstream.path_prefix):
+                return upstream
+        return None

@@ -1,0 +1,126 @@
+"""Check a parsed YAML document against the bundle schema (the proto in protos/).
+
+This is the first of two validation passes: it looks only at shape (known keys, value
+types) and reports every problem at once, each with the path where it is. Meaning
+(unknown issuer names, duplicate prefixes...) is checked afterwards by ``semantics``.
+Walking the descriptor instead of hand-writing the shape keeps the published schema and
+the checks from drifting apart.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from policy_service.errors import BundleProblem
+
+_TYPE_NAMES = {
+    FieldDescriptor.TYPE_STRING: "a string",
+    FieldDescriptor.TYPE_BOOL: "true or false",
+    FieldDescriptor.TYPE_DOUBLE: "a number",
+    FieldDescriptor.TYPE_FLOAT: "a number",
+    FieldDescriptor.TYPE_INT32: "an integer",
+    FieldDescriptor.TYPE_INT64: "an integer",
+    FieldDescriptor.TYPE_UINT32: "an integer",
+    FieldDescriptor.TYPE_UINT64: "an integer",
+    FieldDescriptor.TYPE_MESSAGE: "a mapping",
+}
+
+
+def describe(value: Any) -> str:
+    """Name a YAML value's type the way a bundle author thinks of it."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    return type(value).__name__
+
+
+def check_shape(document: Any, descriptor: Descriptor, file: str) -> list[BundleProblem]:
+    problems: list[BundleProblem] = []
+    if not isinstance(document, Mapping):
+        problems.append(BundleProblem(file, "", f"expected a mapping at the top, got {describe(document)}"))
+        return problems
+    _check_message(document, descriptor, file, "", problems)
+    return problems
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _check_message(
+    value: Mapping[Any, Any],
+    descriptor: Descriptor,
+    file: str,
+    path: str,
+    problems: list[BundleProblem],
+) -> None:
+    fields = descriptor.fields_by_name
+    for key, item in value.items():
+        if not isinstance(key, str):
+            problems.append(BundleProblem(file, path, f"keys must be strings, got {describe(key)}"))
+            continue
+        field = fields.get(key)
+        if field is None:
+            problems.append(BundleProblem(file, _join(path, key), _unknown_key_message(key, fields)))
+            continue
+        _check_field(item, field, file, _join(path, key), problems)
+
+
+def _unknown_key_message(key: str, fields: Mapping[str, FieldDescriptor]) -> str:
+    close = difflib.get_close_matches(key, list(fields), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"unknown key '{key}'{hint}; expected one of: {', '.join(sorted(fields))}"
+
+
+def _check_field(
+    value: Any, field: FieldDescriptor, file: str, path: str, problems: list[BundleProblem]
+) -> None:
+    if value is None:
+        problems.append(BundleProblem(file, path, "has no value; remove the key or give it one"))
+        return
+    if field.is_repeated:
+        if not isinstance(value, list):
+            problems.append(BundleProblem(file, path, f"expected a list, got {describe(value)}"))
+            return
+        for index, item in enumerate(value):
+            _check_single(item, field, file, f"{path}[{index}]", problems)
+        return
+    _check_single(value, field, file, path, problems)
+
+
+def _check_single(
+    value: Any, field: FieldDescriptor, file: str, path: str, problems: list[BundleProblem]
+) -> None:
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        if not isinstance(value, Mapping):
+            problems.append(BundleProblem(file, path, f"expected a mapping, got {describe(value)}"))
+            return
+        _check_message(value, field.message_type, file, path, problems)
+        return
+    if not _scalar_matches(value, field.type):
+        expected = _TYPE_NAMES.get(field.type, "a value")
+        problems.append(BundleProblem(file, path, f"expected {expected}, got {describe(value)}"))
+
+
+def _scalar_matches(value: Any, field_type: int) -> bool:
+    # bool is an int in Python; YAML `yes`/`true` must not pass as a number, nor 1 as a string.
+    if field_type == FieldDescriptor.TYPE_STRING:
+        return isinstance(value, str)
+    if field_type == FieldDescriptor.TYPE_BOOL:
+        return isinstance(value, bool)
+    if field_type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, int) and not isinstance(value, bool)

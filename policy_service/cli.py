@@ -1,0 +1,156 @@
+"""The ``policy-service`` command.
+
+    policy-service serve BUNDLE [--listen HOST:PORT ...] [--tls-cert ...]
+    policy-service lint BUNDLE [BUNDLE ...]
+    policy-service hash-key               (reads the key from stdin)
+    policy-service token --scope ...      (mints a dev-issuer token)
+    policy-service envoy-config BUNDLE    (prints an Envoy config for the bundle)
+    policy-service dev                    (Envoy + policy service + demo peers)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from policy_service.errors import BundleError, PolicyServiceError
+
+DEFAULT_STATE_DIR = Path(".dev-stack")
+
+
+def _cmd_lint(args: argparse.Namespace) -> int:
+    from policy_service.bundles.loader import load_bundle
+
+    failed = False
+    for path in args.bundles:
+        try:
+            bundle = load_bundle(path)
+        except BundleError as exc:
+            failed = True
+            print(exc, file=sys.stderr)
+            continue
+        rules = sum(len(upstream.rules) for upstream in bundle.upstreams)
+        print(
+            f"{path}: ok (revision {bundle.revision}; {len(bundle.upstreams)} upstreams, "
+            f"{rules} rules, {len(bundle.issuers)} issuers, {len(bundle.api_keys)} api keys)"
+        )
+    return 1 if failed else 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from policy_service.bundles.loader import load_bundle
+    from policy_service.pipeline import Gateway, GatewayState
+    from policy_service.server import PolicyServer, ServerSettings, TlsSettings, serve_until_signalled
+
+    bundle = load_bundle(args.bundle)
+    tls = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise PolicyServiceError("--tls-cert and --tls-key go together")
+        tls = TlsSettings(
+            Path(args.tls_cert),
+            Path(args.tls_key),
+            Path(args.tls_client_ca) if args.tls_client_ca else None,
+        )
+    settings = ServerSettings(
+        listen=tuple(args.listen or ["127.0.0.1:9001"]),
+        tls=tls,
+        grace_seconds=args.grace,
+        reflection=not args.no_reflection,
+    )
+    server = PolicyServer(Gateway(GatewayState.from_bundle(bundle)), settings)
+    asyncio.run(serve_until_signalled(server))
+    return 0
+
+
+def _cmd_hash_key(args: argparse.Namespace) -> int:
+    from policy_service.identity.apikeys import hash_api_key
+
+    # From stdin, so the key never lands in shell history or the process list.
+    key = sys.stdin.readline().strip()
+    if not key:
+        print("hash-key: give the API key on standard input", file=sys.stderr)
+        return 2
+    print(hash_api_key(key))
+    return 0
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from policy_service.dev.issuer import DevIssuer
+
+    issuer = DevIssuer.load(Path(args.state_dir))
+    audience = args.aud or issuer.audience_for(args.upstream)
+    token = issuer.mint(
+        subject=args.sub,
+        scopes=args.scope,
+        audience=audience,
+        client_id=args.client_id,
+        lifetime_seconds=args.lifetime,
+    )
+    print(token)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="policy-service", description=__doc__.split("\n")[0])
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    lint = commands.add_parser("lint", help="validate bundles; non-zero exit on any problem")
+    lint.add_argument("bundles", nargs="+")
+    lint.set_defaults(run=_cmd_lint)
+
+    serve = commands.add_parser("serve", help="run the ext_authz gRPC service")
+    serve.add_argument("bundle")
+    serve.add_argument("--listen", action="append", help="HOST:PORT (repeatable)")
+    serve.add_argument("--tls-cert")
+    serve.add_argument("--tls-key")
+    serve.add_argument("--tls-client-ca", help="require client certificates signed by this CA")
+    serve.add_argument("--grace", type=float, default=10.0, help="seconds to drain on SIGTERM")
+    serve.add_argument("--no-reflection", action="store_true")
+    serve.set_defaults(run=_cmd_serve)
+
+    hash_key = commands.add_parser("hash-key", help="print the SHA-256 of an API key read from stdin")
+    hash_key.set_defaults(run=_cmd_hash_key)
+
+    token = commands.add_parser("token", help="mint a token from the dev stack's issuer")
+    token.add_argument("--scope", action="append", default=[], help="repeatable")
+    token.add_argument("--sub", default="dev-user")
+    token.add_argument("--client-id", default="dev-client")
+    token.add_argument("--upstream", default="fininfo", help="whose resource URI is the audience")
+    token.add_argument("--aud", help="explicit audience (overrides --upstream)")
+    token.add_argument("--lifetime", type=int, default=3600, help="seconds")
+    token.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR))
+    token.set_defaults(run=_cmd_token)
+
+    _add_late_commands(commands)
+    return parser
+
+
+def _add_late_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from policy_service import dev_cli
+
+    dev_cli.register(commands)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        return int(args.run(args))
+    except PolicyServiceError as exc:
+        print(f"policy-service {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

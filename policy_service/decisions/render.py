@@ -1,0 +1,139 @@
+"""Turn a ``Deny`` or ``Serve`` into the HTTP answer the client sees (design.md section 3).
+
+Pure: status, headers and body only. JSON-RPC error bodies echo the request id, because
+MCP SDKs drop an error whose id matches no pending call and the call then hangs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from policy_service.bundles.model import DenialStyle
+from policy_service.decisions.model import Deny, DenyKind, Serve
+
+# Application error codes for JSON-RPC bodies. JSON-RPC reserves -32768..-32000 and MCP
+# 2026-07-28 forbids unknown codes in -32020..-32099, so gateway refusals use the HTTP
+# status as the code: outside the reserved range and legal in every revision.
+_CODE_UNAUTHENTICATED = 401
+_CODE_FORBIDDEN = 403
+_CODE_NOT_FOUND = 404
+_CODE_INTERNAL = 503
+
+_STATUS = {
+    DenyKind.MISSING_CREDENTIAL: 401,
+    DenyKind.INVALID_CREDENTIAL: 401,
+    DenyKind.INVALID_REQUEST: 400,
+    DenyKind.INSUFFICIENT_SCOPE: 403,
+    DenyKind.FORBIDDEN: 403,
+    DenyKind.MALFORMED: 400,
+    DenyKind.BAD_ORIGIN: 403,
+    DenyKind.NO_UPSTREAM: 404,
+    DenyKind.INTERNAL: 503,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HttpAnswer:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    reason: str
+
+
+def render_serve(serve: Serve) -> HttpAnswer:
+    return HttpAnswer(
+        200,
+        (("content-type", serve.content_type), ("cache-control", "public, max-age=300")),
+        serve.body,
+        serve.reason,
+    )
+
+
+def render_deny(deny: Deny) -> HttpAnswer:
+    status = deny.http_status if deny.kind is DenyKind.MALFORMED and deny.http_status else _STATUS[deny.kind]
+    headers: list[tuple[str, str]] = [("content-type", "application/json")]
+    challenge = _challenge(deny)
+    if challenge:
+        headers.append(("www-authenticate", challenge))
+    if _answers_in_band(deny):
+        # The upstream asked for 200 + JSON-RPC error: many MCP clients tear the session
+        # down on any non-2xx, and a clear in-band error is better than a dead session.
+        status = 200
+    body = _jsonrpc_body(deny) if deny.jsonrpc else _problem_body(deny)
+    return HttpAnswer(status, tuple(headers), body, deny.reason)
+
+
+def _answers_in_band(deny: Deny) -> bool:
+    return (
+        deny.kind in (DenyKind.INSUFFICIENT_SCOPE, DenyKind.FORBIDDEN)
+        and deny.jsonrpc
+        and deny.request_id is not None  # a notification has nobody waiting for an answer
+        and deny.upstream is not None
+        and deny.upstream.denial_style is DenialStyle.JSONRPC
+    )
+
+
+def _quote(value: str) -> str:
+    # RFC 7235 quoted-string: escape backslash and double quote.
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _challenge(deny: Deny) -> str | None:
+    params: list[tuple[str, str]] = []
+    if deny.kind is DenyKind.MISSING_CREDENTIAL:
+        pass  # RFC 6750 section 3: no error code when no credential was sent
+    elif deny.kind is DenyKind.INVALID_CREDENTIAL:
+        params += [("error", "invalid_token"), ("error_description", deny.reason)]
+    elif deny.kind is DenyKind.INVALID_REQUEST:
+        params += [("error", "invalid_request"), ("error_description", deny.reason)]
+    elif deny.kind is DenyKind.INSUFFICIENT_SCOPE:
+        params += [("error", "insufficient_scope"), ("scope", " ".join(deny.required_scopes))]
+    else:
+        return None
+    if deny.upstream is not None:
+        if deny.kind is DenyKind.MISSING_CREDENTIAL and deny.upstream.required_scopes:
+            params.append(("scope", " ".join(sorted(deny.upstream.required_scopes))))
+        params.append(("resource_metadata", deny.upstream.metadata_url))
+    if not params:
+        return "Bearer"
+    return "Bearer " + ", ".join(f"{name}={_quote(value)}" for name, value in params)
+
+
+def _code(deny: Deny) -> int:
+    if deny.kind is DenyKind.MALFORMED and deny.jsonrpc_code is not None:
+        return deny.jsonrpc_code
+    if deny.kind in (DenyKind.MISSING_CREDENTIAL, DenyKind.INVALID_CREDENTIAL):
+        return _CODE_UNAUTHENTICATED
+    if deny.kind is DenyKind.INVALID_REQUEST:
+        return -32600
+    if deny.kind is DenyKind.NO_UPSTREAM:
+        return _CODE_NOT_FOUND
+    if deny.kind is DenyKind.INTERNAL:
+        return _CODE_INTERNAL
+    return _CODE_FORBIDDEN
+
+
+def _data(deny: Deny) -> dict[str, Any]:
+    data: dict[str, Any] = {"reason": deny.reason}
+    if deny.required_scopes:
+        data["scopes"] = list(deny.required_scopes)
+        data["missing_scopes"] = list(deny.missing_scopes)
+    if deny.rule:
+        data["rule"] = deny.rule
+    if deny.upstream is not None and deny.kind in (
+        DenyKind.MISSING_CREDENTIAL,
+        DenyKind.INVALID_CREDENTIAL,
+    ):
+        data["resource_metadata"] = deny.upstream.metadata_url
+    return data
+
+
+def _jsonrpc_body(deny: Deny) -> bytes:
+    error = {"code": _code(deny), "message": deny.message, "data": _data(deny)}
+    return json.dumps({"jsonrpc": "2.0", "id": deny.request_id, "error": error}).encode()
+
+
+def _problem_body(deny: Deny) -> bytes:
+    return json.dumps({"error": deny.reason, "message": deny.message, **_data(deny)}).encode()

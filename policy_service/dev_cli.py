@@ -1,0 +1,98 @@
+"""The `dev` and `envoy-config` commands (kept apart: they pull in the dev and Envoy parts)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from policy_service.errors import ConfigError
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from policy_service.dev.stack import DevPorts, run_dev_stack
+
+    ports = DevPorts(
+        http=args.http_port,
+        https=args.https_port,
+        admin=args.admin_port,
+        authz=args.authz_port,
+        fininfo=args.peer_ports[0],
+        currenttime=args.peer_ports[1],
+        agent=args.peer_ports[2],
+    )
+    asyncio.run(run_dev_stack(Path(args.state_dir), ports))
+    return 0
+
+
+def _cmd_envoy_config(args: argparse.Namespace) -> int:
+    from policy_service.bundles.loader import load_bundle
+    from policy_service.gateway.envoy_config import (
+        AuthzEndpoint,
+        EnvoyLayout,
+        UpstreamRoute,
+        dump_envoy_yaml,
+    )
+
+    bundle = load_bundle(args.bundle)
+    routes = []
+    for upstream in bundle.upstreams:
+        if upstream.backend is None:
+            raise ConfigError(f"upstream '{upstream.name}' has no backend: add backend: to the bundle")
+        backend = urlsplit(upstream.backend)
+        assert backend.hostname is not None and backend.port is not None  # checked at load
+        routes.append(
+            UpstreamRoute(
+                upstream.name,
+                upstream.path_prefix,
+                backend.hostname,
+                backend.port,
+                protocol=upstream.protocol.value,
+            )
+        )
+    authz = []
+    for address in args.authz:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"--authz wants HOST:PORT, got '{address}'")
+        authz.append(AuthzEndpoint(host, int(port)))
+    layout = EnvoyLayout(
+        upstreams=tuple(routes),
+        authz=tuple(authz),
+        plain_port=args.http_port,
+        tls_port=args.https_port if args.tls_cert else None,
+        tls_cert_file=args.tls_cert,
+        tls_key_file=args.tls_key,
+        admin_port=args.admin_port,
+    )
+    print(dump_envoy_yaml(layout), end="")
+    return 0
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dev = commands.add_parser(
+        "dev", help="run Envoy + policy service + demo MCP servers and A2A agent on loopback"
+    )
+    dev.add_argument("--state-dir", default=".dev-stack")
+    dev.add_argument("--http-port", type=int, default=8080)
+    dev.add_argument("--https-port", type=int, default=8443)
+    dev.add_argument("--admin-port", type=int, default=9901)
+    dev.add_argument("--authz-port", type=int, default=9001)
+    dev.add_argument(
+        "--peer-ports",
+        type=lambda text: [int(part) for part in text.split(",")],
+        default=[9101, 9102, 9103],
+        help="fininfo,currenttime,agent",
+    )
+    dev.set_defaults(run=_cmd_dev)
+
+    envoy = commands.add_parser("envoy-config", help="print an Envoy config for a bundle")
+    envoy.add_argument("bundle")
+    envoy.add_argument("--authz", action="append", default=[], help="HOST:PORT (repeatable)")
+    envoy.add_argument("--http-port", type=int, default=8080)
+    envoy.add_argument("--https-port", type=int, default=8443)
+    envoy.add_argument("--tls-cert")
+    envoy.add_argument("--tls-key")
+    envoy.add_argument("--admin-port", type=int, default=9901)
+    envoy.set_defaults(run=_cmd_envoy_config)

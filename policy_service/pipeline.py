@@ -1,0 +1,237 @@
+"""The request path: one check as a pipeline of phases.
+
+    route -> public documents -> origin -> parse -> identity -> authorization -> allow
+
+Each phase either hands a value to the next or returns a ``Deny``; nothing raises past
+``check`` except a programming error, which the server turns into a fail-closed 503.
+All per-bundle state lives in one ``GatewayState`` read once per check, so a reload is a
+single reference swap and a check always sees one consistent bundle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from policy_service.authorization.policy import Granted, RefusalReason, Refused, authorize
+from policy_service.bundles.model import CompiledBundle, UpstreamPolicy
+from policy_service.decisions.model import Allow, Decision, Deny, DenyKind, Serve
+from policy_service.identity.apikeys import ApiKeyVerifier
+from policy_service.identity.credentials import (
+    AmbiguousCredential,
+    Credential,
+    CredentialType,
+    UnusableCredential,
+    extract_credential,
+)
+from policy_service.identity.jwt import JwtVerifier
+from policy_service.identity.principal import IdentityFailure, Principal
+from policy_service.request.a2a import is_agent_card_path, parse_a2a
+from policy_service.request.mcp import parse_mcp
+from policy_service.request.model import (
+    A2aRequest,
+    HttpRequest,
+    Malformed,
+    McpRequest,
+    UpstreamProtocol,
+)
+
+_REFUSAL_MESSAGES = {
+    RefusalReason.CLIENT_NOT_ALLOWED: "this client is not allowed to use this upstream",
+    RefusalReason.DENIED_BY_RULE: "the policy denies this call",
+    RefusalReason.NO_MATCHING_RULE: "no policy rule allows this call",
+    RefusalReason.INSUFFICIENT_SCOPE: "the token lacks a scope this call needs",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayState:
+    """Everything a check needs from one bundle, swapped as a unit on reload."""
+
+    bundle: CompiledBundle
+    jwt: JwtVerifier
+    api_keys: ApiKeyVerifier
+
+    @classmethod
+    def from_bundle(cls, bundle: CompiledBundle, jwt: JwtVerifier | None = None) -> GatewayState:
+        return cls(bundle, jwt or JwtVerifier(bundle.issuers), ApiKeyVerifier(bundle.api_keys))
+
+
+class Gateway:
+    def __init__(self, state: GatewayState) -> None:
+        self._state = state
+
+    @property
+    def state(self) -> GatewayState:
+        return self._state
+
+    def swap(self, state: GatewayState) -> GatewayState:
+        previous, self._state = self._state, state
+        return previous
+
+    async def check(self, request: HttpRequest) -> Decision:
+        state = self._state  # one bundle for the whole check, whatever reloads meanwhile
+        bundle = state.bundle
+
+        document = bundle.metadata_documents.get(request.path)
+        if document is not None and request.method in ("GET", "HEAD"):
+            return Serve(document)
+
+        upstream = bundle.route(request.path, request.context_extensions)
+        if upstream is None:
+            return Deny(DenyKind.NO_UPSTREAM, "no_upstream", "no upstream serves this path")
+
+        is_jsonrpc = upstream.protocol is not UpstreamProtocol.HTTP and request.method == "POST"
+        origin = request.headers.get("origin")
+        if origin is not None and origin.lower() not in upstream.allowed_origins:
+            # MCP transports: an Origin that is present and not allowed MUST get 403.
+            return Deny(
+                DenyKind.BAD_ORIGIN, "origin_not_allowed", "this Origin is not allowed",
+                upstream=upstream, jsonrpc=is_jsonrpc,
+            )
+
+        subpath = request.path[len(upstream.path_prefix) - 1 :] if request.path.startswith(
+            upstream.path_prefix
+        ) else request.path
+        if (
+            upstream.protocol is UpstreamProtocol.A2A
+            and request.method in ("GET", "HEAD")
+            and is_agent_card_path(subpath)
+        ):
+            return Allow(
+                upstream, None, "public",
+                headers_to_remove=_strip_headers(request, bundle),
+            )
+
+        parsed = _parse(upstream, request, subpath)
+        if isinstance(parsed, Malformed):
+            return Deny(
+                DenyKind.MALFORMED, parsed.reason, parsed.message, upstream=upstream,
+                request_id=parsed.request_id, jsonrpc=is_jsonrpc,
+                jsonrpc_code=parsed.jsonrpc_code, http_status=parsed.http_status,
+            )
+        request_id = _request_id(parsed)
+
+        principal_or_deny = await _identify(state, upstream, request, request_id, is_jsonrpc)
+        if isinstance(principal_or_deny, Deny):
+            return principal_or_deny
+        principal = principal_or_deny
+
+        outcome = authorize(upstream, principal, parsed)
+        if isinstance(outcome, Refused):
+            return _refusal(outcome, upstream, is_jsonrpc)
+        assert isinstance(outcome, Granted)
+        identity = _identity_headers(principal, bundle.identity_header_prefix)
+        return Allow(
+            upstream,
+            principal,
+            "allowed",
+            rules=outcome.rules,
+            headers_to_set=identity,
+            headers_to_remove=_strip_headers(request, bundle, identity),
+        )
+
+
+def _parse(
+    upstream: UpstreamPolicy, request: HttpRequest, subpath: str
+) -> McpRequest | A2aRequest | Malformed | None:
+    if upstream.protocol is UpstreamProtocol.MCP:
+        return parse_mcp(request)
+    if upstream.protocol is UpstreamProtocol.A2A:
+        return parse_a2a(request, subpath)
+    return None
+
+
+def _request_id(parsed: McpRequest | A2aRequest | None) -> str | int | None:
+    if isinstance(parsed, McpRequest):
+        return parsed.first_id
+    if isinstance(parsed, A2aRequest):
+        return parsed.request_id
+    return None
+
+
+async def _identify(
+    state: GatewayState,
+    upstream: UpstreamPolicy,
+    request: HttpRequest,
+    request_id: str | int | None,
+    is_jsonrpc: bool,
+) -> Principal | Deny:
+    credential = extract_credential(request, state.bundle.api_key_header)
+    if credential is None:
+        return Deny(
+            DenyKind.MISSING_CREDENTIAL, "missing_credential", "authentication required",
+            upstream=upstream, request_id=request_id, jsonrpc=is_jsonrpc,
+        )
+    if isinstance(credential, AmbiguousCredential):
+        return Deny(
+            DenyKind.INVALID_REQUEST, credential.reason, credential.message,
+            upstream=upstream, request_id=request_id, jsonrpc=is_jsonrpc,
+        )
+    if isinstance(credential, UnusableCredential):
+        return Deny(
+            DenyKind.INVALID_CREDENTIAL, credential.reason, credential.message,
+            upstream=upstream, request_id=request_id, jsonrpc=is_jsonrpc,
+        )
+    result = await _verify(state, upstream, credential)
+    if isinstance(result, IdentityFailure):
+        return Deny(
+            DenyKind.INVALID_CREDENTIAL, result.reason, "the credential is not valid here",
+            upstream=upstream, request_id=request_id, jsonrpc=is_jsonrpc,
+        )
+    return result
+
+
+async def _verify(
+    state: GatewayState, upstream: UpstreamPolicy, credential: Credential
+) -> Principal | IdentityFailure:
+    if credential.type is CredentialType.BEARER:
+        return await state.jwt.verify(credential.secret, upstream.audiences)
+    return state.api_keys.verify(credential.secret)
+
+
+def _refusal(outcome: Refused, upstream: UpstreamPolicy, is_jsonrpc: bool) -> Deny:
+    kind = (
+        DenyKind.INSUFFICIENT_SCOPE
+        if outcome.reason is RefusalReason.INSUFFICIENT_SCOPE
+        else DenyKind.FORBIDDEN
+    )
+    return Deny(
+        kind, outcome.reason.value, _REFUSAL_MESSAGES[outcome.reason], upstream=upstream,
+        request_id=outcome.request_id, jsonrpc=is_jsonrpc,
+        required_scopes=outcome.required_scopes, missing_scopes=outcome.missing_scopes,
+        rule=outcome.rule,
+    )
+
+
+def _header_value(value: str) -> str:
+    # Claims are attacker-influenced text: keep header values to visible ASCII so Envoy's
+    # mutation validation never rejects them and nothing can inject a header line.
+    if value.isascii() and value.isprintable():
+        return value
+    return quote(value, safe="")
+
+
+def _identity_headers(principal: Principal, prefix: str) -> tuple[tuple[str, str], ...]:
+    headers = [
+        (f"{prefix}subject", _header_value(principal.subject)),
+        (f"{prefix}issuer", _header_value(principal.issuer)),
+        (f"{prefix}credential", principal.credential.value),
+        (f"{prefix}scopes", _header_value(" ".join(sorted(principal.scopes)))),
+    ]
+    if principal.client_id:
+        headers.append((f"{prefix}client-id", _header_value(principal.client_id)))
+    return tuple(headers)
+
+
+def _strip_headers(
+    request: HttpRequest, bundle: CompiledBundle, setting: tuple[tuple[str, str], ...] = ()
+) -> tuple[str, ...]:
+    """Headers the upstream must not see: the client's credentials and any identity header
+    the client tried to set itself (spoofing). Headers we set are overwritten rather than
+    removed, because Envoy applies removals after additions."""
+    prefix = bundle.identity_header_prefix
+    ours = {name for name, _ in setting}
+    remove = ["authorization", bundle.api_key_header]
+    remove.extend(name for name in request.headers if name.startswith(prefix) and name not in ours)
+    return tuple(remove)

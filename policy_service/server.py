@@ -1,0 +1,145 @@
+"""The gRPC server: Authorization v3 Check, health, reflection, graceful stop.
+
+Check never lets an exception reach gRPC: a bug or a fault becomes a 503 denial, so an
+error can never read as an allow and Envoy's own ``status_on_error`` stays the answer for
+when we are unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from policy_service.decisions.model import Deny, DenyKind
+from policy_service.edge.envoy_in import to_http_request
+from policy_service.edge.envoy_out import to_check_response
+from policy_service.pipeline import Gateway
+
+log = logging.getLogger("policy_service.server")
+
+AUTHORIZATION_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
+_INTERNAL = to_check_response(
+    Deny(DenyKind.INTERNAL, "internal_error", "the policy service failed; the request was refused")
+)
+
+
+class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+
+    async def Check(  # noqa: N802 - the gRPC method name is fixed by Envoy's API
+        self,
+        request: external_auth_pb2.CheckRequest,
+        context: grpc.aio.ServicerContext[
+            external_auth_pb2.CheckRequest, external_auth_pb2.CheckResponse
+        ],
+    ) -> external_auth_pb2.CheckResponse:
+        try:
+            decision = await self._gateway.check(to_http_request(request))
+            return to_check_response(decision)
+        except Exception:
+            # Fail closed. The traceback names code, never request content or credentials.
+            log.exception("check failed; refusing the request")
+            return _INTERNAL
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None  # set: clients (Envoy) must present a certificate
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    listen: Sequence[str] = ("127.0.0.1:9001",)
+    tls: TlsSettings | None = None
+    grace_seconds: float = 10.0
+    reflection: bool = True
+
+
+class PolicyServer:
+    def __init__(self, gateway: Gateway, settings: ServerSettings) -> None:
+        self.gateway = gateway
+        self.settings = settings
+        self.health = health.aio.HealthServicer()
+        self.ports: list[int] = []
+        self._server = grpc.aio.server(
+            options=[
+                # Several processes may share a port: the kernel spreads connections.
+                ("grpc.so_reuseport", 1),
+                ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            ]
+        )
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+            AuthorizationService(gateway), self._server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        if settings.reflection:
+            names = (AUTHORIZATION_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
+            reflection.enable_server_reflection(names, self._server)
+        credentials = _credentials(settings.tls)
+        for address in settings.listen:
+            if credentials is None:
+                port = self._server.add_insecure_port(address)
+            else:
+                port = self._server.add_secure_port(address, credentials)
+            if port == 0:
+                raise OSError(f"cannot listen on {address}")
+            self.ports.append(port)
+
+    async def start(self) -> None:
+        await self._server.start()
+        await self.gateway.state.jwt.start()
+        for service in ("", AUTHORIZATION_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving ext_authz on %s (bundle revision %s)",
+            ", ".join(self.settings.listen),
+            self.gateway.state.bundle.revision,
+        )
+
+    async def stop(self) -> None:
+        """Stop taking new checks, let in-flight ones finish within the grace period."""
+        # NOT_SERVING first, so health-checking load balancers move away before we close.
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(self.settings.grace_seconds)
+        await self.gateway.state.jwt.aclose()
+        log.info("stopped")
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()
+
+
+def _credentials(tls: TlsSettings | None) -> grpc.ServerCredentials | None:
+    if tls is None:
+        return None
+    pair = [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())]
+    if tls.client_ca_file is None:
+        return grpc.ssl_server_credentials(pair)
+    return grpc.ssl_server_credentials(
+        pair, root_certificates=tls.client_ca_file.read_bytes(), require_client_auth=True
+    )
+
+
+async def serve_until_signalled(server: PolicyServer) -> None:
+    """Run until SIGTERM or SIGINT, then drain gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await server.start()
+    await stop.wait()
+    log.info("signal received; draining in-flight checks")
+    await server.stop()

@@ -1,0 +1,64 @@
+"""Test doubles shared by the test suites: a settable clock and an in-memory JWKS fetcher.
+
+They live in the package (not under ``tests/``) so every suite, and the dev stack, can use
+them without path tricks. Nothing here is used by the running service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from policy_service.errors import KeySourceError
+
+__all__ = ["FakeClock", "FakeJwksFetcher"]
+
+
+class FakeClock:
+    """A ``Clock`` whose time only moves when a test says so."""
+
+    def __init__(self, now: float = 1_700_000_000.0, monotonic: float = 1_000.0) -> None:
+        self.now_value = now
+        self.monotonic_value = monotonic
+
+    def now(self) -> float:
+        return self.now_value
+
+    def monotonic(self) -> float:
+        return self.monotonic_value
+
+    def advance(self, seconds: float) -> None:
+        """Move both clocks forward together, as real time would."""
+        self.now_value += seconds
+        self.monotonic_value += seconds
+
+
+class FakeJwksFetcher:
+    """A ``JwksFetcher`` serving documents from memory and counting requests.
+
+    Set ``documents[url]`` to a JWKS (a mapping, or raw bytes for broken documents); a URL
+    not present, or ``fail = True``, raises ``KeySourceError`` like an unreachable server.
+    Set ``gate`` to an ``asyncio.Event`` to hold fetches until the test releases them.
+    """
+
+    def __init__(self, documents: Mapping[str, Mapping[str, Any] | bytes] | None = None) -> None:
+        self.documents: dict[str, Mapping[str, Any] | bytes] = dict(documents or {})
+        self.fail = False
+        self.gate: asyncio.Event | None = None
+        self.calls: list[str] = []
+
+    def count(self, url: str | None = None) -> int:
+        return len(self.calls) if url is None else self.calls.count(url)
+
+    async def fetch(self, url: str, timeout_seconds: float) -> bytes:
+        self.calls.append(url)
+        if self.gate is not None:
+            await self.gate.wait()
+        document = self.documents.get(url)
+        if self.fail or document is None:
+            raise KeySourceError(f"JWKS URL {url}: unreachable (fake)")
+        if isinstance(document, bytes):
+            return document
+        return json.dumps(document).encode("utf-8")

@@ -1,0 +1,35 @@
+"""Regenerate the Python code for the project's protos into policy_service/gen/.
+
+Run from the repository root: ``python protos/generate.py``. The generated files are
+committed and never edited by hand; a test checks they match what this script writes.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from grpc_tools import protoc
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTOS = ROOT / "protos"
+OUT = ROOT / "policy_service" / "gen"
+
+
+def proto_files() -> list[str]:
+    return sorted(str(path.relative_to(PROTOS)) for path in PROTOS.rglob("*.proto"))
+
+
+def generate(out: Path = OUT) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    args = ["protoc", f"-I{PROTOS}", f"--python_out={out}", f"--pyi_out={out}", *proto_files()]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed")
+    # Generated modules live in plain packages so setuptools ships them.
+    for directory in [out, *(p for p in out.rglob("*") if p.is_dir())]:
+        if directory.name != "__pycache__":
+            (directory / "__init__.py").touch()
+
+
+if __name__ == "__main__":
+    generate(Path(sys.argv[1]) if len(sys.argv) > 1 else OUT)

@@ -1,0 +1,289 @@
+"""The request path end to end, without a server: HttpRequest in, Decision and HTTP answer out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from policy_service.decisions.model import Allow, Deny, DenyKind, Serve
+from policy_service.decisions.render import render_deny, render_serve
+from policy_service.pipeline import Gateway, GatewayState
+from policy_service.request.model import HttpRequest
+from tests.support.bundles import CI_BOT_KEY, FININFO_RESOURCE, HELPER_RESOURCE, TestBundle, write_test_bundle
+
+
+@pytest.fixture
+def test_bundle(tmp_path: Path) -> TestBundle:
+    return write_test_bundle(tmp_path)
+
+
+@pytest.fixture
+async def gateway(test_bundle: TestBundle) -> Gateway:
+    state = GatewayState.from_bundle(test_bundle.bundle)
+    await state.jwt.start()
+    return Gateway(state)
+
+
+def mcp_post(
+    body: Any,
+    *,
+    token: str | None = None,
+    path: str = "/fininfo/mcp",
+    headers: dict[str, str] | None = None,
+    query: str = "",
+) -> HttpRequest:
+    all_headers = {"content-type": "application/json", "mcp-protocol-version": "2025-06-18"}
+    if token is not None:
+        all_headers["authorization"] = f"Bearer {token}"
+    all_headers.update(headers or {})
+    return HttpRequest(
+        method="POST", path=path, query=query, headers=all_headers, body=json.dumps(body).encode()
+    )
+
+
+def tool_call(name: str, request_id: int = 7) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": {"name": name, "arguments": {}}}
+
+
+async def test_protected_resource_metadata_is_served_without_a_token(gateway: Gateway) -> None:
+    decision = await gateway.check(
+        HttpRequest(method="GET", path="/.well-known/oauth-protected-resource/fininfo/mcp")
+    )
+    assert isinstance(decision, Serve)
+    document = json.loads(render_serve(decision).body)
+    assert document["resource"] == FININFO_RESOURCE
+    assert document["authorization_servers"] == ["https://idp.test.example"]
+    assert document["scopes_supported"] == ["fininfo:read", "fininfo:trade"]
+    assert document["bearer_methods_supported"] == ["header"]
+
+
+async def test_unknown_path_is_404(gateway: Gateway) -> None:
+    decision = await gateway.check(HttpRequest(method="GET", path="/nowhere"))
+    assert isinstance(decision, Deny)
+    assert render_deny(decision).status == 404
+
+
+async def test_missing_token_gets_401_with_resource_metadata(gateway: Gateway) -> None:
+    decision = await gateway.check(mcp_post(tool_call("get_quote")))
+    assert isinstance(decision, Deny) and decision.kind is DenyKind.MISSING_CREDENTIAL
+    answer = render_deny(decision)
+    assert answer.status == 401
+    challenge = dict(answer.headers)["www-authenticate"]
+    assert challenge == (
+        'Bearer resource_metadata="http://gateway.test.example'
+        '/.well-known/oauth-protected-resource/fininfo/mcp"'
+    )
+    body = json.loads(answer.body)
+    assert body["id"] == 7
+    assert body["error"]["code"] == 401
+    assert body["error"]["data"]["reason"] == "missing_credential"
+
+
+@pytest.mark.parametrize(
+    ("make_token", "reason"),
+    [
+        (lambda b: b.token("fininfo:read", lifetime=-120), "token_expired"),
+        (lambda b: b.token("fininfo:read", audience="https://other.example/mcp"), "wrong_audience"),
+        (lambda b: "not.a.jwt", "malformed_token"),
+    ],
+    ids=["expired", "wrong-audience", "garbage"],
+)
+async def test_bad_tokens_get_401_invalid_token(
+    gateway: Gateway, test_bundle: TestBundle, make_token: Any, reason: str
+) -> None:
+    token = make_token(test_bundle)
+    decision = await gateway.check(mcp_post(tool_call("get_quote"), token=token))
+    assert isinstance(decision, Deny) and decision.kind is DenyKind.INVALID_CREDENTIAL
+    assert decision.reason == reason
+    answer = render_deny(decision)
+    assert answer.status == 401
+    challenge = dict(answer.headers)["www-authenticate"]
+    assert challenge.startswith(f'Bearer error="invalid_token", error_description="{reason}"')
+    assert token not in answer.body.decode()
+
+
+async def test_allowed_tool_call_sets_identity_and_strips_credentials(
+    gateway: Gateway, test_bundle: TestBundle
+) -> None:
+    token = test_bundle.token("fininfo:read")
+    request = mcp_post(
+        tool_call("get_quote"),
+        token=token,
+        headers={"x-gateway-subject": "mallory", "x-gateway-role": "admin"},
+    )
+    decision = await gateway.check(request)
+    assert isinstance(decision, Allow)
+    assert decision.rules == ("read",)
+    headers = dict(decision.headers_to_set)
+    assert headers["x-gateway-subject"] == "alice"
+    assert headers["x-gateway-issuer"] == "test-idp"
+    assert headers["x-gateway-client-id"] == "test-client"
+    assert headers["x-gateway-scopes"] == "fininfo:read"
+    # The spoofed subject is overwritten; the spoofed role is removed outright.
+    assert "authorization" in decision.headers_to_remove
+    assert "x-gateway-role" in decision.headers_to_remove
+
+
+async def test_missing_scope_names_every_needed_scope(gateway: Gateway, test_bundle: TestBundle) -> None:
+    decision = await gateway.check(mcp_post(tool_call("place_trade"), token=test_bundle.token("fininfo:read")))
+    assert isinstance(decision, Deny) and decision.kind is DenyKind.INSUFFICIENT_SCOPE
+    answer = render_deny(decision)
+    assert answer.status == 403
+    assert dict(answer.headers)["www-authenticate"] == (
+        'Bearer error="insufficient_scope", scope="fininfo:trade", resource_metadata='
+        '"http://gateway.test.example/.well-known/oauth-protected-resource/fininfo/mcp"'
+    )
+    error = json.loads(answer.body)["error"]
+    assert error["data"] == {
+        "reason": "insufficient_scope",
+        "scopes": ["fininfo:trade"],
+        "missing_scopes": ["fininfo:trade"],
+    }
+
+
+async def test_jsonrpc_denial_style_answers_200_with_the_request_id(tmp_path: Path) -> None:
+    test_bundle = write_test_bundle(tmp_path, denial_style="jsonrpc")
+    state = GatewayState.from_bundle(test_bundle.bundle)
+    await state.jwt.start()
+    decision = await Gateway(state).check(
+        mcp_post(tool_call("place_trade", request_id=42), token=test_bundle.token("fininfo:read"))
+    )
+    assert isinstance(decision, Deny)
+    answer = render_deny(decision)
+    assert answer.status == 200
+    body = json.loads(answer.body)
+    assert body["id"] == 42
+    assert body["error"]["code"] == 403
+    assert body["error"]["data"]["scopes"] == ["fininfo:trade"]
+
+
+async def test_tool_without_rule_is_denied_by_default(gateway: Gateway, test_bundle: TestBundle) -> None:
+    token = test_bundle.token("fininfo:read", "fininfo:trade")
+    decision = await gateway.check(mcp_post(tool_call("drop_tables"), token=token))
+    assert isinstance(decision, Deny) and decision.reason == "no_matching_rule"
+    assert render_deny(decision).status == 403
+    assert "www-authenticate" not in dict(render_deny(decision).headers)
+
+
+async def test_deny_rule_wins_before_later_allow(gateway: Gateway, test_bundle: TestBundle) -> None:
+    token = test_bundle.token("fininfo:read", "fininfo:trade")
+    decision = await gateway.check(mcp_post(tool_call("halt_trading"), token=token))
+    assert isinstance(decision, Deny)
+    assert (decision.reason, decision.rule) == ("denied_by_rule", "trading-off-hours")
+
+
+async def test_client_deny_list(gateway: Gateway, test_bundle: TestBundle) -> None:
+    token = test_bundle.token("fininfo:read", client_id="blocked-client")
+    decision = await gateway.check(mcp_post(tool_call("get_quote"), token=token))
+    assert isinstance(decision, Deny) and decision.reason == "client_not_allowed"
+
+
+async def test_upstream_required_scopes_apply_to_every_method(gateway: Gateway, test_bundle: TestBundle) -> None:
+    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}}
+    token = test_bundle.token(audience="http://gateway.test.example/currenttime/mcp")
+    decision = await gateway.check(mcp_post(initialize, token=token, path="/currenttime/mcp"))
+    assert isinstance(decision, Deny) and decision.required_scopes == ("time:read",)
+
+
+async def test_api_key_is_accepted_and_stripped(gateway: Gateway) -> None:
+    decision = await gateway.check(mcp_post(tool_call("get_quote"), headers={"x-api-key": CI_BOT_KEY}))
+    assert isinstance(decision, Allow)
+    assert dict(decision.headers_to_set)["x-gateway-credential"] == "api_key"
+    assert "x-api-key" in decision.headers_to_remove
+
+
+async def test_unknown_api_key_is_401(gateway: Gateway) -> None:
+    decision = await gateway.check(mcp_post(tool_call("get_quote"), headers={"x-api-key": "nope"}))
+    assert isinstance(decision, Deny) and decision.reason == "unknown_api_key"
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "reason"),
+    [
+        ({"query": "access_token=abc"}, "token_in_query"),
+        ({"headers": {"x-api-key": CI_BOT_KEY}}, "multiple_credentials"),
+    ],
+)
+async def test_ambiguous_credentials_are_400(
+    gateway: Gateway, test_bundle: TestBundle, request_kwargs: dict[str, Any], reason: str
+) -> None:
+    decision = await gateway.check(
+        mcp_post(tool_call("get_quote"), token=test_bundle.token("fininfo:read"), **request_kwargs)
+    )
+    assert isinstance(decision, Deny) and decision.kind is DenyKind.INVALID_REQUEST
+    assert decision.reason == reason
+    assert render_deny(decision).status == 400
+
+
+async def test_two_authorization_headers_are_refused(gateway: Gateway, test_bundle: TestBundle) -> None:
+    token = test_bundle.token("fininfo:read")
+    request = mcp_post(tool_call("get_quote"), token=token)
+    request = HttpRequest(
+        method=request.method, path=request.path, headers=request.headers, body=request.body,
+        repeated_headers=frozenset({"authorization"}),
+    )
+    decision = await gateway.check(request)
+    assert isinstance(decision, Deny) and decision.reason == "multiple_authorization_headers"
+
+
+async def test_bad_origin_is_403(gateway: Gateway, test_bundle: TestBundle) -> None:
+    decision = await gateway.check(
+        mcp_post(tool_call("get_quote"), token=test_bundle.token("fininfo:read"),
+                 headers={"origin": "https://evil.example"})
+    )
+    assert isinstance(decision, Deny) and decision.kind is DenyKind.BAD_ORIGIN
+    assert render_deny(decision).status == 403
+
+
+async def test_same_origin_as_the_resource_is_allowed(gateway: Gateway, test_bundle: TestBundle) -> None:
+    decision = await gateway.check(
+        mcp_post(tool_call("get_quote"), token=test_bundle.token("fininfo:read"),
+                 headers={"origin": "http://gateway.test.example"})
+    )
+    assert isinstance(decision, Allow)
+
+
+async def test_batch_is_authorized_element_by_element(gateway: Gateway, test_bundle: TestBundle) -> None:
+    batch = [tool_call("get_quote", 1), tool_call("place_trade", 2)]
+    token = test_bundle.token("fininfo:read")
+    decision = await gateway.check(
+        mcp_post(batch, token=token, headers={"mcp-protocol-version": "2025-03-26"})
+    )
+    assert isinstance(decision, Deny) and decision.kind is DenyKind.INSUFFICIENT_SCOPE
+    assert decision.request_id == 2
+
+
+async def test_malformed_body_is_400_and_echoes_the_id(gateway: Gateway, test_bundle: TestBundle) -> None:
+    body = {"jsonrpc": "2.0", "id": "abc", "method": "tools/call", "params": {"name": 5}}
+    decision = await gateway.check(mcp_post(body, token=test_bundle.token("fininfo:read")))
+    assert isinstance(decision, Deny) and decision.kind is DenyKind.MALFORMED
+    answer = render_deny(decision)
+    assert answer.status == 400
+    assert json.loads(answer.body)["id"] == "abc"
+    assert json.loads(answer.body)["error"]["code"] == -32602
+
+
+async def test_agent_card_is_public(gateway: Gateway) -> None:
+    decision = await gateway.check(
+        HttpRequest(method="GET", path="/agents/helper/.well-known/agent-card.json")
+    )
+    assert isinstance(decision, Allow) and decision.reason == "public"
+
+
+@pytest.mark.parametrize("method", ["message/send", "SendMessage"])
+async def test_a2a_send_message_needs_its_scope(
+    gateway: Gateway, test_bundle: TestBundle, method: str
+) -> None:
+    body = {"jsonrpc": "2.0", "id": "m1", "method": method, "params": {"message": {"parts": []}}}
+    allowed = await gateway.check(
+        mcp_post(body, path="/agents/helper/", token=test_bundle.token("agent:chat", audience=HELPER_RESOURCE))
+    )
+    assert isinstance(allowed, Allow) and allowed.rules == ("chat",)
+    denied = await gateway.check(
+        mcp_post(body, path="/agents/helper/", token=test_bundle.token("other", audience=HELPER_RESOURCE))
+    )
+    assert isinstance(denied, Deny) and denied.required_scopes == ("agent:chat",)
+    assert json.loads(render_deny(denied).body)["id"] == "m1"
