@@ -62,8 +62,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         grace_seconds=args.grace,
         reflection=not args.no_reflection,
     )
-    server = PolicyServer(Gateway(GatewayState.from_bundle(bundle)), settings)
-    asyncio.run(serve_until_signalled(server))
+
+    async def run() -> None:
+        # grpc.aio binds the server to the loop that exists when it is built.
+        await serve_until_signalled(PolicyServer(Gateway(GatewayState.from_bundle(bundle)), settings))
+
+    asyncio.run(run())
     return 0
 
 

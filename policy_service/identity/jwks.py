@@ -322,10 +322,13 @@ class _NoDowngradeRedirects(urllib.request.HTTPRedirectHandler):
 
 def _redact(url: str) -> str:
     """The URL without user info or query, for messages (they may carry credentials)."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+    except ValueError:
+        return "(unparseable URL)"
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
@@ -340,7 +343,11 @@ class UrllibJwksFetcher:
 
     def _get(self, url: str, timeout_seconds: float) -> bytes:
         where = _redact(url)
-        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        try:
+            scheme = urllib.parse.urlsplit(url).scheme
+        except ValueError:
+            raise KeySourceError(f"JWKS URL {where}: not a valid URL") from None
+        if scheme not in ("http", "https"):
             # urllib would also open file:// and ftp:// URLs; a JWKS URL is HTTP(S) only.
             raise KeySourceError(f"JWKS URL {where}: only http and https are supported")
         request = urllib.request.Request(  # noqa: S310 - scheme checked just above

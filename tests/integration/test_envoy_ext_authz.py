@@ -24,6 +24,7 @@ import httpx
 import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from envoy.type.v3 import http_status_pb2
 from google.rpc import status_pb2
 
@@ -36,8 +37,6 @@ from policy_service.gateway.envoy_config import (
 )
 from tests.support.envoy import EnvoyProcess, free_port
 
-CheckRequest = external_auth_pb2.CheckRequest
-CheckResponse = external_auth_pb2.CheckResponse
 Decide = Callable[[CheckRequest], CheckResponse]
 
 MAX_BODY = 1024
@@ -73,7 +72,7 @@ def deny(status: int, body: str, *headers: base_pb2.HeaderValueOption) -> CheckR
     return CheckResponse(
         status=status_pb2.Status(code=PERMISSION_DENIED),
         denied_response=external_auth_pb2.DeniedHttpResponse(
-            status=http_status_pb2.HttpStatus(code=status),  # type: ignore[arg-type]
+            status=http_status_pb2.HttpStatus(code=status),
             headers=list(headers),
             body=body,
         ),

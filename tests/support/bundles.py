@@ -76,6 +76,8 @@ upstreams:
 
 @dataclass
 class TestBundle:
+    __test__ = False  # a fixture type, not a test class
+
     path: Path
     key: SigningKey
     bundle: CompiledBundle

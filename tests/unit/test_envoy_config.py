@@ -128,7 +128,9 @@ def test_filters_are_ext_authz_then_router_and_nothing_buffers() -> None:
 def test_each_upstream_route_names_its_upstream_to_the_policy_service() -> None:
     by_name = {r["name"]: r for r in routes(render_envoy_config(LAYOUT))}
     for upstream in LAYOUT.upstreams:
-        per_route = by_name[upstream.name]["typed_per_filter_config"]["envoy.filters.http.ext_authz"]
+        per_route = by_name[upstream.name]["typed_per_filter_config"][
+            "envoy.filters.http.ext_authz"
+        ]
         assert per_route["@type"].endswith("ExtAuthzPerRoute")
         assert "disabled" not in per_route
         assert per_route["check_settings"]["context_extensions"] == {
@@ -228,7 +230,10 @@ def test_connection_manager_closes_path_and_header_tricks() -> None:
     assert manager["generate_request_id"] is True
     assert manager["normalize_path"] is True
     assert manager["merge_slashes"] is True
-    assert manager["path_with_escaped_slashes_action"] in ("UNESCAPE_AND_REDIRECT", "REJECT_REQUEST")
+    assert manager["path_with_escaped_slashes_action"] in (
+        "UNESCAPE_AND_REDIRECT",
+        "REJECT_REQUEST",
+    )
     options = manager["common_http_protocol_options"]
     assert options["headers_with_underscores_action"] == "REJECT_REQUEST"
 
@@ -406,7 +411,9 @@ def test_bare_baseline_is_router_and_direct_response_only() -> None:
 
 
 def test_self_signed_certificate_names_every_host_and_hides_its_key(tmp_path: Path) -> None:
-    cert_path, key_path = generate_self_signed(tmp_path / "certs", ("localhost", "127.0.0.1", "::1"))
+    cert_path, key_path = generate_self_signed(
+        tmp_path / "certs", ("localhost", "127.0.0.1", "::1")
+    )
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

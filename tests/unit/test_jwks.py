@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from policy_service.identity.jwks import (
     KeySet,
     UrlKeySource,
     UrllibJwksFetcher,
+    _NoDowngradeRedirects,
     b64url_decode,
     parse_jwks,
 )
@@ -428,3 +432,23 @@ async def test_fetcher_only_speaks_http(url: str) -> None:
         await UrllibJwksFetcher().fetch(url, 1.0)
     assert "hunter2" not in str(info.value)  # user info and query are redacted
     assert "token=abc" not in str(info.value)
+
+
+def test_redirects_from_https_to_http_are_refused() -> None:
+    # Following such a redirect would let anyone on the network path supply the keys.
+    handler = _NoDowngradeRedirects()
+    request = urllib.request.Request("https://idp.example.com/jwks")
+    with pytest.raises(urllib.error.HTTPError, match="refused https->http redirect"):
+        handler.redirect_request(
+            request, io.BytesIO(), 302, "Found", {}, "http://idp.example.com/jwks"
+        )
+    followed = handler.redirect_request(
+        request, io.BytesIO(), 302, "Found", {}, "https://keys.example.com/jwks"
+    )
+    assert followed is not None
+    assert followed.full_url == "https://keys.example.com/jwks"
+
+
+async def test_fetcher_reports_an_unparseable_url() -> None:
+    with pytest.raises(KeySourceError, match="unparseable URL"):
+        await UrllibJwksFetcher().fetch("http://[::1/jwks", 1.0)

@@ -420,7 +420,12 @@ async def test_malformed_tokens(build: Build, token: str) -> None:
     [
         {"exp": "soon"},
         {"exp": True},
+        {"exp": float("nan")},  # NaN compares false with everything: never "expired"
+        {"exp": float("inf")},
+        {"exp": 10**400},  # overflows float arithmetic
         {"nbf": "now"},
+        {"nbf": float("-inf")},
+        {"nbf": -(10**400)},
         {"aud": 5},
         {"aud": [AUD, 5]},
         {"scope": ["a"]},
@@ -634,6 +639,15 @@ async def test_audience(
         assert principal(result).subject == "user-1"
     else:
         assert failure(result) == "wrong_audience"
+
+
+async def test_a_bare_string_audience_is_one_audience(
+    build: Build, keys: dict[str, SigningKey]
+) -> None:
+    verifier = await build()
+    token = keys["ES256"].mint(claims(aud="h"))
+    assert failure(await verifier.verify(token, "https://h")) == "wrong_audience"
+    assert principal(await verifier.verify(keys["ES256"].mint(claims()), AUD)).subject == "user-1"
 
 
 async def test_issuer_audiences_are_accepted_for_any_upstream(
