@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -314,7 +315,14 @@ async def _run_forever(args: argparse.Namespace) -> None:
         print(f"currenttime  MCP  {peers.currenttime.mcp_url}")
         print(f"helper       A2A  {peers.agent.base_url}  (card URL {peers.agent_public_url})")
         print("request logs at <peer>/_debug/last-headers; Ctrl-C to stop", flush=True)
-        await asyncio.Event().wait()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            # SIGTERM too, so a supervisor (or a test harness) gets a clean shutdown; and
+            # SIGINT explicitly, because a shell starts background jobs with it ignored.
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
 
 
 def main() -> None:

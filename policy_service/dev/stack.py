@@ -70,8 +70,8 @@ upstreams:
     backend: http://127.0.0.1:{fininfo}
     rules:
       - name: mcp-session
-        methods: [initialize, ping, "notifications/*", tools/list, resources/list,
-                  resources/templates/list, prompts/list]
+        methods: [initialize, server/discover, ping, "notifications/*", tools/list,
+                  resources/list, resources/templates/list, prompts/list]
       - name: trade
         tools: [place_trade]
         scopes: [fininfo:trade]
@@ -87,7 +87,7 @@ upstreams:
     backend: http://127.0.0.1:{currenttime}
     rules:
       - name: mcp-session
-        methods: [initialize, ping, "notifications/*", tools/list]
+        methods: [initialize, server/discover, ping, "notifications/*", tools/list]
       - name: time
         tools: ["*"]
         scopes: [time:read]

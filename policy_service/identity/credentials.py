@@ -74,8 +74,13 @@ def extract_credential(request: HttpRequest, api_key_header: str) -> ExtractedCr
                 "unsupported_auth_scheme", "the Authorization header must use the Bearer scheme"
             )
         token = token.strip()
-        if not token or " " in token or "," in token:
-            # A comma is how Envoy joins repeated headers when it cannot pass them apart.
+        if "," in token:
+            # Envoy joins repeated Authorization headers with a comma (it is an inline header,
+            # so even encode_raw_headers passes them as one); a token never has a comma.
+            return AmbiguousCredential(
+                "multiple_authorization_headers", "send exactly one Authorization header"
+            )
+        if not token or " " in token:
             return AmbiguousCredential(
                 "malformed_authorization_header", "the Authorization header must be 'Bearer <token>'"
             )

@@ -47,22 +47,15 @@ PERMISSION_DENIED = 7
 # -- fake policy service ------------------------------------------------------------------
 
 
-def header(key: str, value: str, *, overwrite: bool = False) -> base_pb2.HeaderValueOption:
-    action = (
-        base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-        if overwrite
-        else base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
-    )
-    return base_pb2.HeaderValueOption(
-        header=base_pb2.HeaderValue(key=key, value=value), append_action=action
-    )
+def header(key: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value))
 
 
 def allow() -> CheckResponse:
     return CheckResponse(
         status=status_pb2.Status(code=0),
         ok_response=external_auth_pb2.OkHttpResponse(
-            headers=[header("x-gateway-subject", "alice", overwrite=True)],
+            headers=[header("x-gateway-subject", "alice")],
             headers_to_remove=["authorization"],
         ),
     )
@@ -284,7 +277,8 @@ async def test_allow_sets_identity_header_and_strips_authorization(
     received = dict(echoed["headers"])
     assert echoed["path"] == "/mcp?x=1"  # prefix rewritten, query kept
     assert "authorization" not in received
-    # OVERWRITE_IF_EXISTS_OR_ADD replaces the copy the client sent: no spoofed identity.
+    # With "append" unset, ext_authz overwrites the copy the client sent (append_action's
+    # zero value APPEND_IF_EXISTS_OR_ADD looks the same as unset): no spoofed identity.
     assert [v for k, v in echoed["headers"] if k == "x-gateway-subject"] == ["alice"]
     assert received["host"] == f"127.0.0.1:{backend.port}"
     assert received["x-forwarded-host"] == f"127.0.0.1:{gateway.layout.plain_port}"
@@ -406,7 +400,11 @@ async def test_oversized_body_arrives_truncated_and_marked(start_gateway: StartG
     gateway = await start_gateway()
     body = b"x" * (MAX_BODY * 3)
     async with client() as http:
-        response = await http.post(f"{gateway.url}/fininfo/mcp", content=body)
+        response = await http.post(
+            f"{gateway.url}/fininfo/mcp",
+            content=body,
+            headers={"x-envoy-auth-partial-body": "false"},  # a client's lie is overwritten
+        )
     assert response.status_code == 200  # the fake allows; the real service denies truncation
     (check,) = gateway.checks
     assert check.attributes.request.http.raw_body == body[:MAX_BODY]

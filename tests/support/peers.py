@@ -23,6 +23,10 @@ MCP (``mcp`` 2.3, ``mcp.Client`` over ``streamable_http_client``)
       for tools/call, resources/read and prompts/get, ``Mcp-Name``. Any error answer to the
       probe (a gateway's 401/403 included) silently falls back to the 2025 ``initialize``
       handshake, which ``mode="legacy"`` forces from the start.
+    * After a successful ``tools/call`` whose tool this session has not listed, the SDK sends
+      ``tools/list`` by itself (to validate structured output), in both modes: a token that
+      may call a tool but not list tools sees the call fail (``GatewayDenied`` for
+      ``tools/list`` here).
     * HTTP 401 or 403 (any body that is not a JSON-RPC error): ``MCPError`` code -32603,
       message "Server returned an error response", no data; the status, body and headers
       (``WWW-Authenticate``) are not kept anywhere. HTTP 404 becomes -32601 "Not Found"
@@ -140,6 +144,8 @@ async def mcp_call_tool(
     time_limit: float = DEFAULT_TIME_LIMIT,
 ) -> CallToolResult:
     """Connect, call one tool, disconnect. A tool's own failure is ``result.is_error``.
+
+    On the wire that is the handshake, ``tools/call``, then the SDK's own ``tools/list``.
 
     Raises ``GatewayDenied``, ``RpcError`` or ``TimeoutError`` (module docstring). ``mode``
     is the SDK's: "auto" (probe ``server/discover``, fall back to ``initialize``), "legacy"

@@ -1,0 +1,129 @@
+"""A whole gateway for end-to-end tests: real Envoy -> policy service -> demo MCP/A2A peers.
+
+The policy service and the peers run on an event loop in a background thread, so the
+stack lives for a whole module while each test drives the real SDK clients on its own loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from policy_service.dev.peers import DemoPeers
+from policy_service.gateway.envoy_config import (
+    AuthzEndpoint,
+    EnvoyLayout,
+    UpstreamRoute,
+    render_envoy_config,
+)
+from policy_service.pipeline import Gateway, GatewayState
+from policy_service.server import PolicyServer, ServerSettings
+from tests.support.bundles import TestBundle, write_test_bundle
+from tests.support.envoy import EnvoyProcess, free_port
+
+T = TypeVar("T")
+
+
+class BackgroundLoop:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, make: Callable[[], Awaitable[T]], timeout: float = 60) -> T:
+        async def wrapper() -> T:
+            return await make()
+
+        future: Future[T] = asyncio.run_coroutine_threadsafe(wrapper(), self.loop)
+        return future.result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+@dataclass
+class Stack:
+    url: str
+    bundle: TestBundle
+    peers: DemoPeers
+    server: PolicyServer
+    envoy: EnvoyProcess
+
+    @property
+    def fininfo_url(self) -> str:
+        return f"{self.url}/fininfo/mcp"
+
+    @property
+    def helper_url(self) -> str:
+        return f"{self.url}/agents/helper/"
+
+    def bearer(self, *scopes: str, **kwargs: Any) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.bundle.token(*scopes, **kwargs)}"}
+
+
+def start_stack(tmp: Path, *, denial_style: str = "http") -> Iterator[Stack]:
+    http_port = free_port()
+    url = f"http://127.0.0.1:{http_port}"
+    background = BackgroundLoop()
+    peers = DemoPeers(
+        "127.0.0.1",
+        {"fininfo": 0, "currenttime": 0, "agent": 0},
+        public_base_url=f"{url}/agents/helper/",
+    )
+    background.run(peers.start)
+    bundle = write_test_bundle(
+        tmp,
+        gateway=url,
+        denial_style=denial_style,
+        fininfo_port=peers.fininfo.port,
+        currenttime_port=peers.currenttime.port,
+        helper_port=peers.agent.port,
+    )
+
+    async def make_server() -> PolicyServer:
+        server = PolicyServer(
+            Gateway(GatewayState.from_bundle(bundle.bundle)),
+            ServerSettings(listen=("127.0.0.1:0",), grace_seconds=2),
+        )
+        await server.start()
+        return server
+
+    server = background.run(make_server)
+    layout = EnvoyLayout(
+        upstreams=(
+            UpstreamRoute("fininfo", "/fininfo/", "127.0.0.1", peers.fininfo.port),
+            UpstreamRoute("currenttime", "/currenttime/", "127.0.0.1", peers.currenttime.port),
+            UpstreamRoute("helper", "/agents/helper/", "127.0.0.1", peers.agent.port, protocol="a2a"),
+        ),
+        authz=(AuthzEndpoint("127.0.0.1", server.ports[0]),),
+        plain_port=http_port,
+        tls_port=None,
+        admin_port=0,
+    )
+    envoy = EnvoyProcess(render_envoy_config(layout)).start()
+    try:
+        yield Stack(url, bundle, peers, server, envoy)
+    finally:
+        envoy.stop()
+        background.run(server.stop)
+        background.run(peers.stop)
+        background.close()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    yield from start_stack(tmp_path_factory.mktemp("stack"))
+
+
+@pytest.fixture(scope="module")
+def jsonrpc_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    yield from start_stack(tmp_path_factory.mktemp("stack-jsonrpc"), denial_style="jsonrpc")
