@@ -1,11 +1,11 @@
 """The ``policy-service`` command.
 
-    policy-service serve BUNDLE [--listen HOST:PORT ...] [--tls-cert ...]
-    policy-service lint BUNDLE [BUNDLE ...]
-    policy-service hash-key               (reads the key from stdin)
-    policy-service token --scope ...      (mints a dev-issuer token)
-    policy-service envoy-config BUNDLE    (prints an Envoy config for the bundle)
-    policy-service dev                    (Envoy + policy service + demo peers)
+policy-service serve BUNDLE [--listen HOST:PORT ...] [--tls-cert ...]
+policy-service lint BUNDLE [BUNDLE ...]
+policy-service hash-key               (reads the key from stdin)
+policy-service token --scope ...      (mints a dev-issuer token)
+policy-service envoy-config BUNDLE    (prints an Envoy config for the bundle)
+policy-service dev                    (Envoy + policy service + demo peers)
 """
 
 from __future__ import annotations
@@ -44,7 +44,12 @@ def _cmd_lint(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from policy_service.bundles.loader import load_bundle
     from policy_service.pipeline import Gateway, GatewayState
-    from policy_service.server import PolicyServer, ServerSettings, TlsSettings, serve_until_signalled
+    from policy_service.server import (
+        PolicyServer,
+        ServerSettings,
+        TlsSettings,
+        serve_until_signalled,
+    )
 
     bundle = load_bundle(args.bundle)
     tls = None
@@ -65,7 +70,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         # grpc.aio binds the server to the loop that exists when it is built.
-        await serve_until_signalled(PolicyServer(Gateway(GatewayState.from_bundle(bundle)), settings))
+        await serve_until_signalled(
+            PolicyServer(Gateway(GatewayState.from_bundle(bundle)), settings)
+        )
 
     asyncio.run(run())
     return 0
@@ -118,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-reflection", action="store_true")
     serve.set_defaults(run=_cmd_serve)
 
-    hash_key = commands.add_parser("hash-key", help="print the SHA-256 of an API key read from stdin")
+    hash_key = commands.add_parser(
+        "hash-key", help="print the SHA-256 of an API key read from stdin"
+    )
     hash_key.set_defaults(run=_cmd_hash_key)
 
     token = commands.add_parser("token", help="mint a token from the dev stack's issuer")

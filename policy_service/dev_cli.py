@@ -39,9 +39,12 @@ def _cmd_envoy_config(args: argparse.Namespace) -> int:
     routes = []
     for upstream in bundle.upstreams:
         if upstream.backend is None:
-            raise ConfigError(f"upstream '{upstream.name}' has no backend: add backend: to the bundle")
+            raise ConfigError(
+                f"upstream '{upstream.name}' has no backend: add backend: to the bundle"
+            )
         backend = urlsplit(upstream.backend)
-        assert backend.hostname is not None and backend.port is not None  # checked at load
+        assert backend.hostname is not None
+        assert backend.port is not None
         routes.append(
             UpstreamRoute(
                 upstream.name,

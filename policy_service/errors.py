@@ -38,7 +38,9 @@ class BundleError(PolicyServiceError):
         self.problems = tuple(problems)
         count = len(self.problems)
         summary = "\n".join(f"  {problem}" for problem in self.problems)
-        super().__init__(f"bundle is invalid ({count} problem{'s' if count != 1 else ''}):\n{summary}")
+        super().__init__(
+            f"bundle is invalid ({count} problem{'s' if count != 1 else ''}):\n{summary}"
+        )
 
 
 class ConfigError(PolicyServiceError):

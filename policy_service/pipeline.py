@@ -86,29 +86,41 @@ class Gateway:
         if origin is not None and origin.lower() not in upstream.allowed_origins:
             # MCP transports: an Origin that is present and not allowed MUST get 403.
             return Deny(
-                DenyKind.BAD_ORIGIN, "origin_not_allowed", "this Origin is not allowed",
-                upstream=upstream, jsonrpc=is_jsonrpc,
+                DenyKind.BAD_ORIGIN,
+                "origin_not_allowed",
+                "this Origin is not allowed",
+                upstream=upstream,
+                jsonrpc=is_jsonrpc,
             )
 
-        subpath = request.path[len(upstream.path_prefix) - 1 :] if request.path.startswith(
-            upstream.path_prefix
-        ) else request.path
+        subpath = (
+            request.path[len(upstream.path_prefix) - 1 :]
+            if request.path.startswith(upstream.path_prefix)
+            else request.path
+        )
         if (
             upstream.protocol is UpstreamProtocol.A2A
             and request.method in ("GET", "HEAD")
             and is_agent_card_path(subpath)
         ):
             return Allow(
-                upstream, None, "public",
+                upstream,
+                None,
+                "public",
                 headers_to_remove=_strip_headers(request, bundle),
             )
 
         parsed = _parse(upstream, request, subpath)
         if isinstance(parsed, Malformed):
             return Deny(
-                DenyKind.MALFORMED, parsed.reason, parsed.message, upstream=upstream,
-                request_id=parsed.request_id, jsonrpc=is_jsonrpc,
-                jsonrpc_code=parsed.jsonrpc_code, http_status=parsed.http_status,
+                DenyKind.MALFORMED,
+                parsed.reason,
+                parsed.message,
+                upstream=upstream,
+                request_id=parsed.request_id,
+                jsonrpc=is_jsonrpc,
+                jsonrpc_code=parsed.jsonrpc_code,
+                http_status=parsed.http_status,
             )
         request_id = _request_id(parsed)
 
@@ -160,24 +172,40 @@ async def _identify(
     credential = extract_credential(request, state.bundle.api_key_header)
     if credential is None:
         return Deny(
-            DenyKind.MISSING_CREDENTIAL, "missing_credential", "authentication required",
-            upstream=upstream, request_id=request_id, jsonrpc=is_jsonrpc,
+            DenyKind.MISSING_CREDENTIAL,
+            "missing_credential",
+            "authentication required",
+            upstream=upstream,
+            request_id=request_id,
+            jsonrpc=is_jsonrpc,
         )
     if isinstance(credential, AmbiguousCredential):
         return Deny(
-            DenyKind.INVALID_REQUEST, credential.reason, credential.message,
-            upstream=upstream, request_id=request_id, jsonrpc=is_jsonrpc,
+            DenyKind.INVALID_REQUEST,
+            credential.reason,
+            credential.message,
+            upstream=upstream,
+            request_id=request_id,
+            jsonrpc=is_jsonrpc,
         )
     if isinstance(credential, UnusableCredential):
         return Deny(
-            DenyKind.INVALID_CREDENTIAL, credential.reason, credential.message,
-            upstream=upstream, request_id=request_id, jsonrpc=is_jsonrpc,
+            DenyKind.INVALID_CREDENTIAL,
+            credential.reason,
+            credential.message,
+            upstream=upstream,
+            request_id=request_id,
+            jsonrpc=is_jsonrpc,
         )
     result = await _verify(state, upstream, credential)
     if isinstance(result, IdentityFailure):
         return Deny(
-            DenyKind.INVALID_CREDENTIAL, result.reason, "the credential is not valid here",
-            upstream=upstream, request_id=request_id, jsonrpc=is_jsonrpc,
+            DenyKind.INVALID_CREDENTIAL,
+            result.reason,
+            "the credential is not valid here",
+            upstream=upstream,
+            request_id=request_id,
+            jsonrpc=is_jsonrpc,
         )
     return result
 
@@ -197,9 +225,14 @@ def _refusal(outcome: Refused, upstream: UpstreamPolicy, is_jsonrpc: bool) -> De
         else DenyKind.FORBIDDEN
     )
     return Deny(
-        kind, outcome.reason.value, _REFUSAL_MESSAGES[outcome.reason], upstream=upstream,
-        request_id=outcome.request_id, jsonrpc=is_jsonrpc,
-        required_scopes=outcome.required_scopes, missing_scopes=outcome.missing_scopes,
+        kind,
+        outcome.reason.value,
+        _REFUSAL_MESSAGES[outcome.reason],
+        upstream=upstream,
+        request_id=outcome.request_id,
+        jsonrpc=is_jsonrpc,
+        required_scopes=outcome.required_scopes,
+        missing_scopes=outcome.missing_scopes,
         rule=outcome.rule,
     )
 

@@ -32,11 +32,12 @@ _INTERNAL = to_check_response(
 )
 
 
-class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
+# xds-protos ships no type stubs, so the generated servicer base is Any to mypy.
+class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
 
-    async def Check(  # noqa: N802 - the gRPC method name is fixed by Envoy's API
+    async def Check(
         self,
         request: external_auth_pb2.CheckRequest,
         context: grpc.aio.ServicerContext[
@@ -71,7 +72,8 @@ class PolicyServer:
     def __init__(self, gateway: Gateway, settings: ServerSettings) -> None:
         self.gateway = gateway
         self.settings = settings
-        self.health = health.aio.HealthServicer()
+        # grpcio-health-checking's aio submodule is missing from its type hints.
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.ports: list[int] = []
         self._server = grpc.aio.server(
             options=[

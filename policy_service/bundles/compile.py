@@ -188,7 +188,9 @@ def _issuers(
         if not 0 <= leeway <= _MAX_LEEWAY_SECONDS:
             problems.add(f"{path}.leeway_seconds", f"must be between 0 and {_MAX_LEEWAY_SECONDS:g}")
             ok = False
-        cache_seconds = issuer.jwks_cache_seconds if issuer.HasField("jwks_cache_seconds") else 300.0
+        cache_seconds = (
+            issuer.jwks_cache_seconds if issuer.HasField("jwks_cache_seconds") else 300.0
+        )
         if cache_seconds <= 0:
             problems.add(f"{path}.jwks_cache_seconds", "must be greater than 0")
             ok = False
@@ -251,7 +253,9 @@ def _scopes(values: object, path: str, problems: _Problems) -> frozenset[str]:
     scopes = list(values)  # type: ignore[call-overload]
     for position, scope in enumerate(scopes):
         if not _SCOPE.match(scope):
-            problems.add(f"{path}[{position}]", f"'{scope}' is not a valid scope (no spaces or quotes)")
+            problems.add(
+                f"{path}[{position}]", f"'{scope}' is not a valid scope (no spaces or quotes)"
+            )
     return frozenset(scopes)
 
 
@@ -296,7 +300,10 @@ def _upstreams(
         if not (prefix.startswith("/") and prefix.endswith("/")) or "//" in prefix:
             problems.add(f"{path}.path_prefix", "must start and end with '/', like '/fininfo/'")
         elif prefix.startswith("/.well-known/"):
-            problems.add(f"{path}.path_prefix", "must not be under /.well-known/ (discovery documents live there)")
+            problems.add(
+                f"{path}.path_prefix",
+                "must not be under /.well-known/ (discovery documents live there)",
+            )
         elif prefix in prefixes:
             problems.add(f"{path}.path_prefix", f"duplicate path_prefix '{prefix}'")
         prefixes.add(prefix)
@@ -314,15 +321,23 @@ def _upstreams(
         if denial_style is DenialStyle.JSONRPC and protocol is UpstreamProtocol.HTTP:
             problems.add(f"{path}.denial_style", "'jsonrpc' needs protocol mcp or a2a")
         required = _scopes(upstream.required_scopes, f"{path}.required_scopes", problems)
-        origins = gateway_origins | _origins(upstream.allowed_origins, f"{path}.allowed_origins", problems)
+        origins = gateway_origins | _origins(
+            upstream.allowed_origins, f"{path}.allowed_origins", problems
+        )
         if upstream.backend:
             backend = urlsplit(upstream.backend)
             if backend.scheme not in ("http", "https") or not backend.hostname or not backend.port:
-                problems.add(f"{path}.backend", "must be http(s)://host:port, e.g. http://127.0.0.1:9101")
+                problems.add(
+                    f"{path}.backend", "must be http(s)://host:port, e.g. http://127.0.0.1:9101"
+                )
         rules = tuple(
             rule
             for position, raw in enumerate(upstream.rules)
-            if (rule := _rule(raw, protocol, f"{path}.rules[{position}]", upstream.name, position, problems))
+            if (
+                rule := _rule(
+                    raw, protocol, f"{path}.rules[{position}]", upstream.name, position, problems
+                )
+            )
         )
         auth_servers = tuple(upstream.authorization_servers) or issuer_urls
         if len(problems.items) > before:
@@ -399,14 +414,23 @@ def _rule(
         "a2a_methods": list(raw.a2a_methods),
     }
     if not any(targets.values()):
-        problems.add(path, "matches nothing: give at least one of tools, resources, prompts, methods, a2a_methods")
+        problems.add(
+            path,
+            "matches nothing: give at least one of tools, resources, prompts, methods, a2a_methods",
+        )
     mcp_keys = ("tools", "resources", "prompts", "methods")
     if protocol is not UpstreamProtocol.MCP:
         for key in mcp_keys:
             if targets[key]:
-                problems.add(f"{path}.{key}", f"can never match: the upstream's protocol is {protocol}, not mcp")
+                problems.add(
+                    f"{path}.{key}",
+                    f"can never match: the upstream's protocol is {protocol}, not mcp",
+                )
     if protocol is not UpstreamProtocol.A2A and targets["a2a_methods"]:
-        problems.add(f"{path}.a2a_methods", f"can never match: the upstream's protocol is {protocol}, not a2a")
+        problems.add(
+            f"{path}.a2a_methods",
+            f"can never match: the upstream's protocol is {protocol}, not a2a",
+        )
     for key, entries in targets.items():
         for entry_index, entry in enumerate(entries):
             if not entry:
@@ -431,7 +455,9 @@ def _rule(
         effect = Effect.DENY
     scopes = _scopes(raw.scopes, f"{path}.scopes", problems)
     if effect is Effect.DENY and scopes:
-        problems.add(f"{path}.scopes", "a deny rule takes no scopes: it refuses whatever it matches")
+        problems.add(
+            f"{path}.scopes", "a deny rule takes no scopes: it refuses whatever it matches"
+        )
     if len(problems.items) > before:
         return None
     return CompiledRule(

@@ -10,16 +10,21 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor
 
 from policy_service.bundles.compile import compile_bundle
 from policy_service.bundles.model import CompiledBundle
 from policy_service.bundles.shape import check_shape
 from policy_service.errors import BundleError, BundleProblem
 from policy_service.gen.policy_service.bundle.v1 import bundle_pb2
+
+
+# The generated module's descriptor is the C implementation; it is the same API.
+_BUNDLE_DESCRIPTOR = cast(Descriptor, bundle_pb2.Bundle.DESCRIPTOR)
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -35,7 +40,7 @@ class _StrictLoader(yaml.SafeLoader):
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=deep)
         if isinstance(key, str) and key in seen:
             loader.duplicate_problems.append((key_node.start_mark.line + 1, key))
         seen.add(key)
@@ -49,14 +54,14 @@ def parse_yaml(text: str, source: str) -> Any:
     loader = _StrictLoader(text)
     loader.duplicate_problems = []
     try:
-        document = loader.get_single_data()  # type: ignore[no-untyped-call]
+        document = loader.get_single_data()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "not valid YAML"
         raise BundleError([BundleProblem(source, where, f"not valid YAML: {problem}")]) from exc
     finally:
-        loader.dispose()  # type: ignore[no-untyped-call]
+        loader.dispose()
     if loader.duplicate_problems:
         raise BundleError(
             [
@@ -75,7 +80,7 @@ def load_bundle_text(
     environ: Mapping[str, str] | None = None,
 ) -> CompiledBundle:
     document = parse_yaml(text, source)
-    problems = check_shape(document, bundle_pb2.Bundle.DESCRIPTOR, source)
+    problems = check_shape(document, _BUNDLE_DESCRIPTOR, source)
     if problems:
         raise BundleError(problems)
     message = bundle_pb2.Bundle()
@@ -83,7 +88,10 @@ def load_bundle_text(
     # it is the typed view the compiler reads.
     json_format.ParseDict(document, message)
     return compile_bundle(
-        message, source=source, base_dir=base_dir, environ=os.environ if environ is None else environ
+        message,
+        source=source,
+        base_dir=base_dir,
+        environ=os.environ if environ is None else environ,
     )
 
 

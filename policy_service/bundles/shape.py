@@ -50,7 +50,9 @@ def describe(value: Any) -> str:
 def check_shape(document: Any, descriptor: Descriptor, file: str) -> list[BundleProblem]:
     problems: list[BundleProblem] = []
     if not isinstance(document, Mapping):
-        problems.append(BundleProblem(file, "", f"expected a mapping at the top, got {describe(document)}"))
+        problems.append(
+            BundleProblem(file, "", f"expected a mapping at the top, got {describe(document)}")
+        )
         return problems
     _check_message(document, descriptor, file, "", problems)
     return problems
@@ -74,7 +76,9 @@ def _check_message(
             continue
         field = fields.get(key)
         if field is None:
-            problems.append(BundleProblem(file, _join(path, key), _unknown_key_message(key, fields)))
+            problems.append(
+                BundleProblem(file, _join(path, key), _unknown_key_message(key, fields))
+            )
             continue
         _check_field(item, field, file, _join(path, key), problems)
 
@@ -108,6 +112,7 @@ def _check_single(
         if not isinstance(value, Mapping):
             problems.append(BundleProblem(file, path, f"expected a mapping, got {describe(value)}"))
             return
+        assert field.message_type is not None  # TYPE_MESSAGE fields always have one
         _check_message(value, field.message_type, file, path, problems)
         return
     if not _scalar_matches(value, field.type):

@@ -52,7 +52,11 @@ def render_serve(serve: Serve) -> HttpAnswer:
 
 
 def render_deny(deny: Deny) -> HttpAnswer:
-    status = deny.http_status if deny.kind is DenyKind.MALFORMED and deny.http_status else _STATUS[deny.kind]
+    status = (
+        deny.http_status
+        if deny.kind is DenyKind.MALFORMED and deny.http_status
+        else _STATUS[deny.kind]
+    )
     headers: list[tuple[str, str]] = [("content-type", "application/json")]
     challenge = _challenge(deny)
     if challenge:

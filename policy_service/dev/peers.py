@@ -91,7 +91,12 @@ class AppServer:
         if self._task is not None:
             raise RuntimeError(f"{self.name} is already started")
         self._task = asyncio.create_task(self._serve(), name=f"demo-peer-{self.name}")
-        await asyncio.wait_for(self._wait_until_ready(self._task), startup_timeout)
+        try:
+            await asyncio.wait_for(self._wait_until_ready(self._task), startup_timeout)
+        except BaseException:
+            # A half-started server must not outlive the failed start (or its socket leak).
+            await self.stop()
+            raise
 
     async def _serve(self) -> None:
         try:

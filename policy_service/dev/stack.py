@@ -179,9 +179,7 @@ class DevStack:
                 ServerSettings(listen=(f"127.0.0.1:{ports.authz}",), grace_seconds=2.0),
             )
             await self.server.start()
-            self.envoy = EnvoyProcess(
-                (self.state_dir / ENVOY_FILE).read_text(), workdir=self.state_dir / "envoy-run"
-            )
+            self.envoy = EnvoyProcess((self.state_dir / ENVOY_FILE).read_text())
             await asyncio.to_thread(self.envoy.start)
         except BaseException:
             await self.stop()
@@ -216,7 +214,8 @@ Mint a token (in another terminal):
 Call a tool with curl:
   curl -s {gateway}/fininfo/mcp -H "Authorization: Bearer $TOKEN" \\
     -H 'content-type: application/json' -H 'accept: application/json, text/event-stream' \\
-    -d '{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"get_quote","arguments":{{"symbol":"ACME"}}}}}}'
+    -d '{{"jsonrpc":"2.0","id":1,"method":"tools/call",'\\
+'"params":{{"name":"get_quote","arguments":{{"symbol":"ACME"}}}}}}'
 
 Or with the MCP Python SDK: point streamable_http_client at {gateway}/fininfo/mcp with the
 header "Authorization: Bearer $TOKEN". place_trade needs --scope fininfo:trade; without it

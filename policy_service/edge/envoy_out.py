@@ -51,7 +51,7 @@ def _deny(answer: HttpAnswer, status: status_pb2.Status) -> external_auth_pb2.Ch
     # A "denied" response is also how the gateway serves its own documents (status 200):
     # Envoy sends it to the client as a local reply and never touches the upstream.
     denied = external_auth_pb2.DeniedHttpResponse(
-        status=http_status_pb2.HttpStatus(code=answer.status),  # type: ignore[arg-type]
+        status=http_status_pb2.HttpStatus(code=answer.status),
         headers=[_header(name, value) for name, value in answer.headers],
         body=answer.body.decode(),
     )

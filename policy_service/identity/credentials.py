@@ -82,13 +82,16 @@ def extract_credential(request: HttpRequest, api_key_header: str) -> ExtractedCr
             )
         if not token or " " in token:
             return AmbiguousCredential(
-                "malformed_authorization_header", "the Authorization header must be 'Bearer <token>'"
+                "malformed_authorization_header",
+                "the Authorization header must be 'Bearer <token>'",
             )
         return Credential(CredentialType.BEARER, token)
     if api_key is not None:
         key = api_key.strip()
         if not key or "," in key:
-            return AmbiguousCredential("malformed_api_key_header", "the API key header is malformed")
+            return AmbiguousCredential(
+                "malformed_api_key_header", "the API key header is malformed"
+            )
         return Credential(CredentialType.API_KEY, key)
     return None
 

@@ -92,7 +92,10 @@ class A2aBinding(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class A2aRequest:
-    """An A2A operation, its method normalized to the v1.0 name (``message/send`` -> ``SendMessage``)."""
+    """An A2A operation, its method normalized to its v1.0 name.
+
+    ``message/send`` (v0.3) becomes ``SendMessage``; v1.0 names pass through unchanged.
+    """
 
     method: str
     binding: A2aBinding

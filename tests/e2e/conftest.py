@@ -102,7 +102,9 @@ def start_stack(tmp: Path, *, denial_style: str = "http") -> Iterator[Stack]:
         upstreams=(
             UpstreamRoute("fininfo", "/fininfo/", "127.0.0.1", peers.fininfo.port),
             UpstreamRoute("currenttime", "/currenttime/", "127.0.0.1", peers.currenttime.port),
-            UpstreamRoute("helper", "/agents/helper/", "127.0.0.1", peers.agent.port, protocol="a2a"),
+            UpstreamRoute(
+                "helper", "/agents/helper/", "127.0.0.1", peers.agent.port, protocol="a2a"
+            ),
         ),
         authz=(AuthzEndpoint("127.0.0.1", server.ports[0]),),
         plain_port=http_port,

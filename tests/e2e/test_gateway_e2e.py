@@ -33,25 +33,47 @@ def audience(stack: Stack, path: str) -> str:
     return f"{stack.url}{path}"
 
 
-def raw_post(stack: Stack, body: bytes | dict[str, object], headers: dict[str, str], path: str = "/fininfo/mcp") -> httpx.Response:
+async def raw_post(
+    stack: Stack,
+    body: bytes | dict[str, object],
+    headers: dict[str, str] | list[tuple[str, str]],
+    path: str = "/fininfo/mcp",
+) -> httpx.Response:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return httpx.post(f"{stack.url}{path}", content=content, headers={**MCP_HEADERS, **headers}, timeout=10)
+    extra = list(headers.items()) if isinstance(headers, dict) else headers
+    names = {name for name, _ in extra}
+    merged = [(k, v) for k, v in MCP_HEADERS.items() if k not in names] + extra
+    async with httpx.AsyncClient(timeout=10) as client:
+        return await client.post(f"{stack.url}{path}", content=content, headers=merged)
 
 
 def unsigned_token(stack: Stack) -> str:
     def segment(value: dict[str, object]) -> str:
         return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
 
-    claims = {"iss": ISSUER, "sub": "mallory", "aud": stack.fininfo_url, "scope": "fininfo:read fininfo:trade", "exp": 4102444800}
+    claims = {
+        "iss": ISSUER,
+        "sub": "mallory",
+        "aud": stack.fininfo_url,
+        "scope": "fininfo:read fininfo:trade",
+        "exp": 4102444800,
+    }
     return f"{segment({'alg': 'none', 'typ': 'JWT'})}.{segment(claims)}."
 
 
-TOOL_CALL = {"jsonrpc": "2.0", "id": 11, "method": "tools/call", "params": {"name": "get_quote", "arguments": {"symbol": "ACME"}}}
+TOOL_CALL = {
+    "jsonrpc": "2.0",
+    "id": 11,
+    "method": "tools/call",
+    "params": {"name": "get_quote", "arguments": {"symbol": "ACME"}},
+}
 
 
 async def test_allowed_tool_call_returns_its_result(stack: Stack) -> None:
     headers = stack.bearer("fininfo:read", audience=stack.fininfo_url)
-    result = await mcp_call_tool(stack.fininfo_url, "get_quote", {"symbol": "ACME"}, headers=headers)
+    result = await mcp_call_tool(
+        stack.fininfo_url, "get_quote", {"symbol": "ACME"}, headers=headers
+    )
     assert not result.is_error
     assert "ACME" in tool_text(result)
     tools = await mcp_list_tools(stack.fininfo_url, headers=headers)
@@ -60,16 +82,25 @@ async def test_allowed_tool_call_returns_its_result(stack: Stack) -> None:
 
 async def test_legacy_initialize_handshake_also_works(stack: Stack) -> None:
     headers = stack.bearer("fininfo:read", audience=stack.fininfo_url)
-    result = await mcp_call_tool(stack.fininfo_url, "list_symbols", {}, headers=headers, mode="legacy")
+    result = await mcp_call_tool(
+        stack.fininfo_url, "list_symbols", {}, headers=headers, mode="legacy"
+    )
     assert not result.is_error
 
 
 async def test_tool_outside_the_tokens_scopes_is_denied_with_a_clear_error(stack: Stack) -> None:
     headers = stack.bearer("fininfo:read", audience=stack.fininfo_url)
     with pytest.raises(GatewayDenied) as denied:
-        await mcp_call_tool(stack.fininfo_url, "place_trade", {"symbol": "ACME", "side": "buy", "quantity": 1}, headers=headers)
+        await mcp_call_tool(
+            stack.fininfo_url,
+            "place_trade",
+            {"symbol": "ACME", "side": "buy", "quantity": 1},
+            headers=headers,
+        )
     assert denied.value.status == 403
-    assert denied.value.headers["www-authenticate"].startswith('Bearer error="insufficient_scope", scope="fininfo:trade"')
+    assert denied.value.headers["www-authenticate"].startswith(
+        'Bearer error="insufficient_scope", scope="fininfo:trade"'
+    )
     error = denied.value.rpc_error
     assert error is not None
     assert error["data"]["reason"] == "insufficient_scope"
@@ -79,11 +110,18 @@ async def test_tool_outside_the_tokens_scopes_is_denied_with_a_clear_error(stack
 async def test_jsonrpc_denial_style_reaches_the_client_in_band(jsonrpc_stack: Stack) -> None:
     headers = jsonrpc_stack.bearer("fininfo:read", audience=jsonrpc_stack.fininfo_url)
     with pytest.raises(RpcError) as denied:
-        await mcp_call_tool(jsonrpc_stack.fininfo_url, "place_trade", {"symbol": "ACME", "side": "buy", "quantity": 1}, headers=headers)
+        await mcp_call_tool(
+            jsonrpc_stack.fininfo_url,
+            "place_trade",
+            {"symbol": "ACME", "side": "buy", "quantity": 1},
+            headers=headers,
+        )
     assert denied.value.code == 403
     assert denied.value.data["scopes"] == ["fininfo:trade"]
     # The session survives: the next allowed call on a fresh client works.
-    result = await mcp_call_tool(jsonrpc_stack.fininfo_url, "get_quote", {"symbol": "ACME"}, headers=headers)
+    result = await mcp_call_tool(
+        jsonrpc_stack.fininfo_url, "get_quote", {"symbol": "ACME"}, headers=headers
+    )
     assert not result.is_error
 
 
@@ -95,7 +133,9 @@ async def test_jsonrpc_denial_style_reaches_the_client_in_band(jsonrpc_stack: St
         ("wrong-audience", 'Bearer error="invalid_token", error_description="wrong_audience"'),
     ],
 )
-async def test_bad_or_missing_tokens_get_401_with_the_challenge(stack: Stack, case: str, expected_challenge: str) -> None:
+async def test_bad_or_missing_tokens_get_401_with_the_challenge(
+    stack: Stack, case: str, expected_challenge: str
+) -> None:
     if case == "missing":
         headers: dict[str, str] = {}
     elif case == "expired":
@@ -110,7 +150,8 @@ async def test_bad_or_missing_tokens_get_401_with_the_challenge(stack: Stack, ca
     metadata_url = f"{stack.url}/.well-known/oauth-protected-resource/fininfo/mcp"
     assert f'resource_metadata="{metadata_url}"' in challenge
     # The metadata document the challenge points at is reachable without a token.
-    document = httpx.get(metadata_url, timeout=10)
+    async with httpx.AsyncClient(timeout=10) as client:
+        document = await client.get(metadata_url)
     assert document.status_code == 200
     assert document.json()["resource"] == stack.fininfo_url
 
@@ -120,7 +161,9 @@ async def test_upstream_never_sees_the_client_token_or_spoofed_identity(stack: S
     spoofed = {**token_headers, "x-gateway-subject": "mallory", "x-gateway-role": "admin"}
     recorder = stack.peers.fininfo.recorder
     recorder.clear()
-    result = await mcp_call_tool(stack.fininfo_url, "get_quote", {"symbol": "ACME"}, headers=spoofed)
+    result = await mcp_call_tool(
+        stack.fininfo_url, "get_quote", {"symbol": "ACME"}, headers=spoofed
+    )
     assert not result.is_error
     seen = recorder.entries()
     assert seen, "the upstream recorded no request"
@@ -135,7 +178,9 @@ async def test_upstream_never_sees_the_client_token_or_spoofed_identity(stack: S
 async def test_api_key_reaches_the_tool_and_is_stripped(stack: Stack) -> None:
     recorder = stack.peers.fininfo.recorder
     recorder.clear()
-    result = await mcp_call_tool(stack.fininfo_url, "get_quote", {"symbol": "ACME"}, headers={"x-api-key": CI_BOT_KEY})
+    result = await mcp_call_tool(
+        stack.fininfo_url, "get_quote", {"symbol": "ACME"}, headers={"x-api-key": CI_BOT_KEY}
+    )
     assert not result.is_error
     assert all("x-api-key" not in entry["headers"] for entry in recorder.entries())
     assert recorder.entries()[-1]["headers"]["x-gateway-client-id"] == "ci-bot"
@@ -181,15 +226,26 @@ async def test_bad_input_through_envoy_gets_a_specific_denial_and_service_keeps_
     if case == "garbage-json":
         body = b'{"jsonrpc": "2.0", "id": 1, "method": '
     elif case == "duplicate-keys":
-        body = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_quote","name":"place_trade"}}'
+        body = (
+            b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+            b'"params":{"name":"get_quote","name":"place_trade"}}'
+        )
     elif case == "batch-in-2025-06-18":
         body = json.dumps([TOOL_CALL]).encode()
     elif case == "truncated-body":
-        body = json.dumps({**TOOL_CALL, "params": {"name": "get_quote", "arguments": {"pad": "x" * 200_000}}}).encode()
+        body = json.dumps(
+            {**TOOL_CALL, "params": {"name": "get_quote", "arguments": {"pad": "x" * 200_000}}}
+        ).encode()
     elif case == "token-in-query":
         path = f"/fininfo/mcp?access_token={token}"
     elif case == "mcp-name-mismatch":
-        headers.update({"mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "list_symbols"})
+        headers.update(
+            {
+                "mcp-protocol-version": "2026-07-28",
+                "mcp-method": "tools/call",
+                "mcp-name": "list_symbols",
+            }
+        )
     elif case == "unknown-protocol-version":
         headers["mcp-protocol-version"] = "1999-01-01"
     elif case == "bad-origin":
@@ -197,10 +253,10 @@ async def test_bad_input_through_envoy_gets_a_specific_denial_and_service_keeps_
     elif case == "alg-none-token":
         headers["authorization"] = f"Bearer {unsigned_token(stack)}"
     if case == "two-authorization-headers":
-        request_headers = [*MCP_HEADERS.items(), ("authorization", f"Bearer {token}"), ("authorization", "Bearer other")]
-        response = httpx.post(f"{stack.url}{path}", content=json.dumps(body).encode(), headers=request_headers, timeout=10)
+        two = [("authorization", f"Bearer {token}"), ("authorization", "Bearer other")]
+        response = await raw_post(stack, body, two, path)
     else:
-        response = raw_post(stack, body, headers, path)
+        response = await raw_post(stack, body, headers, path)
     assert response.status_code == status, response.text
     document = response.json()
     found = document["error"]["data"]["reason"] if "jsonrpc" in document else document["error"]
@@ -213,4 +269,5 @@ async def test_bad_input_through_envoy_gets_a_specific_denial_and_service_keeps_
 def test_unrouted_path_is_404_and_discovery_is_public(stack: Stack) -> None:
     assert httpx.get(f"{stack.url}/nowhere", timeout=10).status_code == 404
     card = httpx.get(f"{stack.helper_url}.well-known/agent-card.json", timeout=10)
-    assert card.status_code == 200 and card.json()["name"]
+    assert card.status_code == 200
+    assert card.json()["name"]

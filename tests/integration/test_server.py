@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.service.auth.v3 import external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -57,7 +57,9 @@ def mcp_headers(token: str | None = None) -> dict[str, str]:
     return headers
 
 
-async def test_allow_over_grpc(stub: external_auth_pb2_grpc.AuthorizationStub, test_bundle: TestBundle) -> None:
+async def test_allow_over_grpc(
+    stub: external_auth_pb2_grpc.AuthorizationStub, test_bundle: TestBundle
+) -> None:
     token = test_bundle.token("fininfo:read")
     response = await stub.Check(check_request(headers=mcp_headers(token), body=TOOL_CALL))
     assert response.status.code == grpc.StatusCode.OK.value[0]
@@ -78,7 +80,11 @@ async def test_repeated_authorization_headers_from_header_map(
     stub: external_auth_pb2_grpc.AuthorizationStub, test_bundle: TestBundle
 ) -> None:
     token = test_bundle.token("fininfo:read")
-    headers = [*mcp_headers().items(), ("authorization", f"Bearer {token}"), ("authorization", "Bearer x")]
+    headers = [
+        *mcp_headers().items(),
+        ("authorization", f"Bearer {token}"),
+        ("authorization", "Bearer x"),
+    ]
     response = await stub.Check(check_request(headers=headers, body=TOOL_CALL))
     assert response.denied_response.status.code == 400
     assert "multiple_authorization_headers" in response.denied_response.body
@@ -87,10 +93,21 @@ async def test_repeated_authorization_headers_from_header_map(
 BAD_INPUTS = {
     "garbage-body": (mcp_headers, b"\xff\xfe{not json"),
     "deep-nesting": (mcp_headers, b"[" * 100_000 + b"]" * 100_000),
-    "duplicate-keys": (mcp_headers, b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_quote","name":"place_trade"}}'),
+    "duplicate-keys": (
+        mcp_headers,
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_quote","name":"place_trade"}}',
+    ),
     "non-object": (mcp_headers, b'"tools/call"'),
-    "huge-name": (mcp_headers, json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x" * 1_000_000}}).encode()),
-    "alg-none": (lambda: mcp_headers("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."), json.dumps(TOOL_CALL).encode()),
+    "huge-name": (
+        mcp_headers,
+        json.dumps(
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x" * 1_000_000}}
+        ).encode(),
+    ),
+    "alg-none": (
+        lambda: mcp_headers("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."),
+        json.dumps(TOOL_CALL).encode(),
+    ),
     "oversized-token": (lambda: mcp_headers("a" * 100_000), json.dumps(TOOL_CALL).encode()),
 }
 
@@ -144,7 +161,9 @@ async def test_graceful_stop_finishes_in_flight_checks(test_bundle: TestBundle) 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.ports[0]}") as channel:
         stub = external_auth_pb2_grpc.AuthorizationStub(channel)
         token = test_bundle.token("fininfo:read")
-        in_flight = asyncio.ensure_future(stub.Check(check_request(headers=mcp_headers(token), body=TOOL_CALL)))
+        in_flight = asyncio.ensure_future(
+            stub.Check(check_request(headers=mcp_headers(token), body=TOOL_CALL))
+        )
         await asyncio.wait_for(gateway.entered.wait(), 5)
         stopping = asyncio.ensure_future(server.stop())
         await asyncio.sleep(0.2)
@@ -165,13 +184,17 @@ async def test_tls_listener(tmp_path: Path, test_bundle: TestBundle) -> None:
     try:
         credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
         options = [("grpc.ssl_target_name_override", "localhost")]
-        async with grpc.aio.secure_channel(f"127.0.0.1:{server.ports[0]}", credentials, options) as channel:
+        async with grpc.aio.secure_channel(
+            f"127.0.0.1:{server.ports[0]}", credentials, options
+        ) as channel:
             stub = external_auth_pb2_grpc.AuthorizationStub(channel)
             response = await stub.Check(check_request(headers=mcp_headers(), body=TOOL_CALL))
             assert response.denied_response.status.code == 401
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.ports[0]}") as plain:
             with pytest.raises(grpc.aio.AioRpcError):
-                await external_auth_pb2_grpc.AuthorizationStub(plain).Check(check_request(), timeout=2)
+                await external_auth_pb2_grpc.AuthorizationStub(plain).Check(
+                    check_request(), timeout=2
+                )
     finally:
         await server.stop()
 
@@ -181,8 +204,18 @@ def test_serve_command_stops_cleanly_on_sigterm(test_bundle: TestBundle) -> None
 
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "policy_service", "serve", str(test_bundle.path), "--listen", f"127.0.0.1:{port}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        [
+            sys.executable,
+            "-m",
+            "policy_service",
+            "serve",
+            str(test_bundle.path),
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
         assert process.stdout is not None
@@ -194,7 +227,8 @@ def test_serve_command_stops_cleanly_on_sigterm(test_bundle: TestBundle) -> None
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
         rest = process.stdout.read().decode()
-        assert "draining" in rest and "stopped" in rest
+        assert "draining" in rest
+        assert "stopped" in rest
     finally:
         if process.poll() is None:
             process.kill()

@@ -41,7 +41,8 @@ upstreams:
       deny: [blocked-client]
     rules:
       - name: session
-        methods: [initialize, server/discover, ping, "notifications/*", tools/list, resources/list, prompts/list]
+        methods: [initialize, server/discover, ping, "notifications/*", tools/list,
+                  resources/list, prompts/list]
       - name: trading-off-hours
         tools: [halt_*]
         effect: deny

@@ -29,10 +29,11 @@ MCP (``mcp`` 2.3, ``mcp.Client`` over ``streamable_http_client``)
       ``tools/list`` here).
     * HTTP 401 or 403 (any body that is not a JSON-RPC error): ``MCPError`` code -32603,
       message "Server returned an error response", no data; the status, body and headers
-      (``WWW-Authenticate``) are not kept anywhere. HTTP 404 becomes -32601 "Not Found"
-      (no session) or -32600 "Session terminated".
+      (``WWW-Authenticate``) are not kept anywhere. (Per the SDK source, not pinned here:
+      HTTP 404 becomes -32601 "Not Found" before a session exists, else -32600 "Session
+      terminated".)
     * HTTP 4xx whose ``application/json`` body is a JSON-RPC error: that error (code,
-      message, data) is raised as ``MCPError``, whatever its id.
+      message, data) is raised as ``MCPError`` (the SDK substitutes the request's id).
     * HTTP 200 with a JSON-RPC error carrying the request's id: ``MCPError`` with that code,
       message and data. With a different or null id the SDK drops the answer and **waits
       forever** (only a timeout ends it).

@@ -21,9 +21,7 @@ FIXTURES = sorted(INVALID.glob("*.yaml"))
 def expected_problems(path: Path) -> list[str]:
     prefix = "# expect: "
     return [
-        line[len(prefix) :]
-        for line in path.read_text().splitlines()
-        if line.startswith(prefix)
+        line[len(prefix) :] for line in path.read_text().splitlines() if line.startswith(prefix)
     ]
 
 

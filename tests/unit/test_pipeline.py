@@ -12,7 +12,13 @@ from policy_service.decisions.model import Allow, Deny, DenyKind, Serve
 from policy_service.decisions.render import render_deny, render_serve
 from policy_service.pipeline import Gateway, GatewayState
 from policy_service.request.model import HttpRequest
-from tests.support.bundles import CI_BOT_KEY, FININFO_RESOURCE, HELPER_RESOURCE, TestBundle, write_test_bundle
+from tests.support.bundles import (
+    CI_BOT_KEY,
+    FININFO_RESOURCE,
+    HELPER_RESOURCE,
+    TestBundle,
+    write_test_bundle,
+)
 
 
 @pytest.fixture
@@ -45,7 +51,12 @@ def mcp_post(
 
 
 def tool_call(name: str, request_id: int = 7) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": {"name": name, "arguments": {}}}
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": {}},
+    }
 
 
 async def test_protected_resource_metadata_is_served_without_a_token(gateway: Gateway) -> None:
@@ -68,7 +79,8 @@ async def test_unknown_path_is_404(gateway: Gateway) -> None:
 
 async def test_missing_token_gets_401_with_resource_metadata(gateway: Gateway) -> None:
     decision = await gateway.check(mcp_post(tool_call("get_quote")))
-    assert isinstance(decision, Deny) and decision.kind is DenyKind.MISSING_CREDENTIAL
+    assert isinstance(decision, Deny)
+    assert decision.kind is DenyKind.MISSING_CREDENTIAL
     answer = render_deny(decision)
     assert answer.status == 401
     challenge = dict(answer.headers)["www-authenticate"]
@@ -96,7 +108,8 @@ async def test_bad_tokens_get_401_invalid_token(
 ) -> None:
     token = make_token(test_bundle)
     decision = await gateway.check(mcp_post(tool_call("get_quote"), token=token))
-    assert isinstance(decision, Deny) and decision.kind is DenyKind.INVALID_CREDENTIAL
+    assert isinstance(decision, Deny)
+    assert decision.kind is DenyKind.INVALID_CREDENTIAL
     assert decision.reason == reason
     answer = render_deny(decision)
     assert answer.status == 401
@@ -127,9 +140,14 @@ async def test_allowed_tool_call_sets_identity_and_strips_credentials(
     assert "x-gateway-role" in decision.headers_to_remove
 
 
-async def test_missing_scope_names_every_needed_scope(gateway: Gateway, test_bundle: TestBundle) -> None:
-    decision = await gateway.check(mcp_post(tool_call("place_trade"), token=test_bundle.token("fininfo:read")))
-    assert isinstance(decision, Deny) and decision.kind is DenyKind.INSUFFICIENT_SCOPE
+async def test_missing_scope_names_every_needed_scope(
+    gateway: Gateway, test_bundle: TestBundle
+) -> None:
+    decision = await gateway.check(
+        mcp_post(tool_call("place_trade"), token=test_bundle.token("fininfo:read"))
+    )
+    assert isinstance(decision, Deny)
+    assert decision.kind is DenyKind.INSUFFICIENT_SCOPE
     answer = render_deny(decision)
     assert answer.status == 403
     assert dict(answer.headers)["www-authenticate"] == (
@@ -160,10 +178,13 @@ async def test_jsonrpc_denial_style_answers_200_with_the_request_id(tmp_path: Pa
     assert body["error"]["data"]["scopes"] == ["fininfo:trade"]
 
 
-async def test_tool_without_rule_is_denied_by_default(gateway: Gateway, test_bundle: TestBundle) -> None:
+async def test_tool_without_rule_is_denied_by_default(
+    gateway: Gateway, test_bundle: TestBundle
+) -> None:
     token = test_bundle.token("fininfo:read", "fininfo:trade")
     decision = await gateway.check(mcp_post(tool_call("drop_tables"), token=token))
-    assert isinstance(decision, Deny) and decision.reason == "no_matching_rule"
+    assert isinstance(decision, Deny)
+    assert decision.reason == "no_matching_rule"
     assert render_deny(decision).status == 403
     assert "www-authenticate" not in dict(render_deny(decision).headers)
 
@@ -178,18 +199,29 @@ async def test_deny_rule_wins_before_later_allow(gateway: Gateway, test_bundle: 
 async def test_client_deny_list(gateway: Gateway, test_bundle: TestBundle) -> None:
     token = test_bundle.token("fininfo:read", client_id="blocked-client")
     decision = await gateway.check(mcp_post(tool_call("get_quote"), token=token))
-    assert isinstance(decision, Deny) and decision.reason == "client_not_allowed"
+    assert isinstance(decision, Deny)
+    assert decision.reason == "client_not_allowed"
 
 
-async def test_upstream_required_scopes_apply_to_every_method(gateway: Gateway, test_bundle: TestBundle) -> None:
-    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18"}}
+async def test_upstream_required_scopes_apply_to_every_method(
+    gateway: Gateway, test_bundle: TestBundle
+) -> None:
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18"},
+    }
     token = test_bundle.token(audience="http://gateway.test.example/currenttime/mcp")
     decision = await gateway.check(mcp_post(initialize, token=token, path="/currenttime/mcp"))
-    assert isinstance(decision, Deny) and decision.required_scopes == ("time:read",)
+    assert isinstance(decision, Deny)
+    assert decision.required_scopes == ("time:read",)
 
 
 async def test_api_key_is_accepted_and_stripped(gateway: Gateway) -> None:
-    decision = await gateway.check(mcp_post(tool_call("get_quote"), headers={"x-api-key": CI_BOT_KEY}))
+    decision = await gateway.check(
+        mcp_post(tool_call("get_quote"), headers={"x-api-key": CI_BOT_KEY})
+    )
     assert isinstance(decision, Allow)
     assert dict(decision.headers_to_set)["x-gateway-credential"] == "api_key"
     assert "x-api-key" in decision.headers_to_remove
@@ -197,7 +229,8 @@ async def test_api_key_is_accepted_and_stripped(gateway: Gateway) -> None:
 
 async def test_unknown_api_key_is_401(gateway: Gateway) -> None:
     decision = await gateway.check(mcp_post(tool_call("get_quote"), headers={"x-api-key": "nope"}))
-    assert isinstance(decision, Deny) and decision.reason == "unknown_api_key"
+    assert isinstance(decision, Deny)
+    assert decision.reason == "unknown_api_key"
 
 
 @pytest.mark.parametrize(
@@ -213,53 +246,75 @@ async def test_ambiguous_credentials_are_400(
     decision = await gateway.check(
         mcp_post(tool_call("get_quote"), token=test_bundle.token("fininfo:read"), **request_kwargs)
     )
-    assert isinstance(decision, Deny) and decision.kind is DenyKind.INVALID_REQUEST
+    assert isinstance(decision, Deny)
+    assert decision.kind is DenyKind.INVALID_REQUEST
     assert decision.reason == reason
     assert render_deny(decision).status == 400
 
 
-async def test_two_authorization_headers_are_refused(gateway: Gateway, test_bundle: TestBundle) -> None:
+async def test_two_authorization_headers_are_refused(
+    gateway: Gateway, test_bundle: TestBundle
+) -> None:
     token = test_bundle.token("fininfo:read")
     request = mcp_post(tool_call("get_quote"), token=token)
     request = HttpRequest(
-        method=request.method, path=request.path, headers=request.headers, body=request.body,
+        method=request.method,
+        path=request.path,
+        headers=request.headers,
+        body=request.body,
         repeated_headers=frozenset({"authorization"}),
     )
     decision = await gateway.check(request)
-    assert isinstance(decision, Deny) and decision.reason == "multiple_authorization_headers"
+    assert isinstance(decision, Deny)
+    assert decision.reason == "multiple_authorization_headers"
 
 
 async def test_bad_origin_is_403(gateway: Gateway, test_bundle: TestBundle) -> None:
     decision = await gateway.check(
-        mcp_post(tool_call("get_quote"), token=test_bundle.token("fininfo:read"),
-                 headers={"origin": "https://evil.example"})
+        mcp_post(
+            tool_call("get_quote"),
+            token=test_bundle.token("fininfo:read"),
+            headers={"origin": "https://evil.example"},
+        )
     )
-    assert isinstance(decision, Deny) and decision.kind is DenyKind.BAD_ORIGIN
+    assert isinstance(decision, Deny)
+    assert decision.kind is DenyKind.BAD_ORIGIN
     assert render_deny(decision).status == 403
 
 
-async def test_same_origin_as_the_resource_is_allowed(gateway: Gateway, test_bundle: TestBundle) -> None:
+async def test_same_origin_as_the_resource_is_allowed(
+    gateway: Gateway, test_bundle: TestBundle
+) -> None:
     decision = await gateway.check(
-        mcp_post(tool_call("get_quote"), token=test_bundle.token("fininfo:read"),
-                 headers={"origin": "http://gateway.test.example"})
+        mcp_post(
+            tool_call("get_quote"),
+            token=test_bundle.token("fininfo:read"),
+            headers={"origin": "http://gateway.test.example"},
+        )
     )
     assert isinstance(decision, Allow)
 
 
-async def test_batch_is_authorized_element_by_element(gateway: Gateway, test_bundle: TestBundle) -> None:
+async def test_batch_is_authorized_element_by_element(
+    gateway: Gateway, test_bundle: TestBundle
+) -> None:
     batch = [tool_call("get_quote", 1), tool_call("place_trade", 2)]
     token = test_bundle.token("fininfo:read")
     decision = await gateway.check(
         mcp_post(batch, token=token, headers={"mcp-protocol-version": "2025-03-26"})
     )
-    assert isinstance(decision, Deny) and decision.kind is DenyKind.INSUFFICIENT_SCOPE
+    assert isinstance(decision, Deny)
+    assert decision.kind is DenyKind.INSUFFICIENT_SCOPE
     assert decision.request_id == 2
 
 
-async def test_malformed_body_is_400_and_echoes_the_id(gateway: Gateway, test_bundle: TestBundle) -> None:
+async def test_malformed_body_is_400_and_echoes_the_id(
+    gateway: Gateway, test_bundle: TestBundle
+) -> None:
     body = {"jsonrpc": "2.0", "id": "abc", "method": "tools/call", "params": {"name": 5}}
     decision = await gateway.check(mcp_post(body, token=test_bundle.token("fininfo:read")))
-    assert isinstance(decision, Deny) and decision.kind is DenyKind.MALFORMED
+    assert isinstance(decision, Deny)
+    assert decision.kind is DenyKind.MALFORMED
     answer = render_deny(decision)
     assert answer.status == 400
     assert json.loads(answer.body)["id"] == "abc"
@@ -270,7 +325,8 @@ async def test_agent_card_is_public(gateway: Gateway) -> None:
     decision = await gateway.check(
         HttpRequest(method="GET", path="/agents/helper/.well-known/agent-card.json")
     )
-    assert isinstance(decision, Allow) and decision.reason == "public"
+    assert isinstance(decision, Allow)
+    assert decision.reason == "public"
 
 
 @pytest.mark.parametrize("method", ["message/send", "SendMessage"])
@@ -279,11 +335,19 @@ async def test_a2a_send_message_needs_its_scope(
 ) -> None:
     body = {"jsonrpc": "2.0", "id": "m1", "method": method, "params": {"message": {"parts": []}}}
     allowed = await gateway.check(
-        mcp_post(body, path="/agents/helper/", token=test_bundle.token("agent:chat", audience=HELPER_RESOURCE))
+        mcp_post(
+            body,
+            path="/agents/helper/",
+            token=test_bundle.token("agent:chat", audience=HELPER_RESOURCE),
+        )
     )
-    assert isinstance(allowed, Allow) and allowed.rules == ("chat",)
+    assert isinstance(allowed, Allow)
+    assert allowed.rules == ("chat",)
     denied = await gateway.check(
-        mcp_post(body, path="/agents/helper/", token=test_bundle.token("other", audience=HELPER_RESOURCE))
+        mcp_post(
+            body, path="/agents/helper/", token=test_bundle.token("other", audience=HELPER_RESOURCE)
+        )
     )
-    assert isinstance(denied, Deny) and denied.required_scopes == ("agent:chat",)
+    assert isinstance(denied, Deny)
+    assert denied.required_scopes == ("agent:chat",)
     assert json.loads(render_deny(denied).body)["id"] == "m1"

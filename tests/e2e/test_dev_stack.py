@@ -1,0 +1,126 @@
+"""`policy-service dev` as a user runs it: one command, a token, a working client, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.envoy import free_port
+from tests.support.peers import GatewayDenied, a2a_send_message, mcp_call_tool, tool_text
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class RunningDev:
+    process: subprocess.Popen[str]
+    state_dir: Path
+    url: str
+    output: list[str]
+
+    def token(self, upstream: str, *scopes: str) -> str:
+        args = [
+            sys.executable,
+            "-m",
+            "policy_service",
+            "token",
+            "--state-dir",
+            str(self.state_dir),
+            "--upstream",
+            upstream,
+        ]
+        for scope in scopes:
+            args += ["--scope", scope]
+        return subprocess.run(
+            args, capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDev]:
+    state_dir = tmp_path_factory.mktemp("dev-state")
+    http = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "policy_service",
+        "dev",
+        "--state-dir",
+        str(state_dir),
+        "--http-port",
+        str(http),
+        "--https-port",
+        str(free_port()),
+        "--admin-port",
+        str(free_port()),
+        "--authz-port",
+        str(free_port()),
+        "--peer-ports",
+        f"{free_port()},{free_port()},{free_port()}",
+    ]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    output: list[str] = []
+    assert process.stdout is not None
+    deadline = time.monotonic() + 90
+    for line in process.stdout:
+        output.append(line)
+        if "Press Ctrl-C to stop." in line or time.monotonic() > deadline:
+            break
+    if not any("The gateway is up." in line for line in output):
+        process.kill()
+        pytest.fail("policy-service dev did not come up:\n" + "".join(output))
+    running = RunningDev(process, state_dir, f"http://127.0.0.1:{http}", output)
+    yield running
+    if process.poll() is None:
+        process.kill()
+
+
+async def test_dev_stack_serves_tools_and_agent_with_minted_tokens(dev: RunningDev) -> None:
+    banner = "".join(dev.output)
+    assert "policy-service token" in banner
+    assert f"{dev.url}/fininfo/mcp" in banner
+    read = {"Authorization": f"Bearer {dev.token('fininfo', 'fininfo:read')}"}
+    result = await mcp_call_tool(
+        f"{dev.url}/fininfo/mcp", "get_quote", {"symbol": "ACME"}, headers=read
+    )
+    assert "ACME" in tool_text(result)
+    with pytest.raises(GatewayDenied) as denied:
+        await mcp_call_tool(
+            f"{dev.url}/fininfo/mcp",
+            "place_trade",
+            {"symbol": "ACME", "side": "buy", "quantity": 1},
+            headers=read,
+        )
+    assert denied.value.status == 403
+    clock = {"Authorization": f"Bearer {dev.token('currenttime', 'time:read')}"}
+    assert tool_text(
+        await mcp_call_tool(f"{dev.url}/currenttime/mcp", "current_time", {}, headers=clock)
+    )
+    chat = {"Authorization": f"Bearer {dev.token('helper', 'agent:chat')}"}
+    assert "hi" in await a2a_send_message(f"{dev.url}/agents/helper/", "hi", headers=chat)
+    api_key = (dev.state_dir / "dev-api-key.txt").read_text().strip()
+    keyed = await mcp_call_tool(
+        f"{dev.url}/fininfo/mcp", "list_symbols", {}, headers={"x-api-key": api_key}
+    )
+    assert not keyed.is_error
+
+
+def test_dev_stack_stops_cleanly_on_ctrl_c(dev: RunningDev) -> None:
+    dev.process.send_signal(signal.SIGINT)
+    assert dev.process.wait(timeout=30) == 0
+    assert dev.process.stdout is not None
+    assert "stopped." in dev.process.stdout.read()
