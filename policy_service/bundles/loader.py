@@ -22,9 +22,8 @@ from policy_service.bundles.shape import check_shape
 from policy_service.errors import BundleError, BundleProblem
 from policy_service.gen.policy_service.bundle.v1 import bundle_pb2
 
-
 # The generated module's descriptor is the C implementation; it is the same API.
-_BUNDLE_DESCRIPTOR = cast(Descriptor, bundle_pb2.Bundle.DESCRIPTOR)
+_BUNDLE_DESCRIPTOR = cast("Descriptor", bundle_pb2.Bundle.DESCRIPTOR)
 
 
 class _StrictLoader(yaml.SafeLoader):

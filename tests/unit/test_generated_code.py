@@ -1,0 +1,22 @@
+"""Generated code is never edited by hand: regenerating must reproduce what is committed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_generated_protos_match_the_schema(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, str(ROOT / "protos" / "generate.py"), str(tmp_path)], check=True
+    )
+    committed = ROOT / "policy_service" / "gen"
+    fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert fresh, "protoc generated nothing"
+    for relative in fresh:
+        assert (committed / relative).read_bytes() == (tmp_path / relative).read_bytes(), (
+            f"{relative} is stale: run `python protos/generate.py`"
+        )
