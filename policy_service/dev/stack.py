@@ -211,11 +211,13 @@ The gateway is up.
 Mint a token (in another terminal):
   TOKEN=$(policy-service token --state-dir {state} --upstream fininfo --scope fininfo:read)
 
-Call a tool with curl:
+Call a tool with curl (MCP 2026-07-28, stateless):
   curl -s {gateway}/fininfo/mcp -H "Authorization: Bearer $TOKEN" \\
     -H 'content-type: application/json' -H 'accept: application/json, text/event-stream' \\
-    -d '{{"jsonrpc":"2.0","id":1,"method":"tools/call",'\\
-'"params":{{"name":"get_quote","arguments":{{"symbol":"ACME"}}}}}}'
+    -H 'mcp-protocol-version: 2026-07-28' -H 'mcp-method: tools/call' -H 'mcp-name: get_quote' \\
+    -d '{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"get_quote",'\\
+'"arguments":{{"symbol":"ACME"}},"_meta":{{"io.modelcontextprotocol/protocolVersion":"2026-07-28",'\\
+'"io.modelcontextprotocol/clientCapabilities":{{}}}}}}}}'
 
 Or with the MCP Python SDK: point streamable_http_client at {gateway}/fininfo/mcp with the
 header "Authorization: Bearer $TOKEN". place_trade needs --scope fininfo:trade; without it

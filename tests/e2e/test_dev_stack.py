@@ -119,6 +119,24 @@ async def test_dev_stack_serves_tools_and_agent_with_minted_tokens(dev: RunningD
     assert not keyed.is_error
 
 
+def test_the_printed_curl_example_works(dev: RunningDev) -> None:
+    banner = "".join(dev.output)
+    start = banner.index("  curl -s ")
+    end = banner.index("\n\n", start)
+    command = banner[start:end]
+    token = dev.token("fininfo", "fininfo:read")
+    result = subprocess.run(
+        ["bash", "-c", command],
+        env={**os.environ, "TOKEN": token},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert '"symbol":"ACME"' in result.stdout, result.stdout + result.stderr
+    assert '"isError":false' in result.stdout
+
+
 def test_dev_stack_stops_cleanly_on_ctrl_c(dev: RunningDev) -> None:
     dev.process.send_signal(signal.SIGINT)
     assert dev.process.wait(timeout=30) == 0
