@@ -862,6 +862,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads > args.connections:
         sys.exit("--threads must not exceed --connections (wrk needs a connection per thread)")
     wrk = find_wrk(args.wrk)
+    # Ctrl-C and SIGTERM unwind the stack, so every context manager stops its processes
+    # (SIGINT explicitly: a shell starting us in the background may have ignored it).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
 
     from policy_service.gateway.envoy_process import find_envoy_binary

@@ -169,44 +169,21 @@ async def _identify(
     request_id: str | int | None,
     is_jsonrpc: bool,
 ) -> Principal | Deny:
+    def deny(kind: DenyKind, reason: str, message: str) -> Deny:
+        return Deny(
+            kind, reason, message, upstream=upstream, request_id=request_id, jsonrpc=is_jsonrpc
+        )
+
     credential = extract_credential(request, state.bundle.api_key_header)
     if credential is None:
-        return Deny(
-            DenyKind.MISSING_CREDENTIAL,
-            "missing_credential",
-            "authentication required",
-            upstream=upstream,
-            request_id=request_id,
-            jsonrpc=is_jsonrpc,
-        )
+        return deny(DenyKind.MISSING_CREDENTIAL, "missing_credential", "authentication required")
     if isinstance(credential, AmbiguousCredential):
-        return Deny(
-            DenyKind.INVALID_REQUEST,
-            credential.reason,
-            credential.message,
-            upstream=upstream,
-            request_id=request_id,
-            jsonrpc=is_jsonrpc,
-        )
+        return deny(DenyKind.INVALID_REQUEST, credential.reason, credential.message)
     if isinstance(credential, UnusableCredential):
-        return Deny(
-            DenyKind.INVALID_CREDENTIAL,
-            credential.reason,
-            credential.message,
-            upstream=upstream,
-            request_id=request_id,
-            jsonrpc=is_jsonrpc,
-        )
+        return deny(DenyKind.INVALID_CREDENTIAL, credential.reason, credential.message)
     result = await _verify(state, upstream, credential)
     if isinstance(result, IdentityFailure):
-        return Deny(
-            DenyKind.INVALID_CREDENTIAL,
-            result.reason,
-            "the credential is not valid here",
-            upstream=upstream,
-            request_id=request_id,
-            jsonrpc=is_jsonrpc,
-        )
+        return deny(DenyKind.INVALID_CREDENTIAL, result.reason, "the credential is not valid here")
     return result
 
 

@@ -12,7 +12,6 @@ Run it alone with ``python -m policy_service.dev.demo_currenttime [--host H] [--
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Final, TypedDict
@@ -20,11 +19,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.server.transport_security import TransportSecuritySettings
 
+from policy_service.dev import serving
 from policy_service.dev.header_recorder import HeaderRecorder
+from policy_service.dev.serving import recorded_mcp_app, run_standalone
 
-MCP_PATH: Final = "/mcp"
+MCP_PATH: Final = serving.MCP_PATH
 
 COMMON_TIMEZONES: Final[tuple[str, ...]] = (
     "UTC",
@@ -79,23 +79,11 @@ def build_server(clock: Clock = system_clock) -> MCPServer:
 
 def build_app(*, clock: Clock = system_clock, maxlen: int = 50) -> HeaderRecorder:
     """The ASGI app: the MCP endpoint at ``/mcp``, wrapped in the header recorder."""
-    starlette_app = build_server(clock).streamable_http_app(
-        streamable_http_path=MCP_PATH,
-        # See demo_fininfo.build_app: behind the gateway the Host header is the gateway's,
-        # and the SDK's loopback DNS-rebinding check would answer 421 to it.
-        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
-    )
-    return HeaderRecorder(starlette_app, maxlen=maxlen)
+    return recorded_mcp_app(build_server(clock), maxlen=maxlen)
 
 
 def main() -> None:
-    import uvicorn
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9102)
-    args = parser.parse_args()
-    uvicorn.run(build_app(), host=args.host, port=args.port, log_level="info")
+    run_standalone(build_app, description=__doc__.splitlines()[0], default_port=9102)
 
 
 if __name__ == "__main__":

@@ -14,18 +14,18 @@ Run it alone with ``python -m policy_service.dev.demo_fininfo [--host H] [--port
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from typing import Final, Literal, TypedDict
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.server.transport_security import TransportSecuritySettings
 
+from policy_service.dev import serving
 from policy_service.dev.header_recorder import HeaderRecorder
+from policy_service.dev.serving import recorded_mcp_app, run_standalone
 
-MCP_PATH: Final = "/mcp"
+MCP_PATH: Final = serving.MCP_PATH
 
 SYMBOLS: Final[tuple[str, ...]] = ("AAPL", "ACME", "GOOG", "MSFT", "NVDA")
 """The only symbols the fake exchange lists."""
@@ -110,29 +110,12 @@ def build_server() -> MCPServer:
 
 
 def build_app(*, maxlen: int = 50) -> HeaderRecorder:
-    """The ASGI app: the MCP endpoint at ``/mcp``, wrapped in the header recorder.
-
-    The returned recorder is the app; its ``entries()`` / ``last()`` read the log in-process.
-    """
-    starlette_app = build_server().streamable_http_app(
-        streamable_http_path=MCP_PATH,
-        # The SDK turns on DNS-rebinding protection for loopback binds, which answers 421 to
-        # any Host it does not expect. Behind the gateway the Host is the gateway's, and a
-        # peer-side 421 would look like a policy denial in e2e tests; this loopback-only dev
-        # peer has no browser to protect.
-        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
-    )
-    return HeaderRecorder(starlette_app, maxlen=maxlen)
+    """The ASGI app: the MCP endpoint at ``/mcp``, wrapped in the header recorder."""
+    return recorded_mcp_app(build_server(), maxlen=maxlen)
 
 
 def main() -> None:
-    import uvicorn
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9101)
-    args = parser.parse_args()
-    uvicorn.run(build_app(), host=args.host, port=args.port, log_level="info")
+    run_standalone(build_app, description=__doc__.splitlines()[0], default_port=9101)
 
 
 if __name__ == "__main__":
