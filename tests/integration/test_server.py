@@ -232,3 +232,37 @@ def test_serve_command_stops_cleanly_on_sigterm(test_bundle: TestBundle) -> None
     finally:
         if process.poll() is None:
             process.kill()
+
+
+async def test_mtls_listener_requires_a_client_certificate(
+    tmp_path: Path, test_bundle: TestBundle
+) -> None:
+    server_cert, server_key = generate_self_signed(tmp_path / "server")
+    client_cert, client_key = generate_self_signed(tmp_path / "client")
+    server = PolicyServer(
+        Gateway(GatewayState.from_bundle(test_bundle.bundle)),
+        ServerSettings(
+            listen=("127.0.0.1:0",), tls=TlsSettings(server_cert, server_key, client_cert)
+        ),
+    )
+    await server.start()
+    target = f"127.0.0.1:{server.ports[0]}"
+    options = [("grpc.ssl_target_name_override", "localhost")]
+    try:
+        with_cert = grpc.ssl_channel_credentials(
+            root_certificates=server_cert.read_bytes(),
+            private_key=client_key.read_bytes(),
+            certificate_chain=client_cert.read_bytes(),
+        )
+        async with grpc.aio.secure_channel(target, with_cert, options) as channel:
+            stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+            response = await stub.Check(check_request(headers=mcp_headers(), body=TOOL_CALL))
+            assert response.denied_response.status.code == 401
+        without_cert = grpc.ssl_channel_credentials(root_certificates=server_cert.read_bytes())
+        async with grpc.aio.secure_channel(target, without_cert, options) as channel:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await external_auth_pb2_grpc.AuthorizationStub(channel).Check(
+                    check_request(), timeout=2
+                )
+    finally:
+        await server.stop()
