@@ -20,6 +20,12 @@ run of wrk (HTTP/1.1 keep-alive, closed loop) at ``--connections`` connections; 
 requests/s, p50 and p99 latency, the CPU each process used, c/b and p99(c) - p99(a), against
 the goals of the design (c/b >= 0.6, p99 within 5 ms of Envoy alone, at 16 connections).
 
+(a) and (b) get Envoy's buffer filter before the router. Without it, a direct response to a
+POST goes out before the body is read and Envoy then closes the HTTP/1.1 connection: (a) and
+(b) would measure a new TCP connection per request while (c), whose ext_authz reads the body
+first, keeps its connections. A measured run in which Envoy accepted more than
+2 x ``--connections`` new connections, or any response was not 2xx, is marked INVALID.
+
 Not measured yet, because the service does not do it yet: Redis rate-limit buckets, spans and
 audit records. The output says so.
 
@@ -29,10 +35,15 @@ and never installs anything. Run from the repository root with the project's vir
     .venv/bin/python bench/run.py                      # defaults: 5 s warm-up, 15 s measured
     .venv/bin/python bench/run.py --duration 5 --warmup 2 --workers 1
     .venv/bin/python bench/run.py --tokens 20000       # defeat the verified-token cache
+    .venv/bin/python bench/run.py --repeat 3 --pin-service
     .venv/bin/python bench/run.py --help
 
 The load generator shares the machine with Envoy and the service: on a small machine its CPU
-share is part of what limits every number, which is why each process's CPU is reported.
+share is part of what limits every number, which is why each process's CPU is reported, and
+so is the CPU of everything else on the machine ("other"), which disturbs a run. p99 of (c)
+also depends on where the scheduler puts the service's two busy threads (asyncio loop and
+gRPC poller): ``--pin-service`` keeps each service process on one CPU, ``--repeat`` shows
+the spread between runs. See bench/README.md for how to read the numbers.
 """
 
 from __future__ import annotations
@@ -47,6 +58,7 @@ import re
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,6 +109,7 @@ DIRECT_RESPONSE_BODY = "ok"
 
 GOAL_RATIO = 0.6  # c/b, design section 5
 GOAL_P99_DELTA_MS = 5.0  # p99(c) - p99(a), design section 5
+OTHER_CPU_WARNING = 15.0  # % of a core used by processes outside the run: say so
 
 NOT_MEASURED_YET = (
     "Redis rate-limit buckets (one round trip per check)",
@@ -156,7 +169,7 @@ def parse_wrk_output(text: str) -> WrkResult:
     distribution lines look like ``     99%    3.21ms`` under ``Latency Distribution``.
     """
     percentiles = {
-        _percentile_key(match[1]): _seconds(match[2], match[3]) * 1000.0
+        _percentile_key(match[1]): round(_seconds(match[2], match[3]) * 1000.0, 3)
         for match in _PERCENTILE_RE.finditer(text)
     }
     total = _TOTAL_RE.search(text)
@@ -221,6 +234,18 @@ def _proc_cpu_seconds(pid: int) -> float | None:
     return (utime + stime) / _CLOCK_TICKS
 
 
+def _machine_busy_seconds() -> float | None:
+    """CPU seconds all cores spent busy since boot (not idle, not waiting for I/O)."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    ticks = [int(value) for value in first.split()[1:]]
+    idle, iowait = ticks[3], ticks[4]
+    # user nice system idle iowait irq softirq steal; guest time is already in user.
+    return (sum(ticks[:8]) - idle - iowait) / _CLOCK_TICKS
+
+
 def _children_named(name: str) -> list[int]:
     """Our direct child processes whose command name is ``name`` (Envoy is one)."""
     me = os.getpid()
@@ -245,6 +270,7 @@ class CpuMeter:
         self._start: dict[str, float | None] = {}
         self._children_start = 0.0
         self._wall_start = 0.0
+        self._machine_start: float | None = None
         self.percent: dict[str, float | None] = {}
 
     def _group_seconds(self) -> dict[str, float | None]:
@@ -262,6 +288,7 @@ class CpuMeter:
     def __enter__(self) -> CpuMeter:
         self._start = self._group_seconds()
         self._children_start = self._children_seconds()
+        self._machine_start = _machine_busy_seconds()
         self._wall_start = time.monotonic()
         return self
 
@@ -275,6 +302,14 @@ class CpuMeter:
         # The only child that ends during a measured period is wrk.
         load = self._children_seconds() - self._children_start
         self.percent["load_generator"] = 100.0 * load / wall
+        # Everything else the machine ran meanwhile (other people's work disturbs a run).
+        machine_end = _machine_busy_seconds()
+        if self._machine_start is None or machine_end is None:
+            self.percent["other"] = None
+        else:
+            busy = 100.0 * (machine_end - self._machine_start) / wall
+            ours = sum(value or 0.0 for group, value in self.percent.items())
+            self.percent["other"] = max(0.0, busy - ours)
 
 
 # -- the request and its fixture ----------------------------------------------------------
@@ -347,7 +382,9 @@ def expect_status(port: int, token: str | None, expected: int, what: str) -> Non
 class ServiceProcess:
     """One ``policy-service serve`` OS process on its own port."""
 
-    def __init__(self, fixture: Fixture, port: int, log_level: str, index: int) -> None:
+    def __init__(
+        self, fixture: Fixture, port: int, log_level: str, index: int, cpu: int | None = None
+    ) -> None:
         self.port = port
         self._log = fixture.workdir / f"service-{index}-{port}.log"
         command = [
@@ -372,6 +409,10 @@ class ServiceProcess:
                 cwd=fixture.workdir,
                 start_new_session=True,
             )
+        if cpu is not None:
+            # Right after the spawn, long before the interpreter starts gRPC's threads, which
+            # inherit the affinity: the whole process then lives on this one CPU.
+            os.sched_setaffinity(self.process.pid, {cpu})
 
     @property
     def pid(self) -> int:
@@ -421,16 +462,12 @@ class Target:
     envoy_pids: list[int]
     service_pids: list[int] = field(default_factory=list)
 
-    def downstream_totals(self) -> tuple[int, int]:
-        """Connections and requests Envoy's listener has accepted so far."""
-        text = self.envoy.admin_get(
-            "/stats?filter=^http\\.ingress_http\\.downstream_(cx|rq)_total$"
-        )
+    def downstream_connections(self) -> int:
+        """Connections Envoy's listener has accepted so far."""
+        name = "http.ingress_http.downstream_cx_total"
+        text = self.envoy.admin_get(f"/stats?filter=^{re.escape(name)}$")
         values = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
-        return (
-            int(values.get("http.ingress_http.downstream_cx_total", 0)),
-            int(values.get("http.ingress_http.downstream_rq_total", 0)),
-        )
+        return int(values.get(name, 0))
 
 
 @contextlib.contextmanager
@@ -517,7 +554,10 @@ def service_envoy(args: argparse.Namespace, fixture: Fixture, workers: int) -> I
     services: list[ServiceProcess] = []
     try:
         for index in range(workers):
-            services.append(ServiceProcess(fixture, _free_port(), args.service_log_level, index))
+            cpu = service_cpu(index) if args.pin_service else None
+            services.append(
+                ServiceProcess(fixture, _free_port(), args.service_log_level, index, cpu)
+            )
         for service in services:
             service.wait_ready()
         port = _free_port()
@@ -552,6 +592,12 @@ def service_envoy(args: argparse.Namespace, fixture: Fixture, workers: int) -> I
             service.stop()
 
 
+def service_cpu(index: int) -> int:
+    """The CPU for service process ``index`` under --pin-service: from the last CPU down."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return cpus[-1 - index % len(cpus)]
+
+
 def _free_port() -> int:
     from policy_service.gateway.envoy_process import free_port
 
@@ -562,27 +608,42 @@ def _free_port() -> int:
 
 
 @dataclass
+class MeasuredRun:
+    """One measured wrk run of one setup."""
+
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    latency_ms: dict[str, float]  # wrk's distribution: "50", "75", "90", "99"
+    requests: int
+    duration_s: float
+    non_2xx_3xx: int
+    socket_errors: dict[str, int]
+    new_connections: int  # accepted by Envoy during the run
+    cpu_percent: dict[str, float | None]  # of one core: envoy, service, load_generator, other
+    problems: list[str]
+
+
+@dataclass
 class CaseResult:
+    """One setup: the median over its measured runs (one run unless --repeat)."""
+
     case: str
     label: str
     workers: int | None
     requests_per_second: float
     p50_ms: float
     p99_ms: float
-    latency_ms: dict[str, float]
-    requests: int
-    duration_s: float
-    failed_requests: int
-    non_2xx_3xx: int
-    socket_errors: dict[str, int]
-    new_connections: int  # accepted by Envoy during the measured period
-    envoy_requests: int  # requests Envoy counted during the measured period
-    cpu_percent: dict[str, float | None]  # of one core, over the measured period
-    problems: list[str] = field(default_factory=list)  # any: the numbers are not trustworthy
+    cpu_percent: dict[str, float | None]
+    runs: list[MeasuredRun]
+
+    @property
+    def problems(self) -> list[str]:
+        return [problem for run in self.runs for problem in run.problems]
 
     @property
     def valid(self) -> bool:
-        return not self.problems
+        return bool(self.runs) and not self.problems
 
 
 def run_wrk(wrk: str, args: argparse.Namespace, fixture: Fixture, port: int, seconds: int) -> str:
@@ -605,9 +666,12 @@ def run_wrk(wrk: str, args: argparse.Namespace, fixture: Fixture, port: int, sec
         str(fixture.headers_file),
         str(fixture.tokens_file),
     ]
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=seconds + 60, check=False
-    )
+    try:
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=seconds + 60, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"wrk did not finish within {seconds + 60}s") from None
     if result.returncode != 0:
         raise BenchError(f"wrk failed (exit {result.returncode}):\n{result.stdout}{result.stderr}")
     return result.stdout
@@ -622,18 +686,37 @@ def measure(
     label: str,
     workers: int | None,
 ) -> CaseResult:
-    _say(f"  {case}: warm-up {args.warmup}s, then {args.duration}s measured ...")
+    repeats = f"{args.repeat} x " if args.repeat > 1 else ""
+    _say(f"  {case}: warm-up {args.warmup}s, then {repeats}{args.duration}s measured ...")
     if args.warmup > 0:
         run_wrk(wrk, args, fixture, target.port, args.warmup)
+    runs = [measure_once(wrk, args, fixture, target, case) for _ in range(args.repeat)]
+    groups = sorted({group for run in runs for group in run.cpu_percent})
+    return CaseResult(
+        case=case,
+        label=label,
+        workers=workers,
+        requests_per_second=round(statistics.median(r.requests_per_second for r in runs), 2),
+        p50_ms=round(statistics.median(r.p50_ms for r in runs), 3),
+        p99_ms=round(statistics.median(r.p99_ms for r in runs), 3),
+        cpu_percent={
+            group: _median_or_none([r.cpu_percent.get(group) for r in runs]) for group in groups
+        },
+        runs=runs,
+    )
+
+
+def measure_once(
+    wrk: str, args: argparse.Namespace, fixture: Fixture, target: Target, case: str
+) -> MeasuredRun:
     groups = {"envoy": target.envoy_pids, "service": target.service_pids}
-    connections_before, requests_before = target.downstream_totals()
+    connections_before = target.downstream_connections()
     with CpuMeter(groups) as cpu:
         output = run_wrk(wrk, args, fixture, target.port, args.duration)
-    connections_after, requests_after = target.downstream_totals()
+    new_connections = target.downstream_connections() - connections_before
     if args.verbose:
         _say(output)
     parsed = parse_wrk_output(output)
-    new_connections = connections_after - connections_before
     problems = []
     if parsed.requests == 0:
         problems.append("no request completed")
@@ -645,30 +728,32 @@ def measure(
     # a few new connections means the run measured connection setup, not requests.
     if new_connections > 2 * args.connections:
         problems.append(f"Envoy accepted {new_connections} connections (connection churn)")
-    result = CaseResult(
-        case=case,
-        label=label,
-        workers=workers,
+    for problem in problems:
+        _say(f"  {case}: INVALID: {problem}")
+    other = cpu.percent.get("other")
+    if other is not None and other > OTHER_CPU_WARNING:
+        _say(f"  {case}: note: other processes used {other:.0f}% of a core during this run")
+    return MeasuredRun(
         requests_per_second=parsed.requests_per_second,
         p50_ms=parsed.latency_ms["50"],
         p99_ms=parsed.latency_ms["99"],
         latency_ms=parsed.latency_ms,
         requests=parsed.requests,
         duration_s=parsed.duration_s,
-        failed_requests=parsed.failed,
         non_2xx_3xx=parsed.non_2xx_3xx,
         socket_errors=parsed.socket_errors,
         new_connections=new_connections,
-        envoy_requests=requests_after - requests_before,
         cpu_percent={
             group: (round(value, 1) if value is not None else None)
             for group, value in cpu.percent.items()
         },
         problems=problems,
     )
-    for problem in problems:
-        _say(f"  {case}: INVALID: {problem}")
-    return result
+
+
+def _median_or_none(values: Sequence[float | None]) -> float | None:
+    present = [value for value in values if value is not None]
+    return round(statistics.median(present), 1) if present else None
 
 
 # -- report -------------------------------------------------------------------------------
@@ -712,43 +797,65 @@ def format_report(
     results: Sequence[CaseResult], comparisons: Sequence[Comparison], meta: dict[str, Any]
 ) -> str:
     settings = meta["settings"]
+    machine, tools = meta["machine"], meta["tools"]
+    repeat = settings["repeat"]
+    measured = (
+        f"{repeat} x {settings['duration_s']}s" if repeat > 1 else f"{settings['duration_s']}s"
+    )
     lines = [
         "",
-        f"policy-service gateway benchmark  ({meta['started_at']})",
-        f"machine: {meta['machine']['cpus']} CPUs ({meta['machine']['cpu_model']}), "
-        f"Python {meta['machine']['python']}, {meta['tools']['envoy']}, {meta['tools']['wrk']}",
-        f"load: wrk, {settings['connections']} connections, {settings['threads']} threads, "
-        f"HTTP/1.1 keep-alive; warm-up {settings['warmup_s']}s, measured {settings['duration_s']}s"
-        f"; Envoy --concurrency {settings['envoy_concurrency']}",
-        f"request: POST {REQUEST_PATH}, MCP tools/call {TOOL!r}, Bearer ES256 JWT with "
-        f"{TOOL_SCOPE!r}, {len(REQUEST_BODY)}-byte body; {settings['tokens']} distinct token(s)",
-        "CPU columns: % of one core over the measured period (wrk shares the machine).",
-        "",
-        f"{'case':<5}{'setup':<42}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
-        f"{'envoy':>8}{'service':>9}{'wrk':>7}",
+        f"policy-service gateway benchmark, {meta['started_at']}",
+        f"machine: {machine['cpus']} CPUs ({machine['cpu_model']}), Python {machine['python']}, "
+        f"{tools['envoy']} (--concurrency {settings['envoy_concurrency']}), {tools['wrk']}",
+        f"load:    wrk, {settings['connections']} connections, {settings['threads']} threads, "
+        f"HTTP/1.1 keep-alive, closed loop; warm-up {settings['warmup_s']}s, measured {measured}",
+        f"request: POST {REQUEST_PATH}, MCP tools/call {TOOL!r} ({len(REQUEST_BODY)}-byte body), "
+        f"Bearer ES256 JWT with {TOOL_SCOPE!r}; {settings['tokens']} distinct token(s)",
+        "CPU: % of one core over the measured period; 'other' is every process not in the run.",
     ]
+    if settings["pin_service"]:
+        lines.append("--pin-service: each policy-service process is pinned to one CPU.")
+    if repeat > 1:
+        lines.append(f"Each row is the median of {repeat} measured runs; p99 range: min-max.")
+    header = f"{'case':<5}{'setup':<37}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}"
+    if repeat > 1:
+        header += f"{'p99 range':>13}"
+    header += f"{'envoy':>7}{'service':>8}{'wrk':>6}{'other':>7}"
+    lines += ["", header]
     for r in results:
-        flag = "" if r.valid else "   INVALID: " + "; ".join(r.problems)
-        lines.append(
-            f"{r.case:<5}{r.label:<42}{r.requests_per_second:>9,.0f}{r.p50_ms:>9.2f}"
-            f"{r.p99_ms:>9.2f}{_cpu(r.cpu_percent.get('envoy')):>8}"
-            f"{_cpu(r.cpu_percent.get('service')):>9}"
-            f"{_cpu(r.cpu_percent.get('load_generator')):>7}{flag}"
+        row = (
+            f"{r.case:<5}{r.label:<37}{r.requests_per_second:>8,.0f}{r.p50_ms:>8.2f}"
+            f"{r.p99_ms:>8.2f}"
         )
+        if repeat > 1:
+            p99s = [run.p99_ms for run in r.runs]
+            row += f"{f'{min(p99s):.1f}-{max(p99s):.1f}':>13}"
+        cpu = r.cpu_percent
+        row += (
+            f"{_cpu(cpu.get('envoy')):>7}{_cpu(cpu.get('service')):>8}"
+            f"{_cpu(cpu.get('load_generator')):>6}{_cpu(cpu.get('other')):>7}"
+        )
+        if not r.valid:
+            row += "   INVALID: " + "; ".join(r.problems)
+        lines.append(row)
     lines.append("")
     for c in comparisons:
         ratio_mark = "met" if c.ratio_goal_met else "NOT met"
         p99_mark = "met" if c.p99_goal_met else "NOT met"
         lines.append(
-            f"workers={c.workers}:  c/b = {c.c_over_b:.2f} (goal >= {GOAL_RATIO}: {ratio_mark})"
-            f"   p99(c) - p99(a) = {c.p99_c_minus_a_ms:+.2f} ms "
+            f"c{c.workers} ({c.workers} process{'es' if c.workers > 1 else ''}): "
+            f"c/b = {c.c_over_b:.2f} (goal >= {GOAL_RATIO}: {ratio_mark});  "
+            f"p99(c) - p99(a) = {c.p99_c_minus_a_ms:+.2f} ms "
             f"(goal <= {GOAL_P99_DELTA_MS:g} ms: {p99_mark})"
         )
-    lines.append("")
-    lines.append("(c) today: JWT verification, MCP body parsing, per-tool scope check.")
-    lines.append("Not in (c) yet (not implemented in the service): " + "; ".join(NOT_MEASURED_YET))
-    lines.append("so (c) understates the cost of the full policy of design section 5.")
-    lines.extend(meta["notes"])
+    lines += [
+        "",
+        "(c) today: JWT verification, MCP body parsing, per-tool scope check. Not in (c) yet,",
+        "because the service does not do them yet (so (c) understates the full policy of",
+        "design section 5):",
+        *(f"  - {item}" for item in NOT_MEASURED_YET),
+        *meta["notes"],
+    ]
     return "\n".join(lines)
 
 
@@ -810,37 +917,63 @@ def _non_negative(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python bench/run.py",
-        description=(
-            "Measure (a) Envoy alone, (b) Envoy + native jwt_authn/local_ratelimit and "
-            "(c) Envoy + the policy service on direct-response routes with wrk; print a table "
-            "and write JSON."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--connections", type=_positive, default=16, help="wrk connections")
     parser.add_argument(
-        "--threads", type=_positive, default=2, help="wrk threads (at most --connections)"
+        "--connections", type=_positive, default=16, help="wrk connections (%(default)s)"
     )
-    parser.add_argument("--warmup", type=_non_negative, default=5, help="seconds, not measured")
-    parser.add_argument("--duration", type=_positive, default=15, help="measured seconds")
+    parser.add_argument(
+        "--threads",
+        type=_positive,
+        default=2,
+        help="wrk threads, at most --connections (%(default)s)",
+    )
+    parser.add_argument(
+        "--warmup", type=_non_negative, default=5, help="seconds per setup, not measured (5)"
+    )
+    parser.add_argument(
+        "--duration", type=_positive, default=15, help="measured seconds per setup (15)"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=_positive,
+        default=1,
+        help="measured runs per setup (1); rows then show the median and the p99 range",
+    )
     parser.add_argument(
         "--workers",
         type=_workers_list,
-        default=[1, 2],
-        help="comma-separated policy-service process counts; one (c) run each",
+        default="1,2",
+        help="comma-separated policy-service process counts, one (c) run each (1,2)",
     )
-    parser.add_argument("--envoy-concurrency", type=_positive, default=2, help="Envoy workers")
+    parser.add_argument(
+        "--envoy-concurrency", type=_positive, default=2, help="Envoy worker threads (2)"
+    )
     parser.add_argument(
         "--tokens",
         type=_positive,
         default=1,
-        help="distinct tokens to rotate through (above the service's cache size, every "
-        "check verifies a signature)",
+        help="distinct tokens to rotate through (1); more than the service's verified-token "
+        "cache holds makes every check verify a signature",
     )
-    parser.add_argument("--cases", default="a,b,c", help="which setups to run: a, b, c")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="write results here")
-    parser.add_argument("--wrk", default=None, help="wrk binary (default: wrk on PATH)")
-    parser.add_argument("--service-log-level", default="WARNING", help="policy service logs")
+    parser.add_argument(
+        "--pin-service",
+        action="store_true",
+        help="pin each service process to one CPU (Linux), so its asyncio thread and gRPC's "
+        "poller thread share a core instead of contending for the GIL across cores",
+    )
+    parser.add_argument("--cases", default="a,b,c", help="setups to run (a,b,c)")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=DEFAULT_JSON,
+        help="write the results here (bench/last-run.json)",
+    )
+    parser.add_argument("--wrk", default=None, help="the wrk binary (wrk on PATH)")
+    parser.add_argument(
+        "--service-log-level", default="WARNING", help="policy service log level (WARNING)"
+    )
     parser.add_argument("--verbose", action="store_true", help="also print wrk's own reports")
     return parser
 
@@ -859,6 +992,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases = {part.strip() for part in args.cases.split(",") if part.strip()}
     if not cases or not cases <= {"a", "b", "c"}:
         sys.exit("--cases: give a comma-separated subset of a,b,c")
+    if args.pin_service and not hasattr(os, "sched_setaffinity"):
+        sys.exit("--pin-service needs Linux (os.sched_setaffinity)")
     if args.threads > args.connections:
         sys.exit("--threads must not exceed --connections (wrk needs a connection per thread)")
     wrk = find_wrk(args.wrk)
@@ -872,7 +1007,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     envoy_binary = find_envoy_binary()
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     planned = (len(cases - {"c"}) + ("c" in cases) * len(args.workers)) * (
-        args.warmup + args.duration
+        args.warmup + args.repeat * args.duration
     )
     results: list[CaseResult] = []
     try:
@@ -886,14 +1021,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "b" in cases:
                 _say("(b) Envoy + jwt_authn + local_ratelimit")
                 with native_envoy(args, fixture) as target:
-                    label = "Envoy + jwt_authn + local_ratelimit (C++)"
+                    label = "Envoy + jwt_authn + local_ratelimit"
                     results.append(measure(wrk, args, fixture, target, "b", label, None))
             if "c" in cases:
                 for workers in args.workers:
                     _say(f"(c) Envoy + policy service, {workers} worker process(es)")
                     with service_envoy(args, fixture, workers) as target:
                         plural = "es" if workers > 1 else ""
-                        label = f"Envoy + policy service ({workers} process{plural})"
+                        label = f"Envoy + policy service, {workers} process{plural}"
                         case = f"c{workers}"
                         results.append(measure(wrk, args, fixture, target, case, label, workers))
     except KeyboardInterrupt:
@@ -924,6 +1059,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "envoy_concurrency": args.envoy_concurrency,
             "workers": args.workers,
             "tokens": args.tokens,
+            "repeat": args.repeat,
+            "pin_service": args.pin_service,
         },
         "notes": _notes(args.tokens),
     }
@@ -938,7 +1075,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "goals": {"c_over_b_min": GOAL_RATIO, "p99_c_minus_a_max_ms": GOAL_P99_DELTA_MS},
         "not_measured_yet": list(NOT_MEASURED_YET),
-        "cases": [{**asdict(r), "valid": r.valid} for r in results],
+        "cases": [{**asdict(r), "valid": r.valid, "problems": r.problems} for r in results],
         "comparisons": [asdict(c) for c in comparisons],
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
