@@ -343,6 +343,23 @@ def _authz_retry_policy() -> Config:
     }
 
 
+def _read_whole_request(max_request_bytes: int = 65536) -> Config:
+    """Envoy's buffer filter, for the benchmark baselines only.
+
+    A direct-response route answers a POST as soon as its headers arrive, before the body
+    is read, and Envoy's HTTP/1.1 codec then sends ``connection: close``: every baseline
+    request would pay for a new TCP connection, while the gateway (whose ext_authz reads
+    the body first) keeps its connections. Reading the whole request makes them comparable.
+    """
+    return {
+        "name": "envoy.filters.http.buffer",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+            "max_request_bytes": max_request_bytes,
+        },
+    }
+
+
 def _router_filter() -> Config:
     return {
         "name": ROUTER_FILTER,
@@ -603,7 +620,7 @@ def render_bare_baseline_config(
 ) -> Config:
     """Baseline (a): Envoy alone, answering every request with 200 itself."""
     logs = [_access_log()] if access_log else []
-    parts = _HcmParts(_direct_route_config(body), [_router_filter()], logs)
+    parts = _HcmParts(_direct_route_config(body), [_read_whole_request(), _router_filter()], logs)
     hcm = _http_connection_manager("ingress_http", parts)
     listener = _listener("plain_http", listen_address, plain_port, hcm)
     return _bootstrap(admin_port, [listener], [])
@@ -661,7 +678,7 @@ def render_native_baseline_config(
             "filter_enforced": {"runtime_key": "bench_rl_enforced", "default_value": percent_100},
         },
     }
-    filters = [jwt_authn, local_ratelimit, _router_filter()]
+    filters = [jwt_authn, local_ratelimit, _read_whole_request(), _router_filter()]
     logs = [_access_log()] if access_log else []
     parts = _HcmParts(_direct_route_config(body), filters, logs)
     hcm = _http_connection_manager("ingress_http", parts)

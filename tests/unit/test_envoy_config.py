@@ -401,9 +401,13 @@ def test_native_baseline_requires_a_jwt_and_rate_limits_without_tripping() -> No
     assert config["static_resources"]["clusters"] == []
 
 
-def test_bare_baseline_is_router_and_direct_response_only() -> None:
+def test_bare_baseline_reads_the_whole_request_then_answers_directly() -> None:
     config = render_bare_baseline_config(8082, 9903, body="hi")
-    assert [f["name"] for f in first_hcm(config)["http_filters"]] == ["envoy.filters.http.router"]
+    # The buffer filter keeps POST connections alive (see _read_whole_request).
+    assert [f["name"] for f in first_hcm(config)["http_filters"]] == [
+        "envoy.filters.http.buffer",
+        "envoy.filters.http.router",
+    ]
     assert routes(config)[0]["direct_response"] == {"status": 200, "body": {"inline_string": "hi"}}
 
 
