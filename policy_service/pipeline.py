@@ -34,6 +34,7 @@ from policy_service.request.model import (
     Malformed,
     McpRequest,
     UpstreamProtocol,
+    request_id_of,
 )
 
 _REFUSAL_MESSAGES = {
@@ -122,7 +123,7 @@ class Gateway:
                 jsonrpc_code=parsed.jsonrpc_code,
                 http_status=parsed.http_status,
             )
-        request_id = _request_id(parsed)
+        request_id = request_id_of(parsed)
 
         principal_or_deny = await _identify(state, upstream, request, request_id, is_jsonrpc)
         if isinstance(principal_or_deny, Deny):
@@ -151,14 +152,6 @@ def _parse(
         return parse_mcp(request)
     if upstream.protocol is UpstreamProtocol.A2A:
         return parse_a2a(request, subpath)
-    return None
-
-
-def _request_id(parsed: McpRequest | A2aRequest | None) -> str | int | None:
-    if isinstance(parsed, McpRequest):
-        return parsed.first_id
-    if isinstance(parsed, A2aRequest):
-        return parsed.request_id
     return None
 
 

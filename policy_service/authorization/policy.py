@@ -19,10 +19,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from operator import attrgetter
 
 from policy_service.bundles.model import CompiledRule, Effect, UpstreamPolicy
 from policy_service.identity.principal import Principal
-from policy_service.request.model import A2aRequest, CallKind, JsonRpcCall, JsonRpcId, McpRequest
+from policy_service.request.model import (
+    A2aRequest,
+    CallKind,
+    JsonRpcCall,
+    JsonRpcId,
+    McpRequest,
+    request_id_of,
+)
 
 
 class RefusalReason(StrEnum):
@@ -55,7 +63,7 @@ def authorize(
     request: McpRequest | A2aRequest | None,
 ) -> PolicyOutcome:
     if not upstream.clients.admits(principal):
-        return Refused(RefusalReason.CLIENT_NOT_ALLOWED, request_id=_first_id(request))
+        return Refused(RefusalReason.CLIENT_NOT_ALLOWED, request_id=request_id_of(request))
 
     needed = set(upstream.required_scopes)
     admitted: list[str] = []
@@ -80,17 +88,9 @@ def authorize(
             RefusalReason.INSUFFICIENT_SCOPE,
             required_scopes=tuple(sorted(needed)),
             missing_scopes=tuple(sorted(missing)),
-            request_id=first_short_id if short else _first_id(request),
+            request_id=first_short_id if short else request_id_of(request),
         )
     return Granted(tuple(admitted))
-
-
-def _first_id(request: McpRequest | A2aRequest | None) -> JsonRpcId:
-    if isinstance(request, McpRequest):
-        return request.first_id
-    if isinstance(request, A2aRequest):
-        return request.request_id
-    return None
 
 
 # A target is (kind, name): kind is a CallKind for MCP or "a2a" for an A2A method.
@@ -117,20 +117,21 @@ def _call_name(call: JsonRpcCall) -> str:
     return call.name or ""
 
 
+# Which of a rule's matchers a target kind is matched against.
+_MATCHER_OF = {
+    CallKind.TOOL: attrgetter("tools"),
+    CallKind.RESOURCE: attrgetter("resources"),
+    CallKind.PROMPT: attrgetter("prompts"),
+    CallKind.METHOD: attrgetter("methods"),
+    _A2A: attrgetter("a2a_methods"),
+}
+
+
 def _first_matching_rule(
     rules: tuple[CompiledRule, ...], kind: str, name: str
 ) -> CompiledRule | None:
+    matcher_of = _MATCHER_OF[kind]
     for rule in rules:
-        if kind == CallKind.TOOL:
-            matcher = rule.tools
-        elif kind == CallKind.RESOURCE:
-            matcher = rule.resources
-        elif kind == CallKind.PROMPT:
-            matcher = rule.prompts
-        elif kind == CallKind.METHOD:
-            matcher = rule.methods
-        else:
-            matcher = rule.a2a_methods
-        if matcher.matches(name):
+        if matcher_of(rule).matches(name):
             return rule
     return None

@@ -33,6 +33,7 @@ from policy_service.identity.config import (
     ApiKeyEntry,
     IssuerConfig,
 )
+from policy_service.identity.jwt import canonical_audience
 from policy_service.request.a2a import A2A_METHODS
 from policy_service.request.model import UpstreamProtocol
 
@@ -382,8 +383,8 @@ def _canonical_resource(value: str, path: str, problems: _Problems) -> str:
         return value
     if parts.fragment or parts.query:
         problems.add(path, "must not have a query or fragment (RFC 8707 resource identifier)")
-    # MCP's canonical form: lower-case scheme and host, no trailing slash.
-    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
+    # The verifier's canonical form, so a configured audience and a token's compare alike.
+    return canonical_audience(value)
 
 
 def _origin_of(resource: str) -> str:

@@ -7,7 +7,7 @@ from envoy.service.auth.v3 import external_auth_pb2
 from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 
-from policy_service.decisions.model import Allow, Decision, Deny, DenyKind, Serve
+from policy_service.decisions.model import Allow, Decision, DenyKind, Serve
 from policy_service.decisions.render import HttpAnswer, render_deny, render_serve
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
@@ -27,10 +27,6 @@ def to_check_response(decision: Decision) -> external_auth_pb2.CheckResponse:
         else _PERMISSION_DENIED
     )
     return _deny(render_deny(decision), status)
-
-
-def answer_of(decision: Deny | Serve) -> HttpAnswer:
-    return render_serve(decision) if isinstance(decision, Serve) else render_deny(decision)
 
 
 def _header(name: str, value: str) -> base_pb2.HeaderValueOption:

@@ -43,7 +43,6 @@ class UnusableCredential:
     message: str
 
 
-NoCredential = None
 ExtractedCredential = Credential | AmbiguousCredential | UnusableCredential | None
 
 # RFC 6750 section 2.3 names access_token; the others are the usual API-key spellings.

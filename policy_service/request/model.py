@@ -119,3 +119,12 @@ class Malformed:
 
 
 ParsedRequest = McpRequest | A2aRequest | Malformed
+
+
+def request_id_of(parsed: McpRequest | A2aRequest | None) -> JsonRpcId:
+    """The JSON-RPC id to echo in a denial (the first element's, for an MCP batch)."""
+    if isinstance(parsed, McpRequest):
+        return parsed.first_id
+    if isinstance(parsed, A2aRequest):
+        return parsed.request_id
+    return None

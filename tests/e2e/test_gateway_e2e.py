@@ -61,6 +61,8 @@ def unsigned_token(stack: Stack) -> str:
     return f"{segment({'alg': 'none', 'typ': 'JWT'})}.{segment(claims)}."
 
 
+TRADE = {"symbol": "ACME", "side": "buy", "quantity": 1}
+
 TOOL_CALL = {
     "jsonrpc": "2.0",
     "id": 11,
@@ -94,7 +96,7 @@ async def test_tool_outside_the_tokens_scopes_is_denied_with_a_clear_error(stack
         await mcp_call_tool(
             stack.fininfo_url,
             "place_trade",
-            {"symbol": "ACME", "side": "buy", "quantity": 1},
+            TRADE,
             headers=headers,
         )
     assert denied.value.status == 403
@@ -113,7 +115,7 @@ async def test_jsonrpc_denial_style_reaches_the_client_in_band(jsonrpc_stack: St
         await mcp_call_tool(
             jsonrpc_stack.fininfo_url,
             "place_trade",
-            {"symbol": "ACME", "side": "buy", "quantity": 1},
+            TRADE,
             headers=headers,
         )
     assert denied.value.code == 403
