@@ -1,6 +1,7 @@
 """The request path: one check as a pipeline of phases.
 
-    route -> public documents -> origin -> parse -> identity -> authorization -> allow
+    route -> public documents -> origin -> parse -> identity -> authorization
+          -> rate limits -> allow
 
 Each phase either hands a value to the next or returns a ``Deny``; nothing raises past
 ``check`` except a programming error, which the server turns into a fail-closed 503.
@@ -16,6 +17,7 @@ from urllib.parse import quote
 from policy_service.authorization.policy import Granted, RefusalReason, Refused, authorize
 from policy_service.bundles.model import CompiledBundle, UpstreamPolicy
 from policy_service.decisions.model import Allow, Decision, Deny, DenyKind, Serve
+from policy_service.decisions.render import rate_limit_code
 from policy_service.identity.apikeys import ApiKeyVerifier
 from policy_service.identity.credentials import (
     AmbiguousCredential,
@@ -26,6 +28,15 @@ from policy_service.identity.credentials import (
 )
 from policy_service.identity.jwt import JwtVerifier
 from policy_service.identity.principal import IdentityFailure, Principal
+from policy_service.ratelimits.headers import ratelimit_headers, retry_after_seconds
+from policy_service.ratelimits.keys import claims_for
+from policy_service.ratelimits.limiter import (
+    NOTHING_MATCHED,
+    RateLimiter,
+    RateLimitResult,
+    Verdict,
+)
+from policy_service.ratelimits.store import InProcessStore
 from policy_service.request.a2a import is_agent_card_path, parse_a2a
 from policy_service.request.mcp import parse_mcp
 from policy_service.request.model import (
@@ -34,6 +45,7 @@ from policy_service.request.model import (
     Malformed,
     McpRequest,
     UpstreamProtocol,
+    call_targets,
     request_id_of,
 )
 
@@ -59,8 +71,10 @@ class GatewayState:
 
 
 class Gateway:
-    def __init__(self, state: GatewayState) -> None:
+    def __init__(self, state: GatewayState, limiter: RateLimiter | None = None) -> None:
         self._state = state
+        # The limiter outlives bundles: buckets keep counting across a reload.
+        self.limiter = limiter or RateLimiter(InProcessStore())
 
     @property
     def state(self) -> GatewayState:
@@ -134,6 +148,16 @@ class Gateway:
         if isinstance(outcome, Refused):
             return _refusal(outcome, upstream, is_jsonrpc)
         assert isinstance(outcome, Granted)
+
+        limited = NOTHING_MATCHED
+        if bundle.limits:
+            claims = claims_for(bundle.limits, upstream.name, principal, call_targets(parsed))
+            limited = await self.limiter.check(claims)
+            if limited.verdict is Verdict.EXCEEDED:
+                return _rate_limited(limited, upstream, parsed, is_jsonrpc)
+            if limited.verdict is Verdict.FAILED_CLOSED:
+                return _store_unavailable(self.limiter, upstream, parsed, is_jsonrpc)
+
         identity = _identity_headers(principal, bundle.identity_header_prefix)
         return Allow(
             upstream,
@@ -142,6 +166,7 @@ class Gateway:
             rules=outcome.rules,
             headers_to_set=identity,
             headers_to_remove=_strip_headers(request, bundle, identity),
+            response_headers=ratelimit_headers(limited.states),
         )
 
 
@@ -205,6 +230,57 @@ def _refusal(outcome: Refused, upstream: UpstreamPolicy, is_jsonrpc: bool) -> De
         missing_scopes=outcome.missing_scopes,
         rule=outcome.rule,
     )
+
+
+def _rate_limited(
+    limited: RateLimitResult,
+    upstream: UpstreamPolicy,
+    parsed: McpRequest | A2aRequest | None,
+    is_jsonrpc: bool,
+) -> Deny:
+    blocking = limited.blocking
+    assert blocking is not None
+    limit = blocking.limit
+    retry_after = retry_after_seconds(blocking.retry_after_ms)
+    return Deny(
+        DenyKind.RATE_LIMITED,
+        "rate_limited",
+        f"rate limit '{limit.name}' exceeded; retry in {retry_after}s",
+        upstream=upstream,
+        request_id=request_id_of(parsed),
+        jsonrpc=is_jsonrpc,
+        jsonrpc_code=rate_limit_code(_mcp_version(parsed)),
+        headers=(("retry-after", str(retry_after)), *ratelimit_headers(limited.states)),
+        details={
+            "limit_name": limit.name,
+            "scope": limit.scope,
+            "retry_after": retry_after,
+            "limit": limit.rate.count,
+            "window": limit.rate.window_seconds,
+        },
+    )
+
+
+def _store_unavailable(
+    limiter: RateLimiter,
+    upstream: UpstreamPolicy,
+    parsed: McpRequest | A2aRequest | None,
+    is_jsonrpc: bool,
+) -> Deny:
+    retry_after = retry_after_seconds(limiter.breaker.retry_after_seconds * 1000)
+    return Deny(
+        DenyKind.LIMIT_STORE_UNAVAILABLE,
+        "rate_limit_unavailable",
+        "rate limits cannot be checked right now; the call was refused",
+        upstream=upstream,
+        request_id=request_id_of(parsed),
+        jsonrpc=is_jsonrpc,
+        headers=(("retry-after", str(retry_after)),),
+    )
+
+
+def _mcp_version(parsed: McpRequest | A2aRequest | None) -> str | None:
+    return parsed.protocol_version if isinstance(parsed, McpRequest) else None
 
 
 def _header_value(value: str) -> str:

@@ -19,16 +19,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from operator import attrgetter
 
 from policy_service.bundles.model import CompiledRule, Effect, UpstreamPolicy
 from policy_service.identity.principal import Principal
 from policy_service.request.model import (
     A2aRequest,
-    CallKind,
-    JsonRpcCall,
+    CallTarget,
     JsonRpcId,
     McpRequest,
+    call_targets,
     request_id_of,
 )
 
@@ -69,8 +68,9 @@ def authorize(
     admitted: list[str] = []
     first_short_id: JsonRpcId = None
     short = False
-    for target_kind, target_name, request_id in _targets(request):
-        rule = _first_matching_rule(upstream.rules, target_kind, target_name)
+    for target in call_targets(request):
+        request_id = target.request_id
+        rule = first_matching_rule(upstream.rules, target)
         if rule is None:
             return Refused(RefusalReason.NO_MATCHING_RULE, request_id=request_id)
         if rule.effect is Effect.DENY:
@@ -93,45 +93,8 @@ def authorize(
     return Granted(tuple(admitted))
 
 
-# A target is (kind, name): kind is a CallKind for MCP or "a2a" for an A2A method.
-_A2A = "a2a"
-
-
-def _targets(
-    request: McpRequest | A2aRequest | None,
-) -> list[tuple[str, str, JsonRpcId]]:
-    if isinstance(request, A2aRequest):
-        return [(_A2A, request.method, request.request_id)]
-    if isinstance(request, McpRequest):
-        return [
-            (call.kind, _call_name(call), call.request_id)
-            for call in request.calls
-            if call.kind is not CallKind.RESPONSE
-        ]
-    return []
-
-
-def _call_name(call: JsonRpcCall) -> str:
-    if call.kind is CallKind.METHOD:
-        return call.method or ""
-    return call.name or ""
-
-
-# Which of a rule's matchers a target kind is matched against.
-_MATCHER_OF = {
-    CallKind.TOOL: attrgetter("tools"),
-    CallKind.RESOURCE: attrgetter("resources"),
-    CallKind.PROMPT: attrgetter("prompts"),
-    CallKind.METHOD: attrgetter("methods"),
-    _A2A: attrgetter("a2a_methods"),
-}
-
-
-def _first_matching_rule(
-    rules: tuple[CompiledRule, ...], kind: str, name: str
-) -> CompiledRule | None:
-    matcher_of = _MATCHER_OF[kind]
+def first_matching_rule(rules: tuple[CompiledRule, ...], target: CallTarget) -> CompiledRule | None:
     for rule in rules:
-        if matcher_of(rule).matches(name):
+        if rule.targets.matches(target):
             return rule
     return None

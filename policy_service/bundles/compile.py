@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from policy_service.bundles.limits import compile_limits
 from policy_service.bundles.model import (
     DEFAULT_API_KEY_HEADER,
     DEFAULT_IDENTITY_HEADER_PREFIX,
@@ -22,10 +23,16 @@ from policy_service.bundles.model import (
     CompiledRule,
     DenialStyle,
     Effect,
-    NameMatcher,
     UpstreamPolicy,
 )
-from policy_service.errors import BundleError, BundleProblem
+from policy_service.bundles.problems import (
+    MCP_TARGET_KEYS,
+    NAME,
+    Problems,
+    check_target_names,
+)
+from policy_service.bundles.targets import CallTargets
+from policy_service.errors import BundleError
 from policy_service.gen.policy_service.bundle.v1 import bundle_pb2
 from policy_service.identity.config import (
     ASYMMETRIC_ALGORITHMS,
@@ -34,30 +41,12 @@ from policy_service.identity.config import (
     IssuerConfig,
 )
 from policy_service.identity.jwt import canonical_audience
-from policy_service.request.a2a import A2A_METHODS
 from policy_service.request.model import UpstreamProtocol
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _HEADER_PREFIX = re.compile(r"^[a-z0-9-]{2,40}$")
 _SCOPE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")  # RFC 6749 scope-token characters
-_MCP_TARGET_METHODS = {
-    "tools/call": "tools",
-    "resources/read": "resources",
-    "resources/subscribe": "resources",
-    "resources/unsubscribe": "resources",
-    "prompts/get": "prompts",
-}
 _MAX_LEEWAY_SECONDS = 600.0
-
-
-class _Problems:
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.items: list[BundleProblem] = []
-
-    def add(self, path: str, message: str) -> None:
-        self.items.append(BundleProblem(self.source, path, message))
 
 
 def compile_bundle(
@@ -67,7 +56,7 @@ def compile_bundle(
     base_dir: Path,
     environ: Mapping[str, str],
 ) -> CompiledBundle:
-    problems = _Problems(source)
+    problems = Problems(source)
     if message.version != "v1":
         shown = f"'{message.version}'" if message.version else "missing"
         problems.add("version", f"must be 'v1' (got {shown})")
@@ -91,6 +80,8 @@ def compile_bundle(
     api_keys = _api_keys(message, problems)
     issuer_urls = tuple(issuer.issuer for issuer in issuers)
     upstreams = _upstreams(message, issuer_urls, gateway_origins, problems)
+    declared = {upstream.name for upstream in message.upstreams}
+    limits = compile_limits(message.limits, upstreams, declared, problems)
 
     if not message.issuers and not message.api_keys:
         problems.add("issuers", "no issuers and no api_keys: nobody could ever be allowed")
@@ -115,18 +106,19 @@ def compile_bundle(
         by_name={upstream.name: upstream for upstream in upstreams},
         by_prefix=by_prefix,
         metadata_documents=documents,
+        limits=limits,
     )
 
 
 def _issuers(
-    message: bundle_pb2.Bundle, base_dir: Path, environ: Mapping[str, str], problems: _Problems
+    message: bundle_pb2.Bundle, base_dir: Path, environ: Mapping[str, str], problems: Problems
 ) -> tuple[IssuerConfig, ...]:
     compiled: list[IssuerConfig] = []
     names: set[str] = set()
     for index, issuer in enumerate(message.issuers):
         path = f"issuers[{index}]"
         ok = True
-        if not _NAME.match(issuer.name):
+        if not NAME.match(issuer.name):
             problems.add(f"{path}.name", "must be a short lower-case name like 'corp-idp'")
             ok = False
         elif issuer.name in names:
@@ -216,14 +208,14 @@ def _issuers(
     return tuple(compiled)
 
 
-def _api_keys(message: bundle_pb2.Bundle, problems: _Problems) -> tuple[ApiKeyEntry, ...]:
+def _api_keys(message: bundle_pb2.Bundle, problems: Problems) -> tuple[ApiKeyEntry, ...]:
     compiled: list[ApiKeyEntry] = []
     ids: set[str] = set()
     hashes: set[str] = set()
     for index, key in enumerate(message.api_keys):
         path = f"api_keys[{index}]"
         ok = True
-        if not _NAME.match(key.id):
+        if not NAME.match(key.id):
             problems.add(f"{path}.id", "must be a short lower-case name like 'ci-bot'")
             ok = False
         elif key.id in ids:
@@ -250,7 +242,7 @@ def _api_keys(message: bundle_pb2.Bundle, problems: _Problems) -> tuple[ApiKeyEn
     return tuple(compiled)
 
 
-def _scopes(values: object, path: str, problems: _Problems) -> frozenset[str]:
+def _scopes(values: object, path: str, problems: Problems) -> frozenset[str]:
     scopes = list(values)  # type: ignore[call-overload]
     for position, scope in enumerate(scopes):
         if not _SCOPE.match(scope):
@@ -260,7 +252,7 @@ def _scopes(values: object, path: str, problems: _Problems) -> frozenset[str]:
     return frozenset(scopes)
 
 
-def _origins(values: object, path: str, problems: _Problems) -> frozenset[str]:
+def _origins(values: object, path: str, problems: Problems) -> frozenset[str]:
     origins: set[str] = set()
     for position, origin in enumerate(list(values)):  # type: ignore[call-overload]
         parts = urlsplit(origin)
@@ -282,7 +274,7 @@ def _upstreams(
     message: bundle_pb2.Bundle,
     issuer_urls: tuple[str, ...],
     gateway_origins: frozenset[str],
-    problems: _Problems,
+    problems: Problems,
 ) -> tuple[UpstreamPolicy, ...]:
     if not message.upstreams:
         problems.add("upstreams", "at least one upstream is required")
@@ -292,7 +284,7 @@ def _upstreams(
     for index, upstream in enumerate(message.upstreams):
         path = f"upstreams[{index}]"
         before = len(problems.items)
-        if not _NAME.match(upstream.name):
+        if not NAME.match(upstream.name):
             problems.add(f"{path}.name", "must be a short lower-case name like 'fininfo'")
         elif upstream.name in names:
             problems.add(f"{path}.name", f"duplicate upstream name '{upstream.name}'")
@@ -372,7 +364,7 @@ def _upstreams(
     return tuple(compiled)
 
 
-def _canonical_resource(value: str, path: str, problems: _Problems) -> str:
+def _canonical_resource(value: str, path: str, problems: Problems) -> str:
     parts = urlsplit(value)
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
         problems.add(
@@ -404,7 +396,7 @@ def _rule(
     path: str,
     upstream_name: str,
     position: int,
-    problems: _Problems,
+    problems: Problems,
 ) -> CompiledRule | None:
     before = len(problems.items)
     targets = {
@@ -419,9 +411,8 @@ def _rule(
             path,
             "matches nothing: give at least one of tools, resources, prompts, methods, a2a_methods",
         )
-    mcp_keys = ("tools", "resources", "prompts", "methods")
     if protocol is not UpstreamProtocol.MCP:
-        for key in mcp_keys:
+        for key in MCP_TARGET_KEYS:
             if targets[key]:
                 problems.add(
                     f"{path}.{key}",
@@ -432,23 +423,7 @@ def _rule(
             f"{path}.a2a_methods",
             f"can never match: the upstream's protocol is {protocol}, not a2a",
         )
-    for key, entries in targets.items():
-        for entry_index, entry in enumerate(entries):
-            if not entry:
-                problems.add(f"{path}.{key}[{entry_index}]", "must not be empty")
-    for entry_index, method in enumerate(targets["methods"]):
-        if method in _MCP_TARGET_METHODS:
-            problems.add(
-                f"{path}.methods[{entry_index}]",
-                f"'{method}' is matched by '{_MCP_TARGET_METHODS[method]}:' (name the "
-                f"{_MCP_TARGET_METHODS[method]}, or '*' for all)",
-            )
-    for entry_index, method in enumerate(targets["a2a_methods"]):
-        if "*" not in method and method not in A2A_METHODS:
-            problems.add(
-                f"{path}.a2a_methods[{entry_index}]",
-                f"unknown A2A method '{method}'; known: {', '.join(sorted(A2A_METHODS))}",
-            )
+    check_target_names(targets, path, problems)
     try:
         effect = Effect(raw.effect or Effect.ALLOW)
     except ValueError:
@@ -463,11 +438,7 @@ def _rule(
         return None
     return CompiledRule(
         name=raw.name or f"{upstream_name}#{position}",
-        tools=NameMatcher.compile(targets["tools"]),
-        resources=NameMatcher.compile(targets["resources"]),
-        prompts=NameMatcher.compile(targets["prompts"]),
-        methods=NameMatcher.compile(targets["methods"]),
-        a2a_methods=NameMatcher.compile(targets["a2a_methods"]),
+        targets=CallTargets.compile(**targets),
         scopes=scopes,
         clients=_clients(raw.clients),
         effect=effect,

@@ -7,13 +7,14 @@ whole life and a reload is an atomic swap of one reference.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from policy_service.bundles.targets import CallTargets
 from policy_service.identity.config import ApiKeyEntry, IssuerConfig
 from policy_service.identity.principal import Principal
+from policy_service.ratelimits.model import CompiledLimit
 from policy_service.request.model import UpstreamProtocol
 
 DEFAULT_IDENTITY_HEADER_PREFIX = "x-gateway-"
@@ -29,32 +30,6 @@ class DenialStyle(StrEnum):
 class Effect(StrEnum):
     ALLOW = "allow"
     DENY = "deny"
-
-
-@dataclass(frozen=True, slots=True)
-class NameMatcher:
-    """Exact names plus ``*`` wildcards, compiled once."""
-
-    exact: frozenset[str] = frozenset()
-    patterns: tuple[re.Pattern[str], ...] = ()
-
-    @classmethod
-    def compile(cls, entries: list[str] | tuple[str, ...]) -> NameMatcher:
-        exact = frozenset(entry for entry in entries if "*" not in entry)
-        patterns = tuple(
-            re.compile(".*".join(re.escape(part) for part in entry.split("*")), re.DOTALL)
-            for entry in entries
-            if "*" in entry
-        )
-        return cls(exact, patterns)
-
-    def __bool__(self) -> bool:
-        return bool(self.exact or self.patterns)
-
-    def matches(self, name: str) -> bool:
-        if name in self.exact:
-            return True
-        return any(pattern.fullmatch(name) for pattern in self.patterns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,11 +51,7 @@ class ClientFilter:
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
     name: str
-    tools: NameMatcher
-    resources: NameMatcher
-    prompts: NameMatcher
-    methods: NameMatcher
-    a2a_methods: NameMatcher
+    targets: CallTargets
     scopes: frozenset[str]
     clients: ClientFilter
     effect: Effect
@@ -117,6 +88,7 @@ class CompiledBundle:
     by_prefix: tuple[UpstreamPolicy, ...] = ()
     # RFC 9728 metadata path -> document; served without a token.
     metadata_documents: Mapping[str, bytes] = field(default_factory=dict)
+    limits: tuple[CompiledLimit, ...] = ()
 
     def route(self, path: str, context_extensions: Mapping[str, str]) -> UpstreamPolicy | None:
         """The upstream a request is for: Envoy's per-route tag first, then the path prefix."""

@@ -6,8 +6,10 @@ A denial is a value the pipeline returns, never an exception: anything that is n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from policy_service.bundles.model import UpstreamPolicy
 from policy_service.identity.principal import Principal
@@ -23,6 +25,8 @@ class DenyKind(StrEnum):
     MALFORMED = "malformed"  # 400: cannot be parsed well enough to authorize
     BAD_ORIGIN = "bad_origin"  # 403: Origin present and not allowed (MCP transport MUST)
     NO_UPSTREAM = "no_upstream"  # 404: no upstream serves this path
+    RATE_LIMITED = "rate_limited"  # 429 + Retry-After and RateLimit fields
+    LIMIT_STORE_UNAVAILABLE = "limit_store_unavailable"  # 503: a fail-closed limit's store is down
     INTERNAL = "internal"  # 503: our own fault; fail closed
 
 
@@ -34,6 +38,7 @@ class Allow:
     rules: tuple[str, ...] = ()
     headers_to_set: tuple[tuple[str, str], ...] = ()
     headers_to_remove: tuple[str, ...] = ()
+    response_headers: tuple[tuple[str, str], ...] = ()  # added to the upstream's answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +49,13 @@ class Deny:
     upstream: UpstreamPolicy | None = None
     request_id: JsonRpcId = None
     jsonrpc: bool = False  # the request was JSON-RPC: answer with a JSON-RPC error body
-    jsonrpc_code: int | None = None  # for MALFORMED: the parser's code
+    jsonrpc_code: int | None = None  # overrides the kind's code (the parser's, a revision's)
     http_status: int | None = None  # for MALFORMED: the parser's status
     required_scopes: tuple[str, ...] = ()
     missing_scopes: tuple[str, ...] = ()
     rule: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()  # extra answer headers (Retry-After, RateLimit)
+    details: Mapping[str, Any] = field(default_factory=dict)  # extra JSON-RPC error data
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,13 @@ from policy_service.decisions.model import Deny, DenyKind, Serve
 _CODE_UNAUTHENTICATED = 401
 _CODE_FORBIDDEN = 403
 _CODE_NOT_FOUND = 404
+_CODE_RATE_LIMITED = 429
 _CODE_INTERNAL = 503
+# Before 2026-07-28 MCP let implementations use -32000..-32099, and -32029 is what MCP-land
+# gateways answer a rate limit with; from 2026-07-28 that band is the spec's own, so the
+# HTTP status is used as an application code instead (as ToolHive did).
+_CODE_RATE_LIMITED_LEGACY = -32029
+_FIRST_REVISION_WITHOUT_LEGACY_CODES = "2026-07-28"
 
 _STATUS = {
     DenyKind.MISSING_CREDENTIAL: 401,
@@ -30,6 +36,8 @@ _STATUS = {
     DenyKind.MALFORMED: 400,
     DenyKind.BAD_ORIGIN: 403,
     DenyKind.NO_UPSTREAM: 404,
+    DenyKind.RATE_LIMITED: 429,
+    DenyKind.LIMIT_STORE_UNAVAILABLE: 503,
     DenyKind.INTERNAL: 503,
 }
 
@@ -61,6 +69,7 @@ def render_deny(deny: Deny) -> HttpAnswer:
     challenge = _challenge(deny)
     if challenge:
         headers.append(("www-authenticate", challenge))
+    headers.extend(deny.headers)
     if _answers_in_band(deny):
         # The upstream asked for 200 + JSON-RPC error: many MCP clients tear the session
         # down on any non-2xx, and a clear in-band error is better than a dead session.
@@ -105,8 +114,15 @@ def _challenge(deny: Deny) -> str | None:
     return "Bearer " + ", ".join(f"{name}={_quote(value)}" for name, value in params)
 
 
+def rate_limit_code(mcp_protocol_version: str | None) -> int:
+    """The JSON-RPC code of a rate-limit answer for this MCP revision (None: not MCP)."""
+    if mcp_protocol_version and mcp_protocol_version < _FIRST_REVISION_WITHOUT_LEGACY_CODES:
+        return _CODE_RATE_LIMITED_LEGACY
+    return _CODE_RATE_LIMITED
+
+
 def _code(deny: Deny) -> int:
-    if deny.kind is DenyKind.MALFORMED and deny.jsonrpc_code is not None:
+    if deny.jsonrpc_code is not None:
         return deny.jsonrpc_code
     if deny.kind in (DenyKind.MISSING_CREDENTIAL, DenyKind.INVALID_CREDENTIAL):
         return _CODE_UNAUTHENTICATED
@@ -114,7 +130,9 @@ def _code(deny: Deny) -> int:
         return -32600
     if deny.kind is DenyKind.NO_UPSTREAM:
         return _CODE_NOT_FOUND
-    if deny.kind is DenyKind.INTERNAL:
+    if deny.kind is DenyKind.RATE_LIMITED:
+        return _CODE_RATE_LIMITED
+    if deny.kind in (DenyKind.INTERNAL, DenyKind.LIMIT_STORE_UNAVAILABLE):
         return _CODE_INTERNAL
     return _CODE_FORBIDDEN
 
@@ -131,6 +149,7 @@ def _data(deny: Deny) -> dict[str, Any]:
         DenyKind.INVALID_CREDENTIAL,
     ):
         data["resource_metadata"] = deny.upstream.metadata_url
+    data.update(deny.details)
     return data
 
 

@@ -39,6 +39,7 @@ def _allow(decision: Allow) -> external_auth_pb2.CheckResponse:
     ok = external_auth_pb2.OkHttpResponse(
         headers=[_header(name, value) for name, value in decision.headers_to_set],
         headers_to_remove=list(decision.headers_to_remove),
+        response_headers_to_add=[_header(name, value) for name, value in decision.response_headers],
     )
     return external_auth_pb2.CheckResponse(status=_OK, ok_response=ok)
 

@@ -121,6 +121,52 @@ class Malformed:
 ParsedRequest = McpRequest | A2aRequest | Malformed
 
 
+class TargetKind(StrEnum):
+    """What a rule or a limit matches a call on."""
+
+    TOOL = "tool"
+    RESOURCE = "resource"
+    PROMPT = "prompt"
+    METHOD = "method"  # an MCP method without a named target
+    A2A_METHOD = "a2a_method"
+
+
+_TARGET_KIND = {
+    CallKind.TOOL: TargetKind.TOOL,
+    CallKind.RESOURCE: TargetKind.RESOURCE,
+    CallKind.PROMPT: TargetKind.PROMPT,
+    CallKind.METHOD: TargetKind.METHOD,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CallTarget:
+    """One call the policy decides on: an MCP message (not a response) or an A2A operation."""
+
+    kind: TargetKind
+    name: str  # tool name, resource URI, prompt name, or the method for METHOD / A2A_METHOD
+    method: str
+    request_id: JsonRpcId
+
+
+def call_targets(parsed: McpRequest | A2aRequest | None) -> tuple[CallTarget, ...]:
+    """The calls in a request, in order; empty for streams, deletes and plain HTTP."""
+    if isinstance(parsed, A2aRequest):
+        return (CallTarget(TargetKind.A2A_METHOD, parsed.method, parsed.method, parsed.request_id),)
+    if isinstance(parsed, McpRequest):
+        return tuple(
+            CallTarget(
+                _TARGET_KIND[call.kind],
+                (call.method or "") if call.kind is CallKind.METHOD else (call.name or ""),
+                call.method or "",
+                call.request_id,
+            )
+            for call in parsed.calls
+            if call.kind is not CallKind.RESPONSE
+        )
+    return ()
+
+
 def request_id_of(parsed: McpRequest | A2aRequest | None) -> JsonRpcId:
     """The JSON-RPC id to echo in a denial (the first element's, for an MCP batch)."""
     if isinstance(parsed, McpRequest):

@@ -7,20 +7,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Bundle(_message.Message):
-    __slots__ = ("version", "revision", "issuers", "api_keys", "upstreams", "gateway")
+    __slots__ = ("version", "revision", "issuers", "api_keys", "upstreams", "gateway", "limits")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     ISSUERS_FIELD_NUMBER: _ClassVar[int]
     API_KEYS_FIELD_NUMBER: _ClassVar[int]
     UPSTREAMS_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
     version: str
     revision: str
     issuers: _containers.RepeatedCompositeFieldContainer[Issuer]
     api_keys: _containers.RepeatedCompositeFieldContainer[ApiKey]
     upstreams: _containers.RepeatedCompositeFieldContainer[Upstream]
     gateway: Gateway
-    def __init__(self, version: _Optional[str] = ..., revision: _Optional[str] = ..., issuers: _Optional[_Iterable[_Union[Issuer, _Mapping]]] = ..., api_keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ..., upstreams: _Optional[_Iterable[_Union[Upstream, _Mapping]]] = ..., gateway: _Optional[_Union[Gateway, _Mapping]] = ...) -> None: ...
+    limits: _containers.RepeatedCompositeFieldContainer[Limit]
+    def __init__(self, version: _Optional[str] = ..., revision: _Optional[str] = ..., issuers: _Optional[_Iterable[_Union[Issuer, _Mapping]]] = ..., api_keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ..., upstreams: _Optional[_Iterable[_Union[Upstream, _Mapping]]] = ..., gateway: _Optional[_Union[Gateway, _Mapping]] = ..., limits: _Optional[_Iterable[_Union[Limit, _Mapping]]] = ...) -> None: ...
 
 class Gateway(_message.Message):
     __slots__ = ("identity_header_prefix", "allowed_origins", "api_key_header")
@@ -121,3 +123,39 @@ class Rule(_message.Message):
     clients: ClientList
     effect: str
     def __init__(self, name: _Optional[str] = ..., tools: _Optional[_Iterable[str]] = ..., resources: _Optional[_Iterable[str]] = ..., prompts: _Optional[_Iterable[str]] = ..., methods: _Optional[_Iterable[str]] = ..., a2a_methods: _Optional[_Iterable[str]] = ..., scopes: _Optional[_Iterable[str]] = ..., clients: _Optional[_Union[ClientList, _Mapping]] = ..., effect: _Optional[str] = ...) -> None: ...
+
+class Limit(_message.Message):
+    __slots__ = ("name", "rate", "burst", "key", "match", "cost", "on_store_failure", "shadow")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    BURST_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    MATCH_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    ON_STORE_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    rate: str
+    burst: int
+    key: _containers.RepeatedScalarFieldContainer[str]
+    match: LimitMatch
+    cost: int
+    on_store_failure: str
+    shadow: bool
+    def __init__(self, name: _Optional[str] = ..., rate: _Optional[str] = ..., burst: _Optional[int] = ..., key: _Optional[_Iterable[str]] = ..., match: _Optional[_Union[LimitMatch, _Mapping]] = ..., cost: _Optional[int] = ..., on_store_failure: _Optional[str] = ..., shadow: _Optional[bool] = ...) -> None: ...
+
+class LimitMatch(_message.Message):
+    __slots__ = ("upstreams", "tools", "resources", "prompts", "methods", "a2a_methods")
+    UPSTREAMS_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    A2A_METHODS_FIELD_NUMBER: _ClassVar[int]
+    upstreams: _containers.RepeatedScalarFieldContainer[str]
+    tools: _containers.RepeatedScalarFieldContainer[str]
+    resources: _containers.RepeatedScalarFieldContainer[str]
+    prompts: _containers.RepeatedScalarFieldContainer[str]
+    methods: _containers.RepeatedScalarFieldContainer[str]
+    a2a_methods: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, upstreams: _Optional[_Iterable[str]] = ..., tools: _Optional[_Iterable[str]] = ..., resources: _Optional[_Iterable[str]] = ..., prompts: _Optional[_Iterable[str]] = ..., methods: _Optional[_Iterable[str]] = ..., a2a_methods: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""Within budget: token-bucket rate limits, shared through Redis or kept in process."""
