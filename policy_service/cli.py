@@ -13,13 +13,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from policy_service.errors import BundleError, PolicyServiceError
+from policy_service.errors import BundleError, ConfigError, PolicyServiceError
+
+if TYPE_CHECKING:
+    from policy_service.ratelimits.redis_store import RedisSettings
 
 DEFAULT_STATE_DIR = Path(".dev-stack")
+REDIS_URL_ENV_VAR = "POLICY_SERVICE_REDIS_URL"
 
 
 def _cmd_lint(args: argparse.Namespace) -> int:
@@ -44,6 +50,7 @@ def _cmd_lint(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from policy_service.bundles.loader import load_bundle
     from policy_service.pipeline import Gateway, GatewayState
+    from policy_service.ratelimits.limiter import build_limiter
     from policy_service.server import (
         PolicyServer,
         ServerSettings,
@@ -68,14 +75,37 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         reflection=not args.no_reflection,
     )
 
+    redis_settings = _redis_settings(args)
+
     async def run() -> None:
-        # grpc.aio binds the server to the loop that exists when it is built.
-        await serve_until_signalled(
-            PolicyServer(Gateway(GatewayState.from_bundle(bundle)), settings)
-        )
+        # grpc.aio binds the server to the loop that exists when it is built, and the
+        # Redis client to the loop it first runs on.
+        gateway = Gateway(GatewayState.from_bundle(bundle), build_limiter(redis_settings))
+        await serve_until_signalled(PolicyServer(gateway, settings))
 
     asyncio.run(run())
     return 0
+
+
+def _redis_settings(args: argparse.Namespace) -> RedisSettings | None:
+    from policy_service.ratelimits.redis_store import RedisSettings
+
+    # The URL may carry a password: the environment keeps it out of the process list.
+    url = args.redis_url or os.environ.get(REDIS_URL_ENV_VAR)
+    if not url:
+        return None
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{REDIS_URL_ENV_VAR} / --redis-url must be a redis:// or rediss:// URL")
+    if not 0 < args.redis_timeout <= 10:
+        raise ConfigError("--redis-timeout must be between 0 and 10 seconds")
+    return RedisSettings(
+        url=url,
+        cluster=args.redis_cluster,
+        timeout_seconds=args.redis_timeout,
+        max_connections=args.redis_max_connections,
+        key_prefix=args.redis_key_prefix,
+        pipeline=args.redis_pipeline,
+    )
 
 
 def _cmd_hash_key(args: argparse.Namespace) -> int:
@@ -123,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-client-ca", help="require client certificates signed by this CA")
     serve.add_argument("--grace", type=float, default=10.0, help="seconds to drain on SIGTERM")
     serve.add_argument("--no-reflection", action="store_true")
+    _add_redis_arguments(serve)
     serve.set_defaults(run=_cmd_serve)
 
     hash_key = commands.add_parser(
@@ -142,6 +173,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_late_commands(commands)
     return parser
+
+
+def _add_redis_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "rate limits", "buckets live in process unless a Redis URL is given"
+    )
+    group.add_argument(
+        "--redis-url", help=f"redis://host:port/db (or set ${REDIS_URL_ENV_VAR}, for passwords)"
+    )
+    group.add_argument("--redis-cluster", action="store_true", help="the URL names a Cluster node")
+    group.add_argument(
+        "--redis-timeout", type=float, default=0.1, help="seconds a check waits for Redis"
+    )
+    group.add_argument("--redis-max-connections", type=int, default=64)
+    group.add_argument(
+        "--redis-key-prefix", default="policy-service", help="hash tag of every bucket key"
+    )
+    group.add_argument(
+        "--redis-pipeline",
+        action="store_true",
+        help="send checks that arrive together in one round trip",
+    )
 
 
 def _add_late_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

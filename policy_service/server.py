@@ -23,6 +23,7 @@ from policy_service.decisions.model import Deny, DenyKind
 from policy_service.edge.envoy_in import to_http_request
 from policy_service.edge.envoy_out import to_check_response
 from policy_service.pipeline import Gateway
+from policy_service.ratelimits.redis_store import RedisStore
 
 log = logging.getLogger("policy_service.server")
 
@@ -104,6 +105,7 @@ class PolicyServer:
     async def start(self) -> None:
         await self._server.start()
         await self.gateway.state.jwt.start()
+        await _report_store(self.gateway)
         for service in ("", AUTHORIZATION_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -118,10 +120,24 @@ class PolicyServer:
         await self.health.enter_graceful_shutdown()
         await self._server.stop(self.settings.grace_seconds)
         await self.gateway.state.jwt.aclose()
+        await self.gateway.limiter.aclose()
         log.info("stopped")
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()
+
+
+async def _report_store(gateway: Gateway) -> None:
+    """Say where buckets live. An unreachable Redis is not fatal: each limit fails open or
+    closed as its bundle says until Redis answers, and the breaker notices when it does."""
+    store = gateway.limiter.store
+    if isinstance(store, RedisStore):
+        if await store.ping():
+            log.info("rate limits: buckets in Redis (key prefix %s)", store.settings.key_prefix)
+        else:
+            log.warning("rate limits: Redis does not answer yet; limits fail open or closed")
+    elif gateway.state.bundle.limits:
+        log.info("rate limits: buckets in process (not shared with other replicas)")
 
 
 def _credentials(tls: TlsSettings | None) -> grpc.ServerCredentials | None:

@@ -20,7 +20,8 @@ from policy_service.ratelimits.model import (
     CompiledLimit,
     StoreFailureMode,
 )
-from policy_service.ratelimits.store import BucketStore, StoreUnavailableError
+from policy_service.ratelimits.redis_store import RedisSettings, RedisStore
+from policy_service.ratelimits.store import BucketStore, InProcessStore, StoreUnavailableError
 
 log = logging.getLogger("policy_service.ratelimits")
 
@@ -135,6 +136,13 @@ class RateLimiter:
 
     async def aclose(self) -> None:
         await self.store.aclose()
+
+
+def build_limiter(redis_settings: RedisSettings | None) -> RateLimiter:
+    """The in-process store by default; Redis when a URL is configured."""
+    if redis_settings is None:
+        return RateLimiter(InProcessStore())
+    return RateLimiter(RedisStore(redis_settings))
 
 
 def _per_limit(

@@ -112,7 +112,9 @@ def write_test_bundle(
     currenttime_port: int = 9102,
     helper_port: int = 9103,
     key: SigningKey | None = None,
+    limits: str = "",
 ) -> TestBundle:
+    """``limits`` is a YAML ``limits:`` block (without the key) appended to the bundle."""
     key = key or SigningKey.generate("ES256", kid="test-key-1")
     (directory / "jwks.json").write_text(json.dumps(key.jwks()))
     path = directory / "bundle.yaml"
@@ -126,5 +128,6 @@ def write_test_bundle(
             currenttime_port=currenttime_port,
             helper_port=helper_port,
         )
+        + (f"limits:\n{limits}" if limits else "")
     )
     return TestBundle(path, key, load_bundle(path))
