@@ -75,7 +75,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         reflection=not args.no_reflection,
     )
 
-    redis_settings = _redis_settings(args)
+    redis_settings = redis_settings_from_args(args)
 
     async def run() -> None:
         # grpc.aio binds the server to the loop that exists when it is built, and the
@@ -87,7 +87,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _redis_settings(args: argparse.Namespace) -> RedisSettings | None:
+def redis_settings_from_args(args: argparse.Namespace) -> RedisSettings | None:
     from policy_service.ratelimits.redis_store import RedisSettings
 
     # The URL may carry a password: the environment keeps it out of the process list.
@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-client-ca", help="require client certificates signed by this CA")
     serve.add_argument("--grace", type=float, default=10.0, help="seconds to drain on SIGTERM")
     serve.add_argument("--no-reflection", action="store_true")
-    _add_redis_arguments(serve)
+    add_redis_arguments(serve)
     serve.set_defaults(run=_cmd_serve)
 
     hash_key = commands.add_parser(
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_redis_arguments(parser: argparse.ArgumentParser) -> None:
+def add_redis_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "rate limits", "buckets live in process unless a Redis URL is given"
     )

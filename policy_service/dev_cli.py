@@ -22,7 +22,9 @@ def _cmd_dev(args: argparse.Namespace) -> int:
         currenttime=args.peer_ports[1],
         agent=args.peer_ports[2],
     )
-    asyncio.run(run_dev_stack(Path(args.state_dir), ports))
+    from policy_service.cli import redis_settings_from_args
+
+    asyncio.run(run_dev_stack(Path(args.state_dir), ports, redis_settings_from_args(args)))
     return 0
 
 
@@ -74,6 +76,8 @@ def _cmd_envoy_config(args: argparse.Namespace) -> int:
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from policy_service.cli import add_redis_arguments
+
     dev = commands.add_parser(
         "dev", help="run Envoy + policy service + demo MCP servers and A2A agent on loopback"
     )
@@ -88,6 +92,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=[9101, 9102, 9103],
         help="fininfo,currenttime,agent",
     )
+    add_redis_arguments(dev)
     dev.set_defaults(run=_cmd_dev)
 
     envoy = commands.add_parser("envoy-config", help="print an Envoy config for a bundle")

@@ -27,6 +27,8 @@ from policy_service.gateway.envoy_config import (
 from policy_service.gateway.envoy_process import EnvoyProcess
 from policy_service.identity.apikeys import hash_api_key
 from policy_service.pipeline import Gateway, GatewayState
+from policy_service.ratelimits.limiter import build_limiter
+from policy_service.ratelimits.redis_store import RedisSettings
 from policy_service.server import PolicyServer, ServerSettings
 
 log = logging.getLogger("policy_service.dev")
@@ -100,6 +102,18 @@ upstreams:
       - name: chat
         a2a_methods: [SendMessage, SendStreamingMessage, GetTask, CancelTask, SubscribeToTask]
         scopes: [agent:chat]
+limits:
+  # Every client: 600 calls a minute over all upstreams, bursts of 60.
+  - name: per-client
+    rate: 600/min
+    burst: 60
+    key: [client]
+  # Trading is expensive: 10 an hour per client, and refused if Redis cannot say.
+  - name: trades
+    rate: 10/hour
+    key: [client]
+    match: {{upstreams: [fininfo], tools: [place_trade]}}
+    on_store_failure: closed
 """
 
 
@@ -148,9 +162,15 @@ def dev_envoy_layout(state_dir: Path, ports: DevPorts) -> EnvoyLayout:
 
 
 class DevStack:
-    def __init__(self, state_dir: Path, ports: DevPorts | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        ports: DevPorts | None = None,
+        redis_settings: RedisSettings | None = None,
+    ) -> None:
         self.state_dir = state_dir
         self.ports = ports or DevPorts()
+        self.redis_settings = redis_settings  # None: buckets in process
         self.peers: DemoPeers | None = None
         self.server: PolicyServer | None = None
         self.envoy: EnvoyProcess | None = None
@@ -175,7 +195,7 @@ class DevStack:
             )
             await self.peers.start()
             self.server = PolicyServer(
-                Gateway(GatewayState.from_bundle(bundle)),
+                Gateway(GatewayState.from_bundle(bundle), build_limiter(self.redis_settings)),
                 ServerSettings(listen=(f"127.0.0.1:{ports.authz}",), grace_seconds=2.0),
             )
             await self.server.start()
@@ -199,6 +219,7 @@ class DevStack:
     def instructions(self) -> str:
         gateway = self.gateway_url
         state = self.state_dir
+        limits = "buckets in Redis" if self.redis_settings else "buckets in process"
         return f"""
 The gateway is up.
   MCP  fininfo      {gateway}/fininfo/mcp        (tools: get_quote, list_symbols, place_trade)
@@ -224,12 +245,16 @@ header "Authorization: Bearer $TOKEN". place_trade needs --scope fininfo:trade; 
 the gateway answers 403 with WWW-Authenticate: Bearer error="insufficient_scope".
 
 A dev API key (scopes fininfo:read, time:read) is in {state}/dev-api-key.txt; send it as x-api-key.
+Rate limits ({limits}): per-client 600/min, trades 10/hour. Answers carry RateLimit
+headers; over a limit the gateway answers 429 with Retry-After.
 Press Ctrl-C to stop.
 """
 
 
-async def run_dev_stack(state_dir: Path, ports: DevPorts) -> None:
-    stack = DevStack(state_dir, ports)
+async def run_dev_stack(
+    state_dir: Path, ports: DevPorts, redis_settings: RedisSettings | None = None
+) -> None:
+    stack = DevStack(state_dir, ports, redis_settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -24,6 +24,9 @@ from policy_service.gateway.envoy_config import (
     render_envoy_config,
 )
 from policy_service.pipeline import Gateway, GatewayState
+from policy_service.ratelimits.limiter import RateLimiter
+from policy_service.ratelimits.redis_store import RedisSettings, RedisStore
+from policy_service.ratelimits.store import InProcessStore
 from policy_service.server import PolicyServer, ServerSettings
 from tests.support.bundles import TestBundle, write_test_bundle
 from tests.support.envoy import EnvoyProcess, free_port
@@ -70,7 +73,14 @@ class Stack:
         return {"Authorization": f"Bearer {self.bundle.token(*scopes, **kwargs)}"}
 
 
-def start_stack(tmp: Path, *, denial_style: str = "http") -> Iterator[Stack]:
+def start_stack(
+    tmp: Path,
+    *,
+    denial_style: str = "http",
+    limits: str = "",
+    redis_url: str | None = None,
+) -> Iterator[Stack]:
+    """``limits`` is a bundle ``limits:`` block; with ``redis_url`` its buckets are in Redis."""
     http_port = free_port()
     url = f"http://127.0.0.1:{http_port}"
     background = BackgroundLoop()
@@ -87,11 +97,14 @@ def start_stack(tmp: Path, *, denial_style: str = "http") -> Iterator[Stack]:
         fininfo_port=peers.fininfo.port,
         currenttime_port=peers.currenttime.port,
         helper_port=peers.agent.port,
+        limits=limits,
     )
 
     async def make_server() -> PolicyServer:
+        # Built on the background loop: the Redis client belongs to the loop it runs on.
+        store = InProcessStore() if redis_url is None else RedisStore(RedisSettings(redis_url))
         server = PolicyServer(
-            Gateway(GatewayState.from_bundle(bundle.bundle)),
+            Gateway(GatewayState.from_bundle(bundle.bundle), RateLimiter(store)),
             ServerSettings(listen=("127.0.0.1:0",), grace_seconds=2),
         )
         await server.start()
