@@ -121,6 +121,7 @@ class PolicyServer:
         await self._server.stop(self.settings.grace_seconds)
         await self.gateway.state.jwt.aclose()
         await self.gateway.limiter.aclose()
+        _report_limiter_stats(self.gateway)
         log.info("stopped")
 
     async def wait(self) -> None:
@@ -138,6 +139,23 @@ async def _report_store(gateway: Gateway) -> None:
             log.warning("rate limits: Redis does not answer yet; limits fail open or closed")
     elif gateway.state.bundle.limits:
         log.info("rate limits: buckets in process (not shared with other replicas)")
+
+
+def _report_limiter_stats(gateway: Gateway) -> None:
+    stats = gateway.limiter.stats
+    if not stats.checks:
+        return
+    line = (
+        f"rate limits: {stats.checks} checks, {stats.exceeded} exceeded, "
+        f"{stats.failed_open} failed open, {stats.failed_closed} failed closed"
+    )
+    store = gateway.limiter.store
+    if isinstance(store, RedisStore):
+        line += (
+            f"; redis: {store.stats.takes} takes in {store.stats.round_trips} round trips, "
+            f"{store.stats.script_loads} script loads"
+        )
+    log.info(line)
 
 
 def _credentials(tls: TlsSettings | None) -> grpc.ServerCredentials | None:
