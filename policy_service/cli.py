@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,7 +43,8 @@ def _cmd_lint(args: argparse.Namespace) -> int:
         rules = sum(len(upstream.rules) for upstream in bundle.upstreams)
         print(
             f"{path}: ok (revision {bundle.revision}; {len(bundle.upstreams)} upstreams, "
-            f"{rules} rules, {len(bundle.issuers)} issuers, {len(bundle.api_keys)} api keys)"
+            f"{rules} rules, {len(bundle.limits)} limits, {len(bundle.issuers)} issuers, "
+            f"{len(bundle.api_keys)} api keys)"
         )
     return 1 if failed else 0
 
@@ -96,6 +98,8 @@ def redis_settings_from_args(args: argparse.Namespace) -> RedisSettings | None:
         return None
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"{REDIS_URL_ENV_VAR} / --redis-url must be a redis:// or rediss:// URL")
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", args.redis_key_prefix):
+        raise ConfigError("--redis-key-prefix: letters, digits and _ . : - only (it is a hash tag)")
     if not 0 < args.redis_timeout <= 10:
         raise ConfigError("--redis-timeout must be between 0 and 10 seconds")
     return RedisSettings(

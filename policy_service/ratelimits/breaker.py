@@ -67,6 +67,13 @@ class CircuitBreaker:
         if self.state is BreakerState.CLOSED and self._failures >= self.failure_threshold:
             self._open(reason)
 
+    def release_probe(self) -> None:
+        """The probe's check was cancelled before the store answered: nothing was learned,
+        so go back to open (same cooldown) and let a later check probe."""
+        if self.state is BreakerState.HALF_OPEN:
+            self.state = BreakerState.OPEN
+            self._reopen_at = self._clock.monotonic()
+
     def _open(self, reason: str) -> None:
         self.state = BreakerState.OPEN
         self.opened_count += 1

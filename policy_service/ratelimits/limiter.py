@@ -111,8 +111,8 @@ class RateLimiter:
             self.breaker.record_failure(exc.reason)
             return self._unavailable(claims, exc.reason)
         finally:
-            if not settled:  # cancelled mid-call: count it, or a probe would never end
-                self.breaker.record_failure("cancelled")
+            if not settled:  # cancelled mid-call (the caller went away): not the store's fault
+                self.breaker.release_probe()
         self.breaker.record_success()
         states = _per_limit(claims, result.readings)
         if result.admitted:

@@ -71,6 +71,7 @@ class RedisStore:
         self._tag = "{" + settings.key_prefix + "}:"
         self._queue: list[_Queued] = []
         self._flushing = False
+        self._flush_task: asyncio.Task[None] | None = None  # held: the loop keeps weak refs
 
     @property
     def client(self) -> Any:
@@ -120,7 +121,7 @@ class RedisStore:
         self._queue.append((keys, args, future))
         if not self._flushing:
             self._flushing = True
-            asyncio.get_running_loop().create_task(self._flush())
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush())
         return await future
 
     async def _flush(self) -> None:

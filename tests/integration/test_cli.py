@@ -30,7 +30,7 @@ def test_lint_accepts_a_good_bundle(tmp_path: Path) -> None:
     bundle = write_test_bundle(tmp_path)
     result = run("lint", str(bundle.path))
     assert result.returncode == 0, result.stderr
-    assert "ok (revision test-1; 3 upstreams, 7 rules, 1 issuers, 1 api keys)" in result.stdout
+    assert "ok (revision test-1; 3 upstreams, 7 rules, 0 limits, 1 issuers, 1 api keys)" in result.stdout
 
 
 def test_lint_reports_every_problem_and_fails() -> None:
