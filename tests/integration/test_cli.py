@@ -30,7 +30,39 @@ def test_lint_accepts_a_good_bundle(tmp_path: Path) -> None:
     bundle = write_test_bundle(tmp_path)
     result = run("lint", str(bundle.path))
     assert result.returncode == 0, result.stderr
-    assert "ok (revision test-1; 3 upstreams, 7 rules, 0 limits, 1 issuers, 1 api keys)" in result.stdout
+    assert (
+        "ok (revision test-1; 3 upstreams, 7 rules, 0 limits, 1 issuers, 1 api keys)"
+        in result.stdout
+    )
+
+
+def test_lint_counts_limits(tmp_path: Path) -> None:
+    bundle = write_test_bundle(tmp_path, limits="  - name: everyone\n    rate: 100/s\n")
+    result = run("lint", str(bundle.path))
+    assert result.returncode == 0, result.stderr
+    assert "7 rules, 1 limits," in result.stdout
+
+
+def test_serve_refuses_a_redis_url_that_is_not_redis(tmp_path: Path) -> None:
+    bundle = write_test_bundle(tmp_path)
+    result = run("serve", str(bundle.path), "--redis-url", "http://user:hunter2@cache:6379")
+    assert result.returncode == 1
+    assert "must be a redis:// or rediss:// URL" in result.stderr
+    assert "hunter2" not in result.stderr  # a password in the URL is never echoed
+
+
+def test_serve_refuses_a_key_prefix_that_would_break_the_hash_tag(tmp_path: Path) -> None:
+    bundle = write_test_bundle(tmp_path)
+    result = run(
+        "serve",
+        str(bundle.path),
+        "--redis-url",
+        "redis://127.0.0.1:1/0",
+        "--redis-key-prefix",
+        "a}b",
+    )
+    assert result.returncode == 1
+    assert "--redis-key-prefix" in result.stderr
 
 
 def test_lint_reports_every_problem_and_fails() -> None:
