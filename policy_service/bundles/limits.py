@@ -80,12 +80,18 @@ def _limit(
         except RateSyntaxError as exc:
             problems.add(f"{path}.rate", str(exc))
     burst = raw.burst if raw.HasField("burst") else (rate.count if rate else 1)
-    if not 1 <= burst <= MAX_BURST:
+    burst_ok = 1 <= burst <= MAX_BURST
+    if not burst_ok and raw.HasField("burst"):
         problems.add(f"{path}.burst", f"must be between 1 and {MAX_BURST:,}")
+    elif not burst_ok:
+        problems.add(
+            f"{path}.burst",
+            f"defaults to the rate's count ({burst:,}), above the {MAX_BURST:,} maximum; set burst",
+        )
     cost = raw.cost if raw.HasField("cost") else 1
     if cost < 1:
         problems.add(f"{path}.cost", "must be at least 1")
-    elif cost > burst:
+    elif burst_ok and cost > burst:
         problems.add(
             f"{path}.cost", f"{cost} is more than the burst of {burst}: no call could ever pass"
         )
@@ -93,7 +99,10 @@ def _limit(
     try:
         failure_mode = StoreFailureMode(raw.on_store_failure or StoreFailureMode.OPEN)
     except ValueError:
-        problems.add(f"{path}.on_store_failure", "must be 'open' or 'closed'")
+        problems.add(
+            f"{path}.on_store_failure",
+            f"must be 'open' or 'closed' (got '{raw.on_store_failure}')",
+        )
         failure_mode = StoreFailureMode.OPEN
     match = raw.match
     for position, name in enumerate(match.upstreams):
@@ -152,7 +161,12 @@ def _key(entries: list[str], path: str, problems: Problems) -> tuple[KeyDimensio
             continue
         dimensions.append(dimension)
     if len(dimensions) > 1 and KeyDimension(KeyPart.GLOBAL) in dimensions:
-        problems.add(path, "'global' means one bucket for everybody; it cannot be combined")
+        others = ", ".join(f"'{d}'" for d in dimensions if d.part is not KeyPart.GLOBAL)
+        problems.add(
+            path,
+            f"'global' means one bucket for everybody; it cannot be combined with other keys "
+            f"(here: {others})",
+        )
     return tuple(d for d in dimensions if d.part is not KeyPart.GLOBAL)
 
 
@@ -163,6 +177,7 @@ def _check_reach(
     path: str,
     problems: Problems,
 ) -> None:
+    before = len(problems)
     check_target_names(targets, path, problems)
     protocols = {upstream.protocol for upstream in covered}
     if covered and UpstreamProtocol.MCP not in protocols:
@@ -175,20 +190,24 @@ def _check_reach(
     if any(d.part is KeyPart.TOOL for d in key) and any(targets.values()) and not named:
         problems.add(
             path,
-            "key 'tool' counts only tool, resource and prompt calls, and this match names none",
+            "key 'tool' counts only tool, resource and prompt calls, and this match names none, "
+            "so the limit never applies; drop 'tool' from key or name tools in match",
         )
+    if len(problems) > before:
+        return  # one explanation per mistake: the reach check below would only repeat it
     # An exact name that no rule lets through on any covered upstream: the call is always
     # refused before limits apply, so this part of the limit is dead (likely a typo).
     for name, entries in targets.items():
         kind = _TARGET_KINDS[name]
+        speaking = [
+            upstream
+            for upstream in covered
+            if upstream.protocol
+            is (UpstreamProtocol.A2A if kind is TargetKind.A2A_METHOD else UpstreamProtocol.MCP)
+        ]
         for position, entry in enumerate(entries):
-            if (
-                entry
-                and "*" not in entry
-                and covered
-                and not _allowed_anywhere(kind, entry, covered)
-            ):
-                where = ", ".join(sorted(upstream.name for upstream in covered))
+            if "*" not in entry and speaking and not _allowed_anywhere(kind, entry, speaking):
+                where = ", ".join(sorted(upstream.name for upstream in speaking))
                 problems.add(
                     f"{path}.{name}[{position}]",
                     f"'{entry}' is never allowed by a rule on {where}, so the limit never applies",

@@ -28,6 +28,13 @@ _TYPE_NAMES = {
     FieldDescriptor.TYPE_UINT64: "an integer",
     FieldDescriptor.TYPE_MESSAGE: "a mapping",
 }
+# What the proto type can hold: beyond it, protobuf's parser would fail without a path.
+_INTEGER_RANGES = {
+    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
+    FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
+}
 
 
 def describe(value: Any) -> str:
@@ -118,6 +125,13 @@ def _check_single(
     if not _scalar_matches(value, field.type):
         expected = _TYPE_NAMES.get(field.type, "a value")
         problems.append(BundleProblem(file, path, f"expected {expected}, got {describe(value)}"))
+        return
+    bounds = _INTEGER_RANGES.get(field.type)
+    if bounds is not None and not bounds[0] <= value <= bounds[1]:
+        low, high = bounds
+        problems.append(
+            BundleProblem(file, path, f"expected an integer from {low} to {high}, got {value}")
+        )
 
 
 def _scalar_matches(value: Any, field_type: int) -> bool:

@@ -43,7 +43,9 @@ def parse_rate(text: str) -> Rate:
     if match is None:
         raise RateSyntaxError(f"'{text}' is not a rate; write <count>/<window>, e.g. '600/min'")
     count_text, multiplier_text, unit = match.groups()
-    unit = unit[:-1] if unit.endswith("s") and unit[:-1] in _UNIT_SECONDS else unit
+    # Plurals: "mins", "hours", "days". Never "ms" (milliseconds, not minutes) or "hs".
+    if len(unit) > 2 and unit.endswith("s") and unit[:-1] in _UNIT_SECONDS:
+        unit = unit[:-1]
     if unit not in _UNIT_SECONDS:
         raise RateSyntaxError(f"'{text}': unknown unit '{unit}'; use s, min, hour or day")
     count = int(count_text)

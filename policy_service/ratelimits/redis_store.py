@@ -72,6 +72,9 @@ class RedisStore:
         self._queue: list[_Queued] = []
         self._flushing = False
         self._flush_task: asyncio.Task[None] | None = None  # held: the loop keeps weak refs
+        # The cluster client has no blocking pool: past max_connections it raises
+        # MaxConnectionsError at once. Checks wait here instead, within their timeout.
+        self._slots = asyncio.Semaphore(settings.max_connections) if settings.cluster else None
 
     @property
     def client(self) -> Any:
@@ -91,6 +94,9 @@ class RedisStore:
             async with asyncio.timeout(self.settings.timeout_seconds):
                 if self.settings.pipeline:
                     reply = await self._queued(keys, args)
+                elif self._slots is not None:
+                    async with self._slots:
+                        reply = await self._evalsha(keys, args)
                 else:
                     reply = await self._evalsha(keys, args)
         except TimeoutError:
@@ -101,6 +107,10 @@ class RedisStore:
             # A server error (OOM, READONLY, CLUSTERDOWN...): the first word is its kind.
             kind = str(exc).split(" ", 1)[0][:40] or type(exc).__name__
             raise StoreUnavailableError("error", kind) from None
+        except (OSError, EOFError, ValueError) as exc:
+            # Below redis-py's own error mapping (a half-closed socket, a garbled reply): still
+            # the store failing, so each limit's failure mode applies, not a 503 for all.
+            raise StoreUnavailableError("error", type(exc).__name__) from None
         return _parse(reply, len(specs))
 
     async def _evalsha(self, keys: list[str], args: list[str]) -> Any:
@@ -133,7 +143,10 @@ class RedisStore:
             self._flushing = False
 
     async def _run_batch(
-        self, batch: list[tuple[list[str], list[str], asyncio.Future[Any]]]
+        self,
+        batch: list[tuple[list[str], list[str], asyncio.Future[Any]]],
+        *,
+        may_load: bool = True,
     ) -> None:
         pipe = self._client.pipeline(transaction=False)
         for keys, args, _ in batch:
@@ -142,23 +155,29 @@ class RedisStore:
         try:
             replies = await pipe.execute(raise_on_error=False)
         except Exception as exc:  # the whole round trip failed: every waiter gets it
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            _fail(batch, exc)
             return
+        missing: list[_Queued] = []
         for (keys, args, future), reply in zip(batch, replies, strict=True):
             if future.done():  # its check timed out meanwhile
                 continue
-            if isinstance(reply, redis.exceptions.NoScriptError):
-                try:
-                    reply = await self._load_and_run(keys, args)
-                except Exception as exc:
-                    future.set_exception(exc)
-                    continue
-            if isinstance(reply, Exception):
+            if may_load and isinstance(reply, redis.exceptions.NoScriptError):
+                missing.append((keys, args, future))
+            elif isinstance(reply, Exception):
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+        if missing:
+            # Redis restarted or flushed its scripts: load once for the whole batch and send
+            # its calls together again, not one load and two round trips per call.
+            self.stats.script_loads += 1
+            self.stats.round_trips += 1
+            try:
+                await self._client.script_load(SCRIPT)
+            except Exception as exc:
+                _fail(missing, exc)
+                return
+            await self._run_batch(missing, may_load=False)
 
     async def ping(self) -> bool:
         try:
@@ -191,6 +210,12 @@ def _connect(settings: RedisSettings) -> Any:
         **timeouts,
     )
     return aioredis.Redis(connection_pool=pool)
+
+
+def _fail(batch: Sequence[_Queued], exc: BaseException) -> None:
+    for _, _, future in batch:
+        if not future.done():
+            future.set_exception(exc)
 
 
 def _parse(reply: Any, count: int) -> TakeResult:

@@ -56,6 +56,7 @@ class InProcessStore:
     async def take(self, specs: Sequence[BucketSpec]) -> TakeResult:
         # No await between read and write: on one event loop this is atomic.
         now = self._clock.monotonic()
+        self._forget_expired(now)
         states = [self._current(spec.key, now) for spec in specs]
         result, new_states = take(specs, states, now)
         for spec, state in zip(specs, new_states, strict=True):
@@ -74,7 +75,21 @@ class InProcessStore:
         if now >= expires:
             del self._buckets[key]
             return None
+        # A bucket that is only read (refused takes) is in use too: keep it from eviction,
+        # or a client hammering an empty bucket would get a fresh burst.
+        self._buckets.move_to_end(key)
         return state
+
+    def _forget_expired(self, now: float, at_most: int = 8) -> None:
+        """Drop a few expired buckets from the least recently used end. Bounded work per
+        take; buckets used recently sit at the other end, so the scan stops early."""
+        for _ in range(at_most):
+            if not self._buckets:
+                return
+            key, (_, expires) = next(iter(self._buckets.items()))
+            if now < expires:
+                return
+            del self._buckets[key]
 
     async def aclose(self) -> None:
         self._buckets.clear()
