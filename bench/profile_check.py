@@ -36,7 +36,13 @@ REPO_ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))  # run.py: the benchmark's request, defined once
 sys.path.insert(0, str(REPO_ROOT))  # tests.support is not an installed package
 
-from run import REQUEST_BODY, REQUEST_HEADERS, REQUEST_PATH, TOOL_SCOPE  # noqa: E402
+from run import (  # noqa: E402
+    BENCH_LIMITS,
+    REQUEST_BODY,
+    REQUEST_HEADERS,
+    REQUEST_PATH,
+    TOOL_SCOPE,
+)
 
 
 def build_requests(workdir: Path, tokens: int) -> tuple[Any, Any, list[Any]]:
@@ -46,7 +52,7 @@ def build_requests(workdir: Path, tokens: int) -> tuple[Any, Any, list[Any]]:
     from tests.support.bundles import write_test_bundle
     from tests.support.checks import check_request
 
-    bundle = write_test_bundle(workdir)
+    bundle = write_test_bundle(workdir, limits=BENCH_LIMITS)
     gateway = Gateway(GatewayState.from_bundle(bundle.bundle))
     service = AuthorizationService(gateway)
     requests = []
