@@ -75,6 +75,11 @@ class RedisStore:
         # The cluster client has no blocking pool: past max_connections it raises
         # MaxConnectionsError at once. Checks wait here instead, within their timeout.
         self._slots = asyncio.Semaphore(settings.max_connections) if settings.cluster else None
+        # redis-py refuses EVALSHA in a cluster pipeline ("blocked when running redis in
+        # cluster mode"), so on a cluster every check makes its own round trip.
+        self._pipeline = settings.pipeline and not settings.cluster
+        if settings.pipeline and settings.cluster:
+            log.warning("Redis pipelining is not available on Redis Cluster; not pipelining")
 
     @property
     def client(self) -> Any:
@@ -92,7 +97,7 @@ class RedisStore:
         self.stats.takes += 1
         try:
             async with asyncio.timeout(self.settings.timeout_seconds):
-                if self.settings.pipeline:
+                if self._pipeline:
                     reply = await self._queued(keys, args)
                 elif self._slots is not None:
                     async with self._slots:
@@ -107,6 +112,11 @@ class RedisStore:
             # A server error (OOM, READONLY, CLUSTERDOWN...): the first word is its kind.
             kind = str(exc).split(" ", 1)[0][:40] or type(exc).__name__
             raise StoreUnavailableError("error", kind) from None
+        except redis.exceptions.RedisClusterException as exc:
+            # Not a RedisError: raised by the cluster client itself, e.g. when no startup
+            # node answers ("Redis Cluster cannot be connected").
+            reason = "connection" if "cannot be connected" in str(exc) else "error"
+            raise StoreUnavailableError(reason, type(exc).__name__) from None
         except (OSError, EOFError, ValueError) as exc:
             # Below redis-py's own error mapping (a half-closed socket, a garbled reply): still
             # the store failing, so each limit's failure mode applies, not a 503 for all.
@@ -148,11 +158,11 @@ class RedisStore:
         *,
         may_load: bool = True,
     ) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        for keys, args, _ in batch:
-            pipe.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
         self.stats.round_trips += 1
         try:
+            pipe = self._client.pipeline(transaction=False)
+            for keys, args, _ in batch:
+                pipe.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
             replies = await pipe.execute(raise_on_error=False)
         except Exception as exc:  # the whole round trip failed: every waiter gets it
             _fail(batch, exc)
@@ -208,8 +218,21 @@ def _connect(settings: RedisSettings) -> Any:
         timeout=settings.timeout_seconds,
         retry=Retry(NoBackoff(), 0),
         **timeouts,
+        **_no_maint_notifications(),
     )
     return aioredis.Redis(connection_pool=pool)
+
+
+def _no_maint_notifications() -> dict[str, Any]:
+    """redis-py >= 7 defaults to maintenance notifications "auto", and while they are on its
+    pool skips the check that drops dead pooled connections: after a Redis restart every
+    idle connection would fail one check ("Connection closed by server") and re-open the
+    breaker. Off, the pool reconnects them before use."""
+    try:
+        from redis.maint_notifications import MaintNotificationsConfig
+    except ImportError:  # older redis-py: no notifications, the check always runs
+        return {}
+    return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
 
 
 def _fail(batch: Sequence[_Queued], exc: BaseException) -> None:
