@@ -19,7 +19,7 @@ from pathlib import Path
 
 import redis
 
-from policy_service.binaries import BinaryNotFoundError, find_binary
+from policy_service.binaries import BinaryNotFoundError, find_binary, terminate
 from policy_service.gateway.envoy_process import free_port
 
 REDIS_ENV_VAR = "REDIS_SERVER_BINARY"  # an explicit binary wins over the venv's and PATH's
@@ -146,12 +146,7 @@ class RedisServer:
             # A stopped process keeps SIGTERM pending forever; wake it so it can exit.
             process.send_signal(signal.SIGCONT)
             self._paused = False
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        terminate(process)
 
     def stop(self) -> None:
         """Stop the process and remove its directory; safe to call any number of times."""

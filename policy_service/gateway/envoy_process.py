@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from policy_service.binaries import BinaryNotFoundError, find_binary
+from policy_service.binaries import BinaryNotFoundError, find_binary, terminate
 
 ENVOY_ENV_VAR = "ENVOY_BINARY"  # an explicit binary wins over the venv's and PATH's
 
@@ -191,13 +191,8 @@ class EnvoyProcess:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        if process is not None:
+            terminate(process)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

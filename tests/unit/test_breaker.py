@@ -18,11 +18,6 @@ def state_of(breaker: CircuitBreaker) -> BreakerState:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def breaker(clock: FakeClock) -> CircuitBreaker:
     return CircuitBreaker(failure_threshold=3, open_seconds=2.0, max_open_seconds=5.0, clock=clock)
 

@@ -111,11 +111,6 @@ def state_of(breaker: CircuitBreaker) -> BreakerState:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def store() -> FakeStore:
     return FakeStore()
 

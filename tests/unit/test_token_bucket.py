@@ -32,11 +32,6 @@ def spec(
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def store(clock: FakeClock) -> InProcessStore:
     return InProcessStore(clock)
 
