@@ -197,7 +197,7 @@ def add_redis_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--redis-pipeline",
         action="store_true",
-        help="send checks that arrive together in one round trip",
+        help="send checks that arrive together in one round trip (not on a Cluster)",
     )
 
 

@@ -9,7 +9,7 @@ each gateway its own prefix.
 
 With ``pipeline=True`` checks that arrive while a round trip is in flight are sent
 together in the next one (no added wait for the first), trading a little latency under
-load for far fewer socket writes.
+load for far fewer socket writes. Not on Redis Cluster, where redis-py refuses scripts in pipelines.
 
 Failures never hang a check: every call runs under ``timeout_seconds`` (connecting,
 waiting for a pooled connection and the reply included) and any failure is raised as
