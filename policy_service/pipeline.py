@@ -45,7 +45,6 @@ from policy_service.request.model import (
     Malformed,
     McpRequest,
     UpstreamProtocol,
-    call_targets,
     request_id_of,
 )
 
@@ -151,7 +150,7 @@ class Gateway:
 
         limited = NOTHING_MATCHED
         if bundle.limits:
-            claims = claims_for(bundle.limits, upstream.name, principal, call_targets(parsed))
+            claims = claims_for(bundle.limits, upstream.name, principal, outcome.targets)
             limited = await self.limiter.check(claims)
             if limited.verdict is Verdict.EXCEEDED:
                 return _rate_limited(limited, upstream, parsed, is_jsonrpc)

@@ -42,6 +42,7 @@ class RefusalReason(StrEnum):
 @dataclass(frozen=True, slots=True)
 class Granted:
     rules: tuple[str, ...]  # the rule that admitted each call, in order
+    targets: tuple[CallTarget, ...] = ()  # the calls decided on, for the phases after this
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +69,8 @@ def authorize(
     admitted: list[str] = []
     first_short_id: JsonRpcId = None
     short = False
-    for target in call_targets(request):
+    targets = call_targets(request)
+    for target in targets:
         request_id = target.request_id
         rule = first_matching_rule(upstream.rules, target)
         if rule is None:
@@ -90,7 +92,7 @@ def authorize(
             missing_scopes=tuple(sorted(missing)),
             request_id=first_short_id if short else request_id_of(request),
         )
-    return Granted(tuple(admitted))
+    return Granted(tuple(admitted), targets)
 
 
 def first_matching_rule(rules: tuple[CompiledRule, ...], target: CallTarget) -> CompiledRule | None:

@@ -26,18 +26,17 @@ def claims_for(
 ) -> tuple[BucketClaim, ...]:
     """Every bucket the request takes from, each once, with the costs of its calls summed
     (an MCP batch can hit one bucket several times)."""
-    costs: dict[tuple[str, str], int] = {}
-    limit_of: dict[tuple[str, str], CompiledLimit] = {}
+    taken: dict[str, tuple[CompiledLimit, int]] = {}  # bucket id -> (limit, summed cost)
     for limit in limits:
         if limit.upstreams and upstream not in limit.upstreams:
             continue
         for target in targets or (None,):
             if not applies(limit, target):
                 continue
-            bucket = (limit.name, bucket_id(limit, upstream, principal, target))
-            costs[bucket] = costs.get(bucket, 0) + limit.cost
-            limit_of[bucket] = limit
-    return tuple(BucketClaim(limit_of[bucket], bucket[1], cost) for bucket, cost in costs.items())
+            bucket = bucket_id(limit, upstream, principal, target)  # names its limit
+            cost = taken[bucket][1] if bucket in taken else 0
+            taken[bucket] = (limit, cost + limit.cost)
+    return tuple(BucketClaim(limit, bucket, cost) for bucket, (limit, cost) in taken.items())
 
 
 def applies(limit: CompiledLimit, target: CallTarget | None) -> bool:
