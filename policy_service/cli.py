@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +24,7 @@ from policy_service.errors import BundleError, ConfigError, PolicyServiceError
 
 if TYPE_CHECKING:
     from policy_service.ratelimits.redis_store import RedisSettings
+    from policy_service.telemetry.trail import Trail
 
 DEFAULT_STATE_DIR = Path(".dev-stack")
 REDIS_URL_ENV_VAR = "POLICY_SERVICE_REDIS_URL"
@@ -75,15 +76,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         tls=tls,
         grace_seconds=args.grace,
         reflection=not args.no_reflection,
+        metrics_listen=metrics_address(args),
     )
 
     redis_settings = redis_settings_from_args(args)
+    trail = trail_from_args(args, os.environ)
 
     async def run() -> None:
         # grpc.aio binds the server to the loop that exists when it is built, and the
         # Redis client to the loop it first runs on.
-        gateway = Gateway(GatewayState.from_bundle(bundle), build_limiter(redis_settings))
-        await serve_until_signalled(PolicyServer(gateway, settings))
+        limiter = build_limiter(redis_settings, trail.tracer)
+        gateway = Gateway(GatewayState.from_bundle(bundle), limiter, trail.tracer)
+        if trail.metrics is not None:
+            trail.metrics.watch(gateway, trail.auditor)
+        await serve_until_signalled(PolicyServer(gateway, settings, trail))
 
     asyncio.run(run())
     return 0
@@ -110,6 +116,48 @@ def redis_settings_from_args(args: argparse.Namespace) -> RedisSettings | None:
         key_prefix=args.redis_key_prefix,
         pipeline=args.redis_pipeline,
     )
+
+
+def trail_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Trail:
+    """Audit sink and failure mode from the flags; tracing from the OTEL_* variables."""
+    from opentelemetry import trace
+
+    from policy_service.telemetry.audit import AuditFailureMode, Auditor, FileSink
+    from policy_service.telemetry.metrics import CheckMetrics
+    from policy_service.telemetry.tracing import setup_tracing
+    from policy_service.telemetry.trail import Trail
+
+    provider = setup_tracing(environ)
+    if provider is not None:
+        trace.set_tracer_provider(provider)  # libraries that trace share our exporter
+    sink: FileSink | None
+    if args.audit_log == "off":
+        logging.getLogger("policy_service.audit").warning(
+            "audit events are off (--audit-log off): decisions leave no audit trail"
+        )
+        sink = None
+    elif args.audit_log == "-":
+        sink = FileSink.stdout()
+    else:
+        try:
+            sink = FileSink.open(Path(args.audit_log))
+        except OSError as exc:
+            raise ConfigError(f"--audit-log {args.audit_log}: {exc.strerror}") from None
+    metrics = CheckMetrics() if args.metrics_listen else None
+    return Trail(
+        tracer_provider=provider,
+        auditor=Auditor(sink, AuditFailureMode(args.audit_failure)),
+        metrics=metrics,
+    )
+
+
+def metrics_address(args: argparse.Namespace) -> tuple[str, int] | None:
+    if not args.metrics_listen:
+        return None
+    host, _, port = args.metrics_listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"--metrics-listen wants HOST:PORT, got '{args.metrics_listen}'")
+    return host.strip("[]"), int(port)
 
 
 def _cmd_hash_key(args: argparse.Namespace) -> int:
@@ -158,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--grace", type=float, default=10.0, help="seconds to drain on SIGTERM")
     serve.add_argument("--no-reflection", action="store_true")
     add_redis_arguments(serve)
+    add_telemetry_arguments(serve)
     serve.set_defaults(run=_cmd_serve)
 
     hash_key = commands.add_parser(
@@ -199,6 +248,27 @@ def add_redis_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="send checks that arrive together in one round trip (not on a Cluster)",
     )
+
+
+def add_telemetry_arguments(parser: argparse.ArgumentParser, audit_log: str = "-") -> None:
+    group = parser.add_argument_group(
+        "telemetry",
+        "spans go where the standard OTEL_* variables say (OTEL_EXPORTER_OTLP_ENDPOINT, "
+        "OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER ...); without them no spans are made",
+    )
+    group.add_argument(
+        "--audit-log",
+        default=audit_log,
+        help="file to append one JSON audit event per decision to; - for stdout, off for none",
+    )
+    group.add_argument(
+        "--audit-failure",
+        choices=("closed", "open"),
+        default="closed",
+        help="when an audit event cannot be written: refuse the call (closed) or let it "
+        "through and count it (open)",
+    )
+    group.add_argument("--metrics-listen", help="HOST:PORT for the Prometheus /metrics endpoint")
 
 
 def _add_late_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

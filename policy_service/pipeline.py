@@ -11,8 +11,11 @@ single reference swap and a check always sees one consistent bundle.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from urllib.parse import quote
+
+from opentelemetry import trace
 
 from policy_service.authorization.policy import Granted, RefusalReason, Refused, authorize
 from policy_service.bundles.model import CompiledBundle, UpstreamPolicy
@@ -47,6 +50,13 @@ from policy_service.request.model import (
     UpstreamProtocol,
     request_id_of,
 )
+from policy_service.telemetry.record import CheckRecord
+from policy_service.telemetry.tracing import (
+    phase_span,
+    set_identity_attributes,
+    set_limit_attributes,
+    set_policy_attributes,
+)
 
 _REFUSAL_MESSAGES = {
     RefusalReason.CLIENT_NOT_ALLOWED: "this client is not allowed to use this upstream",
@@ -69,11 +79,27 @@ class GatewayState:
         return cls(bundle, jwt or JwtVerifier(bundle.issuers), ApiKeyVerifier(bundle.api_keys))
 
 
+@dataclass(slots=True)
+class BundleLoads:
+    """Bundle loads for metrics: the first load and each reload, and refused reloads."""
+
+    ok: int = 1
+    failed: int = 0
+    loaded_at: float = field(default_factory=time.time)
+
+
 class Gateway:
-    def __init__(self, state: GatewayState, limiter: RateLimiter | None = None) -> None:
+    def __init__(
+        self,
+        state: GatewayState,
+        limiter: RateLimiter | None = None,
+        tracer: trace.Tracer | None = None,
+    ) -> None:
         self._state = state
         # The limiter outlives bundles: buckets keep counting across a reload.
         self.limiter = limiter or RateLimiter(InProcessStore())
+        self.tracer = tracer or trace.get_tracer("policy_service")
+        self.loads = BundleLoads()
 
     @property
     def state(self) -> GatewayState:
@@ -81,11 +107,19 @@ class Gateway:
 
     def swap(self, state: GatewayState) -> GatewayState:
         previous, self._state = self._state, state
+        self.loads.ok += 1
+        self.loads.loaded_at = time.time()
         return previous
 
-    async def check(self, request: HttpRequest) -> Decision:
+    def refused_reload(self) -> None:
+        """A new bundle failed validation; the current one keeps serving."""
+        self.loads.failed += 1
+
+    async def check(self, request: HttpRequest, record: CheckRecord | None = None) -> Decision:
+        """Decide on ``request``; ``record`` collects what the telemetry reports about it."""
+        record = record or CheckRecord.new()
         state = self._state  # one bundle for the whole check, whatever reloads meanwhile
-        bundle = state.bundle
+        bundle = record.bundle = state.bundle
 
         document = bundle.metadata_documents.get(request.path)
         if document is not None and request.method in ("GET", "HEAD"):
@@ -94,6 +128,7 @@ class Gateway:
         upstream = bundle.route(request.path, request.context_extensions)
         if upstream is None:
             return Deny(DenyKind.NO_UPSTREAM, "no_upstream", "no upstream serves this path")
+        record.upstream = upstream
 
         is_jsonrpc = upstream.protocol is not UpstreamProtocol.HTTP and request.method == "POST"
         origin = request.headers.get("origin")
@@ -136,28 +171,35 @@ class Gateway:
                 jsonrpc_code=parsed.jsonrpc_code,
                 http_status=parsed.http_status,
             )
+        record.parsed = parsed
         request_id = request_id_of(parsed)
 
-        principal_or_deny = await _identify(state, upstream, request, request_id, is_jsonrpc)
+        with phase_span(self.tracer, "identity") as span:
+            principal_or_deny = await _identify(state, upstream, request, request_id, is_jsonrpc)
+            set_identity_attributes(span, principal_or_deny)
         if isinstance(principal_or_deny, Deny):
             return principal_or_deny
-        principal = principal_or_deny
+        principal = record.principal = principal_or_deny
 
-        outcome = authorize(upstream, principal, parsed)
+        with phase_span(self.tracer, "policy") as span:
+            outcome = authorize(upstream, principal, parsed)
+            set_policy_attributes(span, outcome)
         if isinstance(outcome, Refused):
             return _refusal(outcome, upstream, is_jsonrpc)
         assert isinstance(outcome, Granted)
 
         limited = NOTHING_MATCHED
         if bundle.limits:
-            claims = claims_for(bundle.limits, upstream.name, principal, outcome.targets)
-            limited = await self.limiter.check(claims)
+            with phase_span(self.tracer, "rate_limit") as span:
+                claims = claims_for(bundle.limits, upstream.name, principal, outcome.targets)
+                limited = record.limits = await self.limiter.check(claims)
+                set_limit_attributes(span, limited)
             if limited.verdict is Verdict.EXCEEDED:
                 return _rate_limited(limited, upstream, parsed, is_jsonrpc)
             if limited.verdict is Verdict.FAILED_CLOSED:
                 return _store_unavailable(self.limiter, upstream, parsed, is_jsonrpc)
 
-        identity = _identity_headers(principal, bundle.identity_header_prefix)
+        identity = _identity_headers(principal, bundle.identity_header_prefix, record.decision_id)
         return Allow(
             upstream,
             principal,
@@ -290,8 +332,12 @@ def _header_value(value: str) -> str:
     return quote(value, safe="")
 
 
-def _identity_headers(principal: Principal, prefix: str) -> tuple[tuple[str, str], ...]:
+def _identity_headers(
+    principal: Principal, prefix: str, decision_id: str
+) -> tuple[tuple[str, str], ...]:
     headers = [
+        # The upstream can log the decision id too: one key joins its logs to ours.
+        (f"{prefix}decision-id", decision_id),
         (f"{prefix}subject", _header_value(principal.subject)),
         (f"{prefix}issuer", _header_value(principal.issuer)),
         (f"{prefix}credential", principal.credential.value),

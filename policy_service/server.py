@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,25 +19,33 @@ import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.trace import Span
 
-from policy_service.decisions.model import Deny, DenyKind
+from policy_service.decisions.model import Decision, Deny, DenyKind
 from policy_service.edge.envoy_in import to_http_request
 from policy_service.edge.envoy_out import to_check_response
 from policy_service.pipeline import Gateway
 from policy_service.ratelimits.redis_store import RedisStore
+from policy_service.request.model import HttpRequest
+from policy_service.telemetry.metrics import CheckMetrics, MetricsServer
+from policy_service.telemetry.record import CheckRecord
+from policy_service.telemetry.tracing import mark_internal_error, parent_context
+from policy_service.telemetry.trail import Trail
 
 log = logging.getLogger("policy_service.server")
 
 AUTHORIZATION_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
-_INTERNAL = to_check_response(
-    Deny(DenyKind.INTERNAL, "internal_error", "the policy service failed; the request was refused")
+_INTERNAL_DENY = Deny(
+    DenyKind.INTERNAL, "internal_error", "the policy service failed; the request was refused"
 )
+_INTERNAL = to_check_response(_INTERNAL_DENY)
 
 
 # xds-protos ships no type stubs, so the generated servicer base is Any to mypy.
 class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, trail: Trail) -> None:
         self._gateway = gateway
+        self._trail = trail
 
     async def Check(
         self,
@@ -45,13 +54,35 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
             external_auth_pb2.CheckRequest, external_auth_pb2.CheckResponse
         ],
     ) -> external_auth_pb2.CheckResponse:
+        started = time.perf_counter()
+        record = CheckRecord.new()
         try:
-            decision = await self._gateway.check(to_http_request(request))
-            return to_check_response(decision)
+            http = to_http_request(request)
+            metadata = {
+                key: value
+                for key, value in context.invocation_metadata() or ()
+                if isinstance(value, str)  # "-bin" keys carry bytes; no trace context there
+            }
+            parent = parent_context(metadata, http.headers)
+            with self._trail.check_span(parent) as span:
+                decision = await self._decide(http, record, span)
+                decision = self._trail.conclude(
+                    span, parent, http, decision, record, time.perf_counter() - started
+                )
+            return to_check_response(decision, record.decision_id)
         except Exception:
             # Fail closed. The traceback names code, never request content or credentials.
             log.exception("check failed; refusing the request")
             return _INTERNAL
+
+    async def _decide(self, http: HttpRequest, record: CheckRecord, span: Span) -> Decision:
+        try:
+            return await self._gateway.check(http, record)
+        except Exception:
+            # Still a decision, so it is audited and counted like any other.
+            log.exception("check failed; refusing the request")
+            mark_internal_error(span)
+            return _INTERNAL_DENY
 
 
 @dataclass(frozen=True)
@@ -67,12 +98,17 @@ class ServerSettings:
     tls: TlsSettings | None = None
     grace_seconds: float = 10.0
     reflection: bool = True
+    metrics_listen: tuple[str, int] | None = None  # host, port of /metrics
 
 
 class PolicyServer:
-    def __init__(self, gateway: Gateway, settings: ServerSettings) -> None:
+    def __init__(
+        self, gateway: Gateway, settings: ServerSettings, trail: Trail | None = None
+    ) -> None:
         self.gateway = gateway
         self.settings = settings
+        self.trail = trail or Trail()
+        self.metrics_server: MetricsServer | None = None
         # grpcio-health-checking's aio submodule is missing from its type hints.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.ports: list[int] = []
@@ -86,7 +122,7 @@ class PolicyServer:
             ]
         )
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-            AuthorizationService(gateway), self._server
+            AuthorizationService(gateway, self.trail), self._server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         if settings.reflection:
@@ -106,6 +142,13 @@ class PolicyServer:
         await self._server.start()
         await self.gateway.state.jwt.start()
         await _report_store(self.gateway)
+        if self.settings.metrics_listen is not None:
+            if self.trail.metrics is None:
+                self.trail.metrics = CheckMetrics()
+                self.trail.metrics.watch(self.gateway, self.trail.auditor)
+            host, port = self.settings.metrics_listen
+            self.metrics_server = MetricsServer(self.trail.metrics.registry, host, port)
+            log.info("metrics on http://%s:%d/metrics", host, self.metrics_server.port)
         for service in ("", AUTHORIZATION_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -122,6 +165,9 @@ class PolicyServer:
         await self.gateway.state.jwt.aclose()
         await self.gateway.limiter.aclose()
         _report_limiter_stats(self.gateway)
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        self.trail.close()
         log.info("stopped")
 
     async def wait(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import grpc_tools
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,7 +23,16 @@ def proto_files() -> list[str]:
 
 def generate(out: Path = OUT) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    args = ["protoc", f"-I{PROTOS}", f"--python_out={out}", f"--pyi_out={out}", *proto_files()]
+    # grpcio-tools carries the well-known types (Timestamp, Struct) the protos import.
+    well_known = Path(grpc_tools.__file__).parent / "_proto"
+    args = [
+        "protoc",
+        f"-I{PROTOS}",
+        f"-I{well_known}",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        *proto_files(),
+    ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     # Generated modules live in plain packages so setuptools ships them.

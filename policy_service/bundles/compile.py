@@ -15,9 +15,11 @@ from urllib.parse import urlsplit
 
 from policy_service.bundles.limits import compile_limits
 from policy_service.bundles.model import (
+    BUILT_IN_REDACT_KEYS,
     DEFAULT_API_KEY_HEADER,
     DEFAULT_IDENTITY_HEADER_PREFIX,
     METADATA_PATH_PREFIX,
+    AuditPolicy,
     ClientFilter,
     CompiledBundle,
     CompiledRule,
@@ -47,6 +49,7 @@ _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _HEADER_PREFIX = re.compile(r"^[a-z0-9-]{2,40}$")
 _SCOPE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")  # RFC 6749 scope-token characters
 _MAX_LEEWAY_SECONDS = 600.0
+_MAX_REDACT_KEY_LENGTH = 128
 
 
 def compile_bundle(
@@ -82,6 +85,7 @@ def compile_bundle(
     upstreams = _upstreams(message, issuer_urls, gateway_origins, problems)
     declared = {upstream.name for upstream in message.upstreams}
     limits = compile_limits(message.limits, upstreams, declared, problems)
+    audit = _audit(message.audit, problems)
 
     if not message.issuers and not message.api_keys:
         problems.add("issuers", "no issuers and no api_keys: nobody could ever be allowed")
@@ -107,7 +111,20 @@ def compile_bundle(
         by_prefix=by_prefix,
         metadata_documents=documents,
         limits=limits,
+        audit=audit,
     )
+
+
+def _audit(message: bundle_pb2.Audit, problems: Problems) -> AuditPolicy:
+    keys = set(BUILT_IN_REDACT_KEYS)
+    for index, key in enumerate(message.redact_keys):
+        if not 0 < len(key) <= _MAX_REDACT_KEY_LENGTH:
+            problems.add(
+                f"audit.redact_keys[{index}]",
+                f"must be an argument key of 1 to {_MAX_REDACT_KEY_LENGTH} characters",
+            )
+        keys.add(key.lower())
+    return AuditPolicy(message.include_arguments, frozenset(keys))
 
 
 def _issuers(

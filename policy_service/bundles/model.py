@@ -20,6 +20,26 @@ from policy_service.request.model import UpstreamProtocol
 DEFAULT_IDENTITY_HEADER_PREFIX = "x-gateway-"
 DEFAULT_API_KEY_HEADER = "x-api-key"
 METADATA_PATH_PREFIX = "/.well-known/oauth-protected-resource"
+# Argument keys whose values audit events never show, whatever the bundle says.
+BUILT_IN_REDACT_KEYS = frozenset(
+    {
+        "password",
+        "passwd",
+        "secret",
+        "client_secret",
+        "token",
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "api_key",
+        "apikey",
+        "api-key",
+        "authorization",
+        "cookie",
+        "private_key",
+        "credentials",
+    }
+)
 
 
 class DenialStyle(StrEnum):
@@ -75,6 +95,14 @@ class UpstreamPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditPolicy:
+    """What audit events record beyond who, what and the decision."""
+
+    include_arguments: bool = False
+    redact_keys: frozenset[str] = BUILT_IN_REDACT_KEYS  # lower-case
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledBundle:
     revision: str
     source: str
@@ -89,6 +117,7 @@ class CompiledBundle:
     # RFC 9728 metadata path -> document; served without a token.
     metadata_documents: Mapping[str, bytes] = field(default_factory=dict)
     limits: tuple[CompiledLimit, ...] = ()
+    audit: AuditPolicy = AuditPolicy()
 
     def route(self, path: str, context_extensions: Mapping[str, str]) -> UpstreamPolicy | None:
         """The upstream a request is for: Envoy's per-route tag first, then the path prefix."""

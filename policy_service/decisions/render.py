@@ -60,22 +60,26 @@ def render_serve(serve: Serve) -> HttpAnswer:
 
 
 def render_deny(deny: Deny) -> HttpAnswer:
-    status = (
-        deny.http_status
-        if deny.kind is DenyKind.MALFORMED and deny.http_status
-        else _STATUS[deny.kind]
-    )
     headers: list[tuple[str, str]] = [("content-type", "application/json")]
     challenge = _challenge(deny)
     if challenge:
         headers.append(("www-authenticate", challenge))
     headers.extend(deny.headers)
-    if _answers_in_band(deny):
+    body = _jsonrpc_body(deny) if deny.jsonrpc else _problem_body(deny)
+    return HttpAnswer(http_status_of(deny), tuple(headers), body, deny.reason)
+
+
+def http_status_of(answer: Deny | Serve) -> int:
+    """The status the client gets for a gateway answer."""
+    if isinstance(answer, Serve):
+        return 200
+    if _answers_in_band(answer):
         # The upstream asked for 200 + JSON-RPC error: many MCP clients tear the session
         # down on any non-2xx, and a clear in-band error is better than a dead session.
-        status = 200
-    body = _jsonrpc_body(deny) if deny.jsonrpc else _problem_body(deny)
-    return HttpAnswer(status, tuple(headers), body, deny.reason)
+        return 200
+    if answer.kind is DenyKind.MALFORMED and answer.http_status:
+        return answer.http_status
+    return _STATUS[answer.kind]
 
 
 def _answers_in_band(deny: Deny) -> bool:

@@ -1,4 +1,10 @@
-"""Decision -> CheckResponse: the only place that knows the shape of Envoy's answer."""
+"""Decision -> CheckResponse: the only place that knows the shape of Envoy's answer.
+
+Every answer carries the decision id: to the client as ``x-decision-id`` (on a denial, and
+on the upstream's answer to an allowed call), and to Envoy as dynamic metadata under the
+ext_authz filter's namespace, where the access log reads
+``%DYNAMIC_METADATA(envoy.filters.http.ext_authz:decision_id)%``.
+"""
 
 from __future__ import annotations
 
@@ -14,19 +20,26 @@ _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _OK = status_pb2.Status(code=code_pb2.OK)
 _PERMISSION_DENIED = status_pb2.Status(code=code_pb2.PERMISSION_DENIED)
 _UNAUTHENTICATED = status_pb2.Status(code=code_pb2.UNAUTHENTICATED)
+DECISION_ID_HEADER = "x-decision-id"
 
 
-def to_check_response(decision: Decision) -> external_auth_pb2.CheckResponse:
+def to_check_response(decision: Decision, decision_id: str = "") -> external_auth_pb2.CheckResponse:
     if isinstance(decision, Allow):
-        return _allow(decision)
-    if isinstance(decision, Serve):
-        return _deny(render_serve(decision), _PERMISSION_DENIED)
-    status = (
-        _UNAUTHENTICATED
-        if decision.kind in (DenyKind.MISSING_CREDENTIAL, DenyKind.INVALID_CREDENTIAL)
-        else _PERMISSION_DENIED
-    )
-    return _deny(render_deny(decision), status)
+        response = _allow(decision, decision_id)
+    elif isinstance(decision, Serve):
+        response = _deny(render_serve(decision), _PERMISSION_DENIED, decision_id)
+    else:
+        status = (
+            _UNAUTHENTICATED
+            if decision.kind in (DenyKind.MISSING_CREDENTIAL, DenyKind.INVALID_CREDENTIAL)
+            else _PERMISSION_DENIED
+        )
+        response = _deny(render_deny(decision), status, decision_id)
+    if decision_id:
+        metadata = response.dynamic_metadata
+        metadata.fields["decision_id"].string_value = decision_id
+        metadata.fields["reason"].string_value = decision.reason
+    return response
 
 
 def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
@@ -35,21 +48,29 @@ def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
     )
 
 
-def _allow(decision: Allow) -> external_auth_pb2.CheckResponse:
+def _allow(decision: Allow, decision_id: str) -> external_auth_pb2.CheckResponse:
+    answer_headers = [_header(name, value) for name, value in decision.response_headers]
+    if decision_id:
+        answer_headers.append(_header(DECISION_ID_HEADER, decision_id))
     ok = external_auth_pb2.OkHttpResponse(
         headers=[_header(name, value) for name, value in decision.headers_to_set],
         headers_to_remove=list(decision.headers_to_remove),
-        response_headers_to_add=[_header(name, value) for name, value in decision.response_headers],
+        response_headers_to_add=answer_headers,
     )
     return external_auth_pb2.CheckResponse(status=_OK, ok_response=ok)
 
 
-def _deny(answer: HttpAnswer, status: status_pb2.Status) -> external_auth_pb2.CheckResponse:
+def _deny(
+    answer: HttpAnswer, status: status_pb2.Status, decision_id: str
+) -> external_auth_pb2.CheckResponse:
     # A "denied" response is also how the gateway serves its own documents (status 200):
     # Envoy sends it to the client as a local reply and never touches the upstream.
+    headers = [_header(name, value) for name, value in answer.headers]
+    if decision_id:
+        headers.append(_header(DECISION_ID_HEADER, decision_id))
     denied = external_auth_pb2.DeniedHttpResponse(
         status=http_status_pb2.HttpStatus(code=answer.status),
-        headers=[_header(name, value) for name, value in answer.headers],
+        headers=headers,
         body=answer.body.decode(),
     )
     return external_auth_pb2.CheckResponse(status=status, denied_response=denied)

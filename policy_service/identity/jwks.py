@@ -389,6 +389,8 @@ class UrlKeySource:
         self._fetched_at = 0.0  # monotonic time of the last successful fetch
         self._last_attempt: float | None = None  # monotonic time of the last fetch attempt
         self._inflight: asyncio.Task[None] | None = None
+        self.refreshes_ok = 0
+        self.refreshes_failed = 0
 
     @property
     def loaded(self) -> bool:
@@ -438,12 +440,15 @@ class UrlKeySource:
             data = await self._fetcher.fetch(self._url, self._timeout_seconds)
             keys = parse_jwks(data, source=self._where, strict=False)
         except KeySourceError as exc:
+            self.refreshes_failed += 1
             cached = "serving cached keys" if self._keys is not None else "no keys cached"
             logger.warning("JWKS refresh failed (%s): %s", cached, exc)
             return
         except Exception:
+            self.refreshes_failed += 1
             logger.exception("%s: unexpected error while refreshing", self._where)
             return
+        self.refreshes_ok += 1
         self._keys = keys
         self._fetched_at = self._clock.monotonic()
         logger.info("%s: loaded %d signature key(s)", self._where, len(keys.keys))

@@ -217,6 +217,15 @@ class JwtVerifier:
             await source.aclose()
         self._cache.clear()
 
+    def jwks_refreshes(self) -> dict[str, tuple[int, int]]:
+        """Issuer name -> (successful, failed) JWKS fetches, for issuers with a JWKS URL."""
+        return {
+            issuer.config.name: (source.refreshes_ok, source.refreshes_failed)
+            for issuer in self._issuers.values()
+            for source in issuer.sources
+            if isinstance(source, UrlKeySource)
+        }
+
     async def verify(self, token: str, audiences: Sequence[str]) -> Principal | IdentityFailure:
         """Check ``token`` and that it was issued for one of ``audiences``."""
         if isinstance(audiences, str):  # a lone URI is a Sequence[str] of its characters

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from opentelemetry import trace
+
 from policy_service.ratelimits.breaker import CircuitBreaker
 from policy_service.ratelimits.bucket import BucketSpec
 from policy_service.ratelimits.model import (
@@ -138,11 +140,13 @@ class RateLimiter:
         await self.store.aclose()
 
 
-def build_limiter(redis_settings: RedisSettings | None) -> RateLimiter:
+def build_limiter(
+    redis_settings: RedisSettings | None, tracer: trace.Tracer | None = None
+) -> RateLimiter:
     """The in-process store by default; Redis when a URL is configured."""
     if redis_settings is None:
         return RateLimiter(InProcessStore())
-    return RateLimiter(RedisStore(redis_settings))
+    return RateLimiter(RedisStore(redis_settings, tracer=tracer))
 
 
 def _per_limit(

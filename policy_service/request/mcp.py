@@ -61,6 +61,7 @@ _COMPLETION = "completion/complete"
 # "Mcp-Name ... Required For: tools/call, resources/read, prompts/get".
 _NAME_HEADER_REQUIRED = frozenset({"tools/call", "resources/read", "prompts/get"})
 _META_VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
+_MAX_TRACEPARENT_LENGTH = 128  # version-traceid-parentid-flags is 55 characters
 # Value Encoding: "The prefix =?base64? and suffix ?= ... are case-sensitive".
 _SENTINEL_PREFIX = "=?base64?"
 _SENTINEL_SUFFIX = "?="
@@ -132,7 +133,24 @@ def parse_mcp(request: HttpRequest) -> McpRequest | Malformed:
         if problem is not None:
             return problem
         calls.append(call)
-    return McpRequest(version, tuple(calls), is_batch=isinstance(doc, list), session_id=session_id)
+    return McpRequest(
+        version,
+        tuple(calls),
+        is_batch=isinstance(doc, list),
+        session_id=session_id,
+        trace_parent=_trace_parent(messages[0]),
+    )
+
+
+def _trace_parent(message: Any) -> str | None:
+    """``params._meta.traceparent``: the agent's own trace context, which the Check span links.
+
+    Only a string of traceparent size is kept; the propagator validates its format.
+    """
+    params = message.get("params") if isinstance(message, dict) else None
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    value = meta.get("traceparent") if isinstance(meta, dict) else None
+    return value if isinstance(value, str) and len(value) <= _MAX_TRACEPARENT_LENGTH else None
 
 
 def _version_from_body(doc: Any) -> str:

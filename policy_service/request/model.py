@@ -77,6 +77,7 @@ class McpRequest:
     calls: tuple[JsonRpcCall, ...]
     is_batch: bool = False
     session_id: str | None = None
+    trace_parent: str | None = None  # params._meta.traceparent of the first message
 
     @property
     def first_id(self) -> JsonRpcId:

@@ -22,6 +22,7 @@ from policy_service.gateway.certs import generate_self_signed
 from policy_service.pipeline import Gateway, GatewayState
 from policy_service.request.model import HttpRequest
 from policy_service.server import PolicyServer, ServerSettings, TlsSettings
+from policy_service.telemetry.record import CheckRecord
 from tests.support.bundles import TestBundle, write_test_bundle
 from tests.support.checks import check_request, header_dict
 
@@ -148,10 +149,10 @@ class SlowGateway(Gateway):
         self.entered = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def check(self, request: HttpRequest) -> Decision:
+    async def check(self, request: HttpRequest, record: CheckRecord | None = None) -> Decision:
         self.entered.set()
         await self.release.wait()
-        return await super().check(request)
+        return await super().check(request, record)
 
 
 async def test_graceful_stop_finishes_in_flight_checks(test_bundle: TestBundle) -> None:

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Bundle(_message.Message):
-    __slots__ = ("version", "revision", "issuers", "api_keys", "upstreams", "gateway", "limits")
+    __slots__ = ("version", "revision", "issuers", "api_keys", "upstreams", "gateway", "limits", "audit")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     ISSUERS_FIELD_NUMBER: _ClassVar[int]
@@ -15,6 +15,7 @@ class Bundle(_message.Message):
     UPSTREAMS_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FIELD_NUMBER: _ClassVar[int]
     version: str
     revision: str
     issuers: _containers.RepeatedCompositeFieldContainer[Issuer]
@@ -22,7 +23,16 @@ class Bundle(_message.Message):
     upstreams: _containers.RepeatedCompositeFieldContainer[Upstream]
     gateway: Gateway
     limits: _containers.RepeatedCompositeFieldContainer[Limit]
-    def __init__(self, version: _Optional[str] = ..., revision: _Optional[str] = ..., issuers: _Optional[_Iterable[_Union[Issuer, _Mapping]]] = ..., api_keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ..., upstreams: _Optional[_Iterable[_Union[Upstream, _Mapping]]] = ..., gateway: _Optional[_Union[Gateway, _Mapping]] = ..., limits: _Optional[_Iterable[_Union[Limit, _Mapping]]] = ...) -> None: ...
+    audit: Audit
+    def __init__(self, version: _Optional[str] = ..., revision: _Optional[str] = ..., issuers: _Optional[_Iterable[_Union[Issuer, _Mapping]]] = ..., api_keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ..., upstreams: _Optional[_Iterable[_Union[Upstream, _Mapping]]] = ..., gateway: _Optional[_Union[Gateway, _Mapping]] = ..., limits: _Optional[_Iterable[_Union[Limit, _Mapping]]] = ..., audit: _Optional[_Union[Audit, _Mapping]] = ...) -> None: ...
+
+class Audit(_message.Message):
+    __slots__ = ("include_arguments", "redact_keys")
+    INCLUDE_ARGUMENTS_FIELD_NUMBER: _ClassVar[int]
+    REDACT_KEYS_FIELD_NUMBER: _ClassVar[int]
+    include_arguments: bool
+    redact_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, include_arguments: _Optional[bool] = ..., redact_keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Gateway(_message.Message):
     __slots__ = ("identity_header_prefix", "allowed_origins", "api_key_header")

@@ -1,0 +1,1 @@
+"""The trail each check leaves: a span, an audit event and metrics."""

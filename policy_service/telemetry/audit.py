@@ -1,0 +1,270 @@
+"""Audit events: one JSON line per decision, in the schema of protos/.../audit/v1/audit.proto.
+
+Security teams prove who called what from these lines, so writing one is part of the
+decision: the service writes the event before it answers Envoy, and when the sink cannot
+write, the configured failure mode decides (closed: the call is refused with 503; open:
+it goes through, the failure is counted and logged). Never silently.
+
+Events are plain dicts serialized with ``json`` (a test parses every kind of event into
+the proto, so the two cannot drift); building the proto per check would cost more than
+the rest of the event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+from policy_service.bundles.model import AuditPolicy
+from policy_service.decisions.model import Allow, Decision, Deny
+from policy_service.decisions.render import http_status_of
+from policy_service.ratelimits.limiter import RateLimitResult
+from policy_service.request.model import A2aRequest, HttpRequest, JsonRpcCall, McpRequest
+from policy_service.telemetry.record import CheckRecord
+from policy_service.telemetry.tracing import decision_name
+
+log = logging.getLogger("policy_service.audit")
+
+SCHEMA = "policy_service.audit.v1"
+REDACTED = "[redacted]"
+MAX_ARGUMENT_STRING = 1024  # longer argument strings are cut: events stay small
+_ERROR_LOG_INTERVAL_SECONDS = 10.0
+
+
+class AuditFailureMode(StrEnum):
+    CLOSED = "closed"  # an event that cannot be written refuses the call (503)
+    OPEN = "open"  # the call goes through; the failure is counted and logged
+
+
+class AuditSink(Protocol):
+    """Where event lines go. ``write`` raises ``OSError`` when it cannot."""
+
+    def write(self, line: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class FileSink:
+    """Appends to a file (or writes to a file descriptor such as stdout).
+
+    One ``os.write`` per event, unbuffered: a crash loses no event that was acknowledged,
+    and with O_APPEND several processes can share one file without tearing lines.
+    """
+
+    def __init__(self, fd: int, name: str, *, owned: bool) -> None:
+        self._fd = fd
+        self.name = name
+        self._owned = owned
+
+    @classmethod
+    def open(cls, path: Path) -> FileSink:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return cls(fd, str(path), owned=True)
+
+    @classmethod
+    def stdout(cls) -> FileSink:
+        return cls(1, "stdout", owned=False)
+
+    def write(self, line: bytes) -> None:
+        view = memoryview(line)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    def close(self) -> None:
+        if self._owned:
+            os.close(self._fd)
+
+
+class Auditor:
+    """Writes events and applies the failure mode; counts what it wrote and what it lost."""
+
+    def __init__(self, sink: AuditSink | None, failure_mode: AuditFailureMode) -> None:
+        self.sink = sink
+        self.failure_mode = failure_mode
+        self.written = 0
+        self.failed = 0
+        self._last_error_log = -_ERROR_LOG_INTERVAL_SECONDS
+
+    @property
+    def enabled(self) -> bool:
+        return self.sink is not None
+
+    def write(self, event: Mapping[str, Any]) -> bool:
+        """Write one event; False when it could not be written."""
+        if self.sink is None:
+            return True
+        line = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        try:
+            self.sink.write(line)
+        except OSError as exc:
+            self.failed += 1
+            self._log_failure(exc)
+            return False
+        self.written += 1
+        return True
+
+    def _log_failure(self, exc: OSError) -> None:
+        # One line per interval, not one per check: a full disk must not also flood logs.
+        now = time.monotonic()
+        if now - self._last_error_log >= _ERROR_LOG_INTERVAL_SECONDS:
+            self._last_error_log = now
+            consequence = (
+                "calls are refused"
+                if self.failure_mode is AuditFailureMode.CLOSED
+                else "calls go through unaudited"
+            )
+            log.error(
+                "audit events cannot be written to %s (%s); %s (%d lost so far)",
+                self.sink.name if isinstance(self.sink, FileSink) else "the audit sink",
+                exc.strerror or type(exc).__name__,
+                consequence,
+                self.failed,
+            )
+
+    def close(self) -> None:
+        if self.sink is not None:
+            self.sink.close()
+
+
+def audit_event(
+    request: HttpRequest,
+    decision: Decision,
+    record: CheckRecord,
+    *,
+    latency_seconds: float,
+    trace_id: str,
+    span_id: str,
+) -> dict[str, Any]:
+    """The event for one decision. Fields that do not apply are left out."""
+    event: dict[str, Any] = {
+        "schema": SCHEMA,
+        "time": _rfc3339(time.time()),
+        "decision_id": record.decision_id,
+        "decision": decision_name(decision),
+        "reason": decision.reason,
+        "latency_ms": round(latency_seconds * 1000, 3),
+    }
+    if trace_id:
+        event["trace_id"] = trace_id
+    if span_id:
+        event["span_id"] = span_id
+    if request.request_id:
+        event["request_id"] = request.request_id
+    if record.bundle is not None:
+        event["bundle_revision"] = record.bundle.revision
+    if isinstance(decision, Allow):
+        if decision.rules:
+            event["rules"] = list(decision.rules)
+    else:
+        event["http_status"] = http_status_of(decision)
+    if isinstance(decision, Deny):
+        event["message"] = decision.message
+        if decision.rule:
+            event["rules"] = [decision.rule]
+        if decision.missing_scopes:
+            event["missing_scopes"] = list(decision.missing_scopes)
+
+    caller = _caller(request, record)
+    if caller:
+        event["caller"] = caller
+    policy = record.bundle.audit if record.bundle is not None else AuditPolicy()
+    event["target"] = _target(request, record, policy)
+    if record.limits is not None:
+        event["rate_limit"] = _rate_limit(record.limits)
+    return event
+
+
+def _caller(request: HttpRequest, record: CheckRecord) -> dict[str, Any]:
+    caller: dict[str, Any] = {}
+    principal = record.principal
+    if principal is not None:
+        caller["subject"] = principal.subject
+        caller["issuer"] = principal.issuer
+        if principal.client_id:
+            caller["client_id"] = principal.client_id
+        caller["credential"] = principal.credential.value
+        caller["scopes"] = sorted(principal.scopes)
+    if request.peer_address:
+        caller["peer_address"] = request.peer_address
+    if request.peer_principal:
+        caller["peer_principal"] = request.peer_principal
+    return caller
+
+
+def _target(request: HttpRequest, record: CheckRecord, policy: AuditPolicy) -> dict[str, Any]:
+    target: dict[str, Any] = {"http_method": request.method, "path": request.path}
+    if record.upstream is not None:
+        target["upstream"] = record.upstream.name
+        target["protocol"] = record.upstream.protocol.value
+    parsed = record.parsed
+    if isinstance(parsed, McpRequest):
+        calls = [_call(call, policy) for call in parsed.calls if call.method is not None]
+        if calls:
+            target["calls"] = calls
+        if parsed.session_id:
+            target["mcp_session_id"] = parsed.session_id
+        target["mcp_protocol_version"] = parsed.protocol_version
+    elif isinstance(parsed, A2aRequest):
+        call: dict[str, Any] = {"kind": "a2a_method", "method": parsed.method}
+        call["name"] = parsed.method
+        if parsed.request_id is not None:
+            call["jsonrpc_id"] = str(parsed.request_id)
+        target["calls"] = [call]
+    return target
+
+
+def _call(call: JsonRpcCall, policy: AuditPolicy) -> dict[str, Any]:
+    entry: dict[str, Any] = {"kind": call.kind.value, "method": call.method}
+    entry["name"] = call.name if call.name is not None else call.method
+    if call.request_id is not None:
+        entry["jsonrpc_id"] = str(call.request_id)
+    if policy.include_arguments and call.arguments is not None:
+        entry["arguments"] = redact(call.arguments, policy.redact_keys)
+    return entry
+
+
+def redact(value: Any, keys: frozenset[str]) -> Any:
+    """A copy of ``value`` with sensitive keys' values replaced and long strings cut."""
+    if isinstance(value, Mapping):
+        return {
+            str(key): REDACTED if str(key).lower() in keys else redact(item, keys)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(item, keys) for item in value]
+    if isinstance(value, str) and len(value) > MAX_ARGUMENT_STRING:
+        return value[:MAX_ARGUMENT_STRING] + "…"
+    return value
+
+
+def _rate_limit(result: RateLimitResult) -> dict[str, Any]:
+    outcome: dict[str, Any] = {"verdict": result.verdict.value}
+    if result.store_error:
+        outcome["store_error"] = result.store_error
+    if result.states:
+        outcome["limits"] = [
+            {
+                "name": state.limit.name,
+                "scope": state.limit.scope,
+                "remaining": state.remaining,
+                "limit": state.limit.rate.count,
+                "window_seconds": state.limit.rate.window_seconds,
+                "retry_after_ms": state.retry_after_ms,
+                "shadow": state.limit.shadow,
+            }
+            for state in result.states
+        ]
+    return outcome
+
+
+def _rfc3339(epoch_seconds: float) -> str:
+    moment = datetime.fromtimestamp(epoch_seconds, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond:06d}Z"

@@ -1,0 +1,39 @@
+"""What one check learned on its way, for the span, the audit event and the metrics.
+
+The pipeline fills a ``CheckRecord`` as each phase runs; once the decision is made the
+telemetry reads it, so a denial still says who was refused and what they asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from policy_service.bundles.model import CompiledBundle, UpstreamPolicy
+from policy_service.identity.principal import Principal
+from policy_service.ratelimits.limiter import RateLimitResult
+from policy_service.request.model import A2aRequest, McpRequest
+
+
+def new_decision_id() -> str:
+    """32 hex digits: a 48-bit millisecond timestamp, then 80 random bits.
+
+    Time first, so ids sort by when the decision was made (as UUIDv7 does) and a log
+    search can narrow by time from the id alone.
+    """
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+
+
+@dataclass(slots=True)
+class CheckRecord:
+    decision_id: str
+    bundle: CompiledBundle | None = None
+    upstream: UpstreamPolicy | None = None
+    parsed: McpRequest | A2aRequest | None = None
+    principal: Principal | None = None
+    limits: RateLimitResult | None = None
+
+    @classmethod
+    def new(cls) -> CheckRecord:
+        return cls(new_decision_id())

@@ -1,0 +1,139 @@
+"""After each decision: the audit event, the metrics and the Check span's attributes.
+
+``Trail`` is what the gRPC servicer holds. It opens the Check span (continuing Envoy's
+trace), and once the pipeline has decided, ``conclude`` writes exactly one audit event,
+counts the check and describes the decision on the span. When the audit sink fails and
+the failure mode is "closed", ``conclude`` turns the decision into a 503 refusal: a call
+nobody can account for does not go through.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import SpanKind, format_span_id, format_trace_id
+
+from policy_service.decisions.model import Decision, Deny, DenyKind
+from policy_service.request.model import (
+    HttpRequest,
+    McpRequest,
+    UpstreamProtocol,
+    request_id_of,
+)
+from policy_service.telemetry.audit import AuditFailureMode, Auditor, audit_event
+from policy_service.telemetry.metrics import CheckMetrics
+from policy_service.telemetry.record import CheckRecord
+from policy_service.telemetry.tracing import (
+    CHECK_SPAN_NAME,
+    TRACER_NAME,
+    check_span_attributes,
+    link_to,
+    set_check_attributes,
+)
+
+log = logging.getLogger("policy_service.telemetry")
+
+
+class Trail:
+    def __init__(
+        self,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        auditor: Auditor | None = None,
+        metrics: CheckMetrics | None = None,
+    ) -> None:
+        self.tracer_provider = tracer_provider
+        self.tracer: trace.Tracer = (
+            tracer_provider.get_tracer(TRACER_NAME)
+            if tracer_provider is not None
+            else trace.NoOpTracer()
+        )
+        self.auditor = auditor or Auditor(None, AuditFailureMode.OPEN)
+        self.metrics = metrics
+
+    @contextmanager
+    def check_span(self, parent: Context) -> Iterator[trace.Span]:
+        if self.tracer_provider is None:
+            yield trace.INVALID_SPAN  # tracing off: no span, and no phase spans below it
+            return
+        with self.tracer.start_as_current_span(
+            CHECK_SPAN_NAME,
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes=check_span_attributes(),
+            record_exception=False,  # a traceback could quote request content
+        ) as span:
+            yield span
+
+    def conclude(
+        self,
+        span: trace.Span,
+        parent: Context,
+        request: HttpRequest,
+        decision: Decision,
+        record: CheckRecord,
+        seconds: float,
+    ) -> Decision:
+        """Audit, count and describe one decision; returns the decision to send."""
+        trace_id, span_id = _trace_ids(span, parent)
+        if self.auditor.enabled:
+            event = audit_event(
+                request,
+                decision,
+                record,
+                latency_seconds=seconds,
+                trace_id=trace_id,
+                span_id=span_id,
+            )
+            written = self.auditor.write(event)
+            if (
+                not written
+                and self.auditor.failure_mode is AuditFailureMode.CLOSED
+                and not isinstance(decision, Deny)
+            ):
+                decision = _unaudited(request, record)
+        if self.metrics is not None:
+            self.metrics.observe(decision, record, seconds)
+        if span.is_recording():
+            set_check_attributes(span, request, decision, record)
+            if isinstance(record.parsed, McpRequest):
+                link = link_to(record.parsed.trace_parent)
+                if link is not None:
+                    span.add_link(link.context, {"policy_service.link": "mcp_meta_traceparent"})
+        return decision
+
+    def close(self) -> None:
+        """Flush spans still queued for export, and close the audit sink."""
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()
+        self.auditor.close()
+
+
+def _trace_ids(span: trace.Span, parent: Context) -> tuple[str, str]:
+    """Our span's ids; else, unsampled or untraced here, the trace Envoy is in."""
+    context = span.get_span_context()
+    if context.is_valid and span.is_recording():
+        return format_trace_id(context.trace_id), format_span_id(context.span_id)
+    inherited = trace.get_current_span(parent).get_span_context()
+    if inherited.is_valid:
+        return format_trace_id(inherited.trace_id), ""
+    return "", ""
+
+
+def _unaudited(request: HttpRequest, record: CheckRecord) -> Deny:
+    upstream = record.upstream
+    return Deny(
+        DenyKind.INTERNAL,
+        "audit_unavailable",
+        "the decision could not be recorded; the request was refused",
+        upstream=upstream,
+        request_id=request_id_of(record.parsed),
+        jsonrpc=upstream is not None
+        and upstream.protocol is not UpstreamProtocol.HTTP
+        and request.method == "POST",
+    )
