@@ -35,6 +35,7 @@ def _cmd_envoy_config(args: argparse.Namespace) -> int:
         EnvoyLayout,
         UpstreamRoute,
         dump_envoy_yaml,
+        otlp_collector_from_endpoint,
     )
 
     bundle = load_bundle(args.bundle)
@@ -70,6 +71,9 @@ def _cmd_envoy_config(args: argparse.Namespace) -> int:
         tls_cert_file=args.tls_cert,
         tls_key_file=args.tls_key,
         admin_port=args.admin_port,
+        otlp_collector=(
+            otlp_collector_from_endpoint(args.otlp_collector) if args.otlp_collector else None
+        ),
     )
     print(dump_envoy_yaml(layout), end="")
     return 0
@@ -103,4 +107,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     envoy.add_argument("--tls-cert")
     envoy.add_argument("--tls-key")
     envoy.add_argument("--admin-port", type=int, default=9901)
+    envoy.add_argument(
+        "--otlp-collector",
+        metavar="HOST:PORT",
+        help="send Envoy's spans to this OTLP/gRPC collector (http:// and https:// URLs work too)",
+    )
     envoy.set_defaults(run=_cmd_envoy_config)

@@ -7,13 +7,19 @@ them without path tricks. Nothing here is used by the running service.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 from collections.abc import Mapping
 from typing import Any
 
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Sampler
+
 from policy_service.errors import KeySourceError
 
-__all__ = ["FakeClock", "FakeJwksFetcher"]
+__all__ = ["FakeClock", "FakeJwksFetcher", "MemoryAuditSink", "capture_spans"]
 
 
 class FakeClock:
@@ -62,3 +68,32 @@ class FakeJwksFetcher:
         if isinstance(document, bytes):
             return document
         return json.dumps(document).encode("utf-8")
+
+
+class MemoryAuditSink:
+    """An audit sink that keeps lines in memory, or fails like a full disk."""
+
+    name = "memory"
+
+    def __init__(self, *, failing: bool = False) -> None:
+        self.lines: list[bytes] = []
+        self.failing = failing
+
+    def write(self, line: bytes) -> None:
+        if self.failing:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.lines.append(line)
+
+    def close(self) -> None:
+        pass
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines]
+
+
+def capture_spans(sampler: Sampler | None = None) -> tuple[TracerProvider, InMemorySpanExporter]:
+    """A tracer provider that hands each finished span to an in-memory exporter at once."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter

@@ -68,6 +68,7 @@ def authorize(
     needed = set(upstream.required_scopes)
     admitted: list[str] = []
     first_short_id: JsonRpcId = None
+    short_rule: str | None = None  # the first rule whose scopes the caller lacks
     short = False
     targets = call_targets(request)
     for target in targets:
@@ -80,7 +81,7 @@ def authorize(
         if not rule.clients.admits(principal):
             return Refused(RefusalReason.CLIENT_NOT_ALLOWED, rule=rule.name, request_id=request_id)
         if not (rule.scopes <= principal.scopes) and not short:
-            short, first_short_id = True, request_id
+            short, first_short_id, short_rule = True, request_id, rule.name
         needed.update(rule.scopes)
         admitted.append(rule.name)
 
@@ -88,6 +89,7 @@ def authorize(
     if missing:
         return Refused(
             RefusalReason.INSUFFICIENT_SCOPE,
+            rule=short_rule,
             required_scopes=tuple(sorted(needed)),
             missing_scopes=tuple(sorted(missing)),
             request_id=first_short_id if short else request_id_of(request),

@@ -16,6 +16,8 @@ The choices that matter for security and streaming, each explained where it is m
 * Streams are never buffered or cut: no route timeout, no route idle timeout, no buffer filter.
 * Paths are normalized before routing and before ext_authz sees them: a path that routes one way
   and authorizes another is an authorization bypass.
+* With an ``OtlpCollector``, Envoy reports its own spans (one per request, one per ext_authz
+  call) and passes the trace on to the policy service in the Check call's ``traceparent``.
 
 Two benchmark baselines render here too: ``render_bare_baseline_config`` (Envoy alone) and
 ``render_native_baseline_config`` (Envoy's own ``jwt_authn`` + ``local_ratelimit``).
@@ -31,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -39,6 +42,8 @@ from policy_service.errors import ConfigError
 Config = dict[str, Any]
 
 AUTHZ_CLUSTER = "authz"
+OTEL_COLLECTOR_CLUSTER = "otel_collector"
+OPENTELEMETRY_TRACER = "envoy.tracers.opentelemetry"
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 ROUTER_FILTER = "envoy.filters.http.router"
 JWT_AUTHN_FILTER = "envoy.filters.http.jwt_authn"
@@ -91,6 +96,56 @@ class AuthzEndpoint:
 
 
 @dataclass(frozen=True)
+class OtlpCollector:
+    """An OTLP/gRPC trace collector (an OpenTelemetry Collector, Jaeger, Tempo, ...).
+
+    ``tls`` (from an ``https://`` endpoint) speaks TLS, verified against the system's root
+    certificates (see ``_collector_tls`` for what that does not check).
+    """
+
+    host: str
+    port: int
+    tls: bool = False
+
+
+def otlp_collector_from_endpoint(endpoint: str) -> OtlpCollector:
+    """The collector named the way ``OTEL_EXPORTER_OTLP_ENDPOINT`` names one.
+
+    ``http://host:4317``, ``https://host:4317`` and ``host:4317``; anything else (another
+    scheme, no port, a path, credentials) raises ``ConfigError``.
+    """
+    text = endpoint.strip()
+    # urlsplit would read "host:4317" as scheme "host" and path "4317".
+    parts = urlsplit(text if "://" in text else f"http://{text}")
+    if parts.scheme not in ("http", "https"):
+        raise _endpoint_error(endpoint, f"scheme {parts.scheme!r} is not http or https")
+    if parts.username is not None or parts.query or parts.fragment:
+        raise _endpoint_error(endpoint, "credentials, query and fragment are not allowed")
+    if parts.path not in ("", "/"):
+        # OTLP/gRPC has a fixed method, no path; a path means an OTLP/HTTP endpoint (4318).
+        raise _endpoint_error(endpoint, "OTLP/gRPC takes no path")
+    if not parts.hostname:
+        raise _endpoint_error(endpoint, "a host is required")
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or past 65535
+        port = 0
+    if port is None:
+        # No default: the scheme's (80, 443) is rarely where a collector listens.
+        raise _endpoint_error(endpoint, "a port is required (OTLP/gRPC is usually 4317)")
+    if port == 0:
+        raise _endpoint_error(endpoint, "the port must be a number in 1..65535")
+    return OtlpCollector(parts.hostname, port, tls=parts.scheme == "https")
+
+
+def _endpoint_error(endpoint: str, reason: str) -> ConfigError:
+    return ConfigError(
+        f"OTLP endpoint {endpoint!r}: {reason}; "
+        "use http://HOST:PORT, https://HOST:PORT or HOST:PORT"
+    )
+
+
+@dataclass(frozen=True)
 class EnvoyLayout:
     upstreams: tuple[UpstreamRoute, ...]
     authz: tuple[AuthzEndpoint, ...]
@@ -114,6 +169,11 @@ class EnvoyLayout:
     # it open more connections when busy (a lever for spreading load over processes).
     authz_max_concurrent_streams: int | None = None
     access_log: bool = True  # JSON lines on stdout; benchmarks may turn it off
+    # Envoy's own spans go to this collector; None renders no tracing at all.
+    otlp_collector: OtlpCollector | None = None
+    trace_sampling_percent: float = 100.0  # of all requests, whatever the client asks
+    # Envoy's OpenTelemetry tracer buffers spans per worker thread; see _tracing_runtime.
+    trace_flush_interval_ms: int = 1000
 
 
 def render_envoy_config(layout: EnvoyLayout) -> Config:
@@ -121,10 +181,12 @@ def render_envoy_config(layout: EnvoyLayout) -> Config:
     _check_layout(layout)
     # One route config, filter list and access log, shared by both listeners (same objects,
     # so the YAML dump writes them once).
+    collector = layout.otlp_collector
     shared = _HcmParts(
         route_config=_route_config(layout.upstreams),
         http_filters=[_ext_authz_filter(layout), _router_filter()],
-        access_log=[_access_log()] if layout.access_log else [],
+        access_log=[_access_log(trace_id=collector is not None)] if layout.access_log else [],
+        tracing=_tracing(layout) if collector is not None else None,
     )
     listeners: list[Config] = []
     if layout.plain_port is not None:
@@ -137,7 +199,11 @@ def render_envoy_config(layout: EnvoyLayout) -> Config:
         listeners.append(listener)
     clusters = [_authz_cluster(layout)]
     clusters += [_backend_cluster(u) for u in layout.upstreams if not u.is_direct_response]
-    return _bootstrap(layout.admin_port, listeners, clusters)
+    if collector is None:
+        return _bootstrap(layout.admin_port, listeners, clusters)
+    clusters.append(_otel_collector_cluster(collector))
+    runtime = _tracing_runtime(layout.trace_flush_interval_ms)
+    return _bootstrap(layout.admin_port, listeners, clusters, runtime=runtime)
 
 
 def dump_envoy_yaml(layout: EnvoyLayout) -> str:
@@ -200,6 +266,13 @@ def _check_layout(layout: EnvoyLayout) -> None:
         raise ConfigError("envoy layout: authz_tls needs authz_ca_file")
     if bool(layout.authz_cert_file) != bool(layout.authz_key_file):
         raise ConfigError("envoy layout: set both authz_cert_file and authz_key_file, or neither")
+    if not 0 <= layout.trace_sampling_percent <= 100:
+        raise ConfigError("envoy layout: trace_sampling_percent must be 0..100")
+    if layout.trace_flush_interval_ms <= 0:
+        raise ConfigError("envoy layout: trace_flush_interval_ms must be positive")
+    collector = layout.otlp_collector
+    if collector is not None and not (collector.host and 0 < collector.port <= 65535):
+        raise ConfigError("envoy layout: otlp_collector needs a host and a port in 1..65535")
     names: set[str] = set()
     prefixes: set[str] = set()
     for upstream in layout.upstreams:
@@ -375,6 +448,7 @@ class _HcmParts:
     route_config: Config
     http_filters: list[Config]
     access_log: list[Config]
+    tracing: Config | None = None
 
 
 def _http_connection_manager(stat_prefix: str, parts: _HcmParts) -> Config:
@@ -407,6 +481,7 @@ def _http_connection_manager(stat_prefix: str, parts: _HcmParts) -> Config:
             # No request_timeout (it would cut long streams); an idle stream is reclaimed.
             "stream_idle_timeout": STREAM_IDLE_TIMEOUT,
             "upgrade_configs": [{"upgrade_type": "websocket"}],
+            **({"tracing": parts.tracing} if parts.tracing else {}),
             **({"access_log": parts.access_log} if parts.access_log else {}),
             "http_filters": parts.http_filters,
             "route_config": parts.route_config,
@@ -414,7 +489,10 @@ def _http_connection_manager(stat_prefix: str, parts: _HcmParts) -> Config:
     }
 
 
-def _access_log() -> Config:
+def _access_log(*, trace_id: bool = False) -> Config:
+    # trace_id (the active span's, so a log line leads to its trace) only when tracing is on:
+    # without a tracer it would be a null in every line.
+    traced = {"trace_id": "%TRACE_ID%"} if trace_id else {}
     return {
         "name": "envoy.access_loggers.stdout",
         "typed_config": {
@@ -423,6 +501,7 @@ def _access_log() -> Config:
                 "json_format": {
                     "time": "%START_TIME%",
                     "request_id": "%REQ(X-REQUEST-ID)%",
+                    **traced,
                     "decision_id": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:decision_id)%",
                     "method": "%REQ(:METHOD)%",
                     # Never the query string: clients put tokens there.
@@ -446,6 +525,59 @@ def _access_log() -> Config:
                 ],
             },
         },
+    }
+
+
+def _tracing(layout: EnvoyLayout) -> Config:
+    """Envoy's OpenTelemetry tracer, reporting to the ``otel_collector`` cluster.
+
+    Nothing else is needed (Envoy 1.40, pinned by tests/integration/test_envoy_tracing.py):
+    each request gets a SERVER span named "ingress", a child of the client's span when a
+    valid ``traceparent`` came with it. ext_authz's gRPC client opens a CLIENT child span,
+    "async envoy.service.auth.v3.Authorization.Check egress", and sends *that* span as
+    ``traceparent`` in the Check call's gRPC metadata, so the policy service's spans nest
+    under it. The CheckRequest's own headers carry only what the client sent (Envoy injects
+    the ingress span later, into the request the router sends the backend).
+    ``spawn_upstream_span`` stays off: it adds a span around the router's call to the
+    backend, and the ext_authz call has its span without it.
+    """
+    return {
+        "provider": {
+            "name": OPENTELEMETRY_TRACER,
+            "typed_config": {
+                "@type": _TYPE + "envoy.config.trace.v3.OpenTelemetryConfig",
+                "grpc_service": {"envoy_grpc": {"cluster_name": OTEL_COLLECTOR_CLUSTER}},
+                "service_name": "envoy",
+            },
+        },
+        # Envoy samples every request itself. A client's traceparent joins the trace but can
+        # only turn sampling off ("-00" is never recorded), not on: when the draw here says
+        # no, a client's "-01" is forwarded as "-00".
+        "random_sampling": {"value": layout.trace_sampling_percent},
+        # Envoy's default lets any client force a trace with x-client-trace-id, past
+        # random_sampling: at the edge, a way to load the collector at will.
+        "client_sampling": {"value": 0},
+    }
+
+
+def _tracing_runtime(flush_interval_ms: int) -> Config:
+    # Envoy's OpenTelemetry tracer buffers finished spans per worker thread and exports them
+    # every tracing.opentelemetry.flush_interval_ms (default 5000) or as soon as
+    # tracing.opentelemetry.min_flush_spans (default 5) are waiting; the tracer reads both
+    # from the runtime, there is no config field for them. One span at a time makes a trace
+    # visible while someone is still looking at the request, for one small Export call per
+    # span. A misspelt runtime key is silently ignored: the tracing tests read them back
+    # from Envoy and run with an hour-long interval, so spans arrive only by count.
+    return {
+        "layers": [
+            {
+                "name": "tracing",
+                "static_layer": {
+                    "tracing.opentelemetry.flush_interval_ms": flush_interval_ms,
+                    "tracing.opentelemetry.min_flush_spans": 1,
+                },
+            }
+        ]
     }
 
 
@@ -526,6 +658,34 @@ def _upstream_tls(layout: EnvoyLayout) -> Config:
     return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
 
+def _otel_collector_cluster(collector: OtlpCollector) -> Config:
+    # OTLP/gRPC, so HTTP/2 like the authz cluster. Spans are best effort: a collector that is
+    # down loses spans and never delays or fails a request.
+    endpoints = [(collector.host, collector.port)]
+    cluster = _cluster(OTEL_COLLECTOR_CLUSTER, endpoints, http2={}, connect_timeout="1s")
+    if collector.tls:
+        cluster["transport_socket"] = _collector_tls(collector)
+    return cluster
+
+
+def _collector_tls(collector: OtlpCollector) -> Config:
+    # https:// names no CA of its own, so the chain is checked against the system's roots, as
+    # the OpenTelemetry SDKs do. Unlike them, Envoy (1.40) does not check the collector's
+    # name: it refuses a SAN matcher without an explicit trusted_ca ("SAN-based verification
+    # of peer certificates without trusted CA is insecure"). A collector behind a private CA,
+    # or one whose name must be pinned, needs its own trusted_ca and SAN matcher.
+    context: Config = {
+        "@type": _TYPE + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": {
+            "alpn_protocols": ["h2"],
+            "validation_context": {"system_root_certs": {}},
+        },
+    }
+    if not _is_ip(collector.host):
+        context["sni"] = collector.host  # an IP address is never a valid SNI name
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+
 def _backend_cluster(upstream: UpstreamRoute) -> Config:
     return _cluster(
         upstream.cluster_name,
@@ -586,10 +746,17 @@ def _duration(seconds: float) -> str:
     return f"{text}s"
 
 
-def _bootstrap(admin_port: int, listeners: list[Config], clusters: list[Config]) -> Config:
+def _bootstrap(
+    admin_port: int,
+    listeners: list[Config],
+    clusters: list[Config],
+    *,
+    runtime: Config | None = None,
+) -> Config:
     return {
         "admin": {"address": {"socket_address": _socket("127.0.0.1", admin_port)}},
         "static_resources": {"listeners": listeners, "clusters": clusters},
+        **({"layered_runtime": runtime} if runtime is not None else {}),
         # Envoy warns (and an edge proxy should not run) without a global connection cap.
         "overload_manager": {
             "resource_monitors": [
@@ -710,7 +877,8 @@ _REFERENCE_HEADER = """\
 # Regenerate:  python -m policy_service.gateway.envoy_config
 # A test fails when this file and the renderer disagree. envoy/README.md explains each part.
 #
-# Ports: plain HTTP 8080 and TLS 8443 on 127.0.0.1, admin 9901, policy service (gRPC) 9001.
+# Ports: plain HTTP 8080 and TLS 8443 on 127.0.0.1, admin 9901, policy service (gRPC) 9001,
+# OTLP trace collector (gRPC; Jaeger and the OpenTelemetry Collector listen there) 4317.
 # Upstreams: /fininfo/ and /currenttime/ (MCP servers), /agents/helper/ (an A2A agent).
 #
 # The TLS listener reads envoy/certs/tls.crt and envoy/certs/tls.key, relative to Envoy's
@@ -732,6 +900,8 @@ def reference_layout() -> EnvoyLayout:
         authz=(AuthzEndpoint("127.0.0.1", 9001),),
         tls_cert_file=REFERENCE_CERT_FILE,
         tls_key_file=REFERENCE_KEY_FILE,
+        otlp_collector=OtlpCollector("127.0.0.1", 4317),
+        trace_sampling_percent=100.0,
     )
 
 

@@ -112,8 +112,14 @@ def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter | None:
     )
     if protocol.strip() != "grpc":
         raise ConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL: only grpc is supported, not '{protocol}'")
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
+    try:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    except ImportError as exc:
+        # xds-protos ships an old copy of the OTel protos over opentelemetry-proto's.
+        raise ConfigError(
+            f"the OTLP exporter cannot load ({exc}); xds-protos has overwritten "
+            "opentelemetry-proto's modules: run python -m policy_service.dev.otel_protos"
+        ) from None
     return OTLPSpanExporter()
 
 

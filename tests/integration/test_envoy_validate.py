@@ -21,6 +21,7 @@ from policy_service.gateway.envoy_config import (
     REFERENCE_CERT_FILE,
     AuthzEndpoint,
     EnvoyLayout,
+    OtlpCollector,
     UpstreamRoute,
     default_reference_path,
     main,
@@ -111,6 +112,9 @@ def test_every_option_at_once_validates(certs: tuple[str, str]) -> None:
         authz_max_concurrent_streams=16,
         authz_timeout_seconds=0.25,
         access_log=False,
+        otlp_collector=OtlpCollector("localhost", 4317, tls=True),
+        trace_sampling_percent=12.5,
+        trace_flush_interval_ms=250,
     )
     validate_config(render_envoy_config(layout))
 

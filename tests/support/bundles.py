@@ -113,8 +113,9 @@ def write_test_bundle(
     helper_port: int = 9103,
     key: SigningKey | None = None,
     limits: str = "",
+    audit: str = "",
 ) -> TestBundle:
-    """``limits`` is a YAML ``limits:`` block (without the key) appended to the bundle."""
+    """``limits`` and ``audit`` are YAML blocks (without their key) appended to the bundle."""
     key = key or SigningKey.generate("ES256", kid="test-key-1")
     (directory / "jwks.json").write_text(json.dumps(key.jwks()))
     path = directory / "bundle.yaml"
@@ -129,5 +130,6 @@ def write_test_bundle(
             helper_port=helper_port,
         )
         + (f"limits:\n{limits}" if limits else "")
+        + (f"audit:\n{audit}" if audit else "")
     )
     return TestBundle(path, key, load_bundle(path))

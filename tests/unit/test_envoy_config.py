@@ -20,8 +20,10 @@ from policy_service.gateway.certs import generate_self_signed
 from policy_service.gateway.envoy_config import (
     AuthzEndpoint,
     EnvoyLayout,
+    OtlpCollector,
     UpstreamRoute,
     dump_envoy_yaml,
+    otlp_collector_from_endpoint,
     render_bare_baseline_config,
     render_envoy_config,
     render_native_baseline_config,
@@ -39,6 +41,7 @@ LAYOUT = EnvoyLayout(
     tls_cert_file="/certs/tls.crt",
     tls_key_file="/certs/tls.key",
 )
+TRACED = replace(LAYOUT, otlp_collector=OtlpCollector("127.0.0.1", 4317))
 
 
 def listeners(config: Config) -> dict[str, Config]:
@@ -80,6 +83,12 @@ def endpoints(cluster: Config) -> list[tuple[str, int]]:
     (group,) = cluster["load_assignment"]["endpoints"]
     addresses = [e["endpoint"]["address"]["socket_address"] for e in group["lb_endpoints"]]
     return [(a["address"], a["port_value"]) for a in addresses]
+
+
+def access_log_fields(config: Config) -> Config:
+    (log,) = first_hcm(config)["access_log"]
+    fields: Config = log["typed_config"]["log_format"]["json_format"]
+    return fields
 
 
 # -- ext_authz ----------------------------------------------------------------------------
@@ -318,6 +327,120 @@ def test_authz_mtls_verifies_the_policy_service() -> None:
     assert common["tls_certificates"][0]["private_key"] == {"filename": "/pki/envoy.key"}
 
 
+# -- tracing ------------------------------------------------------------------------------
+
+
+def test_without_a_collector_nothing_is_traced() -> None:
+    config = render_envoy_config(LAYOUT)
+    assert all("tracing" not in hcm(listener) for listener in listeners(config).values())
+    assert "otel_collector" not in clusters(config)
+    assert "layered_runtime" not in config
+    assert "trace_id" not in access_log_fields(config)
+
+
+def test_collector_turns_on_the_opentelemetry_tracer_on_both_listeners() -> None:
+    config = render_envoy_config(replace(TRACED, trace_sampling_percent=12.5))
+    found = listeners(config)
+    tracing = hcm(found["plain_http"])["tracing"]
+    assert hcm(found["tls_https"])["tracing"] is tracing
+    provider = tracing["provider"]
+    assert provider["name"] == "envoy.tracers.opentelemetry"
+    assert provider["typed_config"] == {
+        "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+        "grpc_service": {"envoy_grpc": {"cluster_name": "otel_collector"}},
+        "service_name": "envoy",
+    }
+    assert tracing["random_sampling"] == {"value": 12.5}
+    # A client's x-client-trace-id must not force a trace past the sampling percentage.
+    assert tracing["client_sampling"] == {"value": 0}
+    assert "spawn_upstream_span" not in tracing
+
+
+def test_collector_cluster_is_http2_and_uses_dns_only_for_names() -> None:
+    by_address = clusters(render_envoy_config(TRACED))["otel_collector"]
+    named_layout = replace(TRACED, otlp_collector=OtlpCollector("jaeger", 4317))
+    by_name = clusters(render_envoy_config(named_layout))["otel_collector"]
+    assert by_address["type"] == "STATIC"
+    assert endpoints(by_address) == [("127.0.0.1", 4317)]
+    (protocol,) = by_address["typed_extension_protocol_options"].values()
+    assert protocol["explicit_http_config"] == {"http2_protocol_options": {}}
+    assert "transport_socket" not in by_address
+    assert by_name["type"] == "STRICT_DNS"
+    assert by_name["dns_lookup_family"] == "V4_PREFERRED"
+    assert endpoints(by_name) == [("jaeger", 4317)]
+
+
+@pytest.mark.parametrize(("host", "sni"), [("otel.example", "otel.example"), ("10.0.0.5", None)])
+def test_https_collector_speaks_tls_checked_against_the_system_roots(
+    host: str, sni: str | None
+) -> None:
+    layout = replace(TRACED, otlp_collector=OtlpCollector(host, 4317, tls=True))
+    socket = clusters(render_envoy_config(layout))["otel_collector"]["transport_socket"]
+    context = socket["typed_config"]
+    assert context["@type"].endswith("UpstreamTlsContext")
+    assert context.get("sni") == sni
+    common = context["common_tls_context"]
+    assert common["alpn_protocols"] == ["h2"]
+    assert common["validation_context"] == {"system_root_certs": {}}
+
+
+def test_runtime_makes_the_tracer_flush_each_span() -> None:
+    config = render_envoy_config(replace(TRACED, trace_flush_interval_ms=250))
+    (layer,) = config["layered_runtime"]["layers"]
+    assert layer["static_layer"] == {
+        "tracing.opentelemetry.flush_interval_ms": 250,
+        "tracing.opentelemetry.min_flush_spans": 1,
+    }
+
+
+def test_access_log_carries_the_trace_id_when_tracing() -> None:
+    fields = access_log_fields(render_envoy_config(TRACED))
+    assert fields["trace_id"] == "%TRACE_ID%"
+    assert fields["request_id"] == "%REQ(X-REQUEST-ID)%"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "collector"),
+    [
+        ("http://collector:4317", OtlpCollector("collector", 4317)),
+        ("https://otel.example:4317", OtlpCollector("otel.example", 4317, tls=True)),
+        ("collector:4317", OtlpCollector("collector", 4317)),
+        ("127.0.0.1:4317", OtlpCollector("127.0.0.1", 4317)),
+        ("http://127.0.0.1:4317/", OtlpCollector("127.0.0.1", 4317)),
+        ("http://[::1]:4317", OtlpCollector("::1", 4317)),
+        (" localhost:4317\n", OtlpCollector("localhost", 4317)),
+    ],
+)
+def test_otlp_endpoints_in_the_forms_users_write(endpoint: str, collector: OtlpCollector) -> None:
+    assert otlp_collector_from_endpoint(endpoint) == collector
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "reason"),
+    [
+        ("grpc://collector:4317", "scheme 'grpc' is not http or https"),
+        ("unix:///run/otel.sock", "scheme 'unix' is not http or https"),
+        ("http://user:secret@collector:4317", "credentials, query and fragment are not allowed"),
+        ("http://collector:4317?x=1", "credentials, query and fragment are not allowed"),
+        ("http://collector:4318/v1/traces", "OTLP/gRPC takes no path"),
+        ("", "a host is required"),
+        ("http://:4317", "a host is required"),
+        ("collector", "a port is required (OTLP/gRPC is usually 4317)"),
+        ("https://otel.example", "a port is required (OTLP/gRPC is usually 4317)"),
+        ("collector:otlp", "the port must be a number in 1..65535"),
+        ("collector:70000", "the port must be a number in 1..65535"),
+        ("collector:0", "the port must be a number in 1..65535"),
+    ],
+)
+def test_other_otlp_endpoints_are_refused(endpoint: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        otlp_collector_from_endpoint(endpoint)
+    assert str(refused.value) == (
+        f"OTLP endpoint {endpoint!r}: {reason}; "
+        "use http://HOST:PORT, https://HOST:PORT or HOST:PORT"
+    )
+
+
 # -- layout mistakes ----------------------------------------------------------------------
 
 
@@ -331,6 +454,12 @@ def test_authz_mtls_verifies_the_policy_service() -> None:
         ({"authz_timeout_seconds": 0}, "authz_timeout_seconds must be positive"),
         ({"authz_tls": True}, "authz_tls needs authz_ca_file"),
         ({"authz_cert_file": "/x.crt"}, "set both authz_cert_file and authz_key_file"),
+        ({"trace_sampling_percent": 100.5}, "trace_sampling_percent must be 0..100"),
+        ({"trace_sampling_percent": -1.0}, "trace_sampling_percent must be 0..100"),
+        ({"trace_sampling_percent": float("nan")}, "trace_sampling_percent must be 0..100"),
+        ({"trace_flush_interval_ms": 0}, "trace_flush_interval_ms must be positive"),
+        ({"otlp_collector": OtlpCollector("", 4317)}, "otlp_collector needs a host and a port"),
+        ({"otlp_collector": OtlpCollector("h", 0)}, "otlp_collector needs a host and a port"),
     ],
 )
 def test_inconsistent_layouts_are_refused(changes: dict[str, Any], message: str) -> None:
@@ -377,6 +506,9 @@ def test_yaml_writes_shared_parts_once_and_loads_back_equal() -> None:
     assert text.count("route_config: &route_config") == 1
     assert text.count("route_config: *route_config") == 1
     assert yaml.safe_load(text) == render_envoy_config(LAYOUT)
+    traced = dump_envoy_yaml(TRACED)
+    assert traced.count("tracing: &tracing") == 1
+    assert traced.count("tracing: *tracing") == 1
 
 
 # -- benchmark baselines ------------------------------------------------------------------

@@ -159,6 +159,7 @@ async def test_missing_scope_names_every_needed_scope(
         "reason": "insufficient_scope",
         "scopes": ["fininfo:trade"],
         "missing_scopes": ["fininfo:trade"],
+        "rule": "trade",  # the rule whose scopes are missing
     }
 
 
