@@ -71,6 +71,8 @@ def _cmd_envoy_config(args: argparse.Namespace) -> int:
         tls_cert_file=args.tls_cert,
         tls_key_file=args.tls_key,
         admin_port=args.admin_port,
+        listen_address=args.listen_address,
+        admin_address=args.admin_address,
         otlp_collector=(
             otlp_collector_from_endpoint(args.otlp_collector) if args.otlp_collector else None
         ),
@@ -107,6 +109,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     envoy.add_argument("--tls-cert")
     envoy.add_argument("--tls-key")
     envoy.add_argument("--admin-port", type=int, default=9901)
+    envoy.add_argument(
+        "--listen-address",
+        default="127.0.0.1",
+        help="where the listeners bind (0.0.0.0 in a container)",
+    )
+    envoy.add_argument(
+        "--admin-address",
+        default="127.0.0.1",
+        help="where the admin interface binds; it has no authentication, keep it private",
+    )
     envoy.add_argument(
         "--otlp-collector",
         metavar="HOST:PORT",

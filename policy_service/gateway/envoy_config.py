@@ -158,6 +158,9 @@ class EnvoyLayout:
     # by this CA; the policy service then sees it through include_peer_certificate.
     tls_client_ca_file: str | None = None
     admin_port: int = 9901
+    # The admin interface has no authentication: loopback unless a container needs more
+    # (Prometheus scraping /stats/prometheus from next door).
+    admin_address: str = "127.0.0.1"
     max_request_bytes: int = 65536
     authz_timeout_seconds: float = 1.0
     authz_tls: bool = False
@@ -200,10 +203,12 @@ def render_envoy_config(layout: EnvoyLayout) -> Config:
     clusters = [_authz_cluster(layout)]
     clusters += [_backend_cluster(u) for u in layout.upstreams if not u.is_direct_response]
     if collector is None:
-        return _bootstrap(layout.admin_port, listeners, clusters)
+        return _bootstrap(layout.admin_port, listeners, clusters, admin=layout.admin_address)
     clusters.append(_otel_collector_cluster(collector))
     runtime = _tracing_runtime(layout.trace_flush_interval_ms)
-    return _bootstrap(layout.admin_port, listeners, clusters, runtime=runtime)
+    return _bootstrap(
+        layout.admin_port, listeners, clusters, runtime=runtime, admin=layout.admin_address
+    )
 
 
 def dump_envoy_yaml(layout: EnvoyLayout) -> str:
@@ -752,9 +757,10 @@ def _bootstrap(
     clusters: list[Config],
     *,
     runtime: Config | None = None,
+    admin: str = "127.0.0.1",
 ) -> Config:
     return {
-        "admin": {"address": {"socket_address": _socket("127.0.0.1", admin_port)}},
+        "admin": {"address": {"socket_address": _socket(admin, admin_port)}},
         "static_resources": {"listeners": listeners, "clusters": clusters},
         **({"layered_runtime": runtime} if runtime is not None else {}),
         # Envoy warns (and an edge proxy should not run) without a global connection cap.

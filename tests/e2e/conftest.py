@@ -15,11 +15,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from policy_service.dev.peers import DemoPeers
 from policy_service.gateway.envoy_config import (
     AuthzEndpoint,
     EnvoyLayout,
+    OtlpCollector,
     UpstreamRoute,
     render_envoy_config,
 )
@@ -28,8 +33,12 @@ from policy_service.ratelimits.limiter import RateLimiter
 from policy_service.ratelimits.redis_store import RedisSettings, RedisStore
 from policy_service.ratelimits.store import InProcessStore
 from policy_service.server import PolicyServer, ServerSettings
+from policy_service.telemetry.audit import AuditFailureMode, Auditor, FileSink
+from policy_service.telemetry.metrics import CheckMetrics
+from policy_service.telemetry.trail import Trail
 from tests.support.bundles import TestBundle, write_test_bundle
 from tests.support.envoy import EnvoyProcess, free_port
+from tests.support.otlp import OtlpReceiver
 
 T = TypeVar("T")
 
@@ -79,8 +88,15 @@ def start_stack(
     denial_style: str = "http",
     limits: str = "",
     redis_url: str | None = None,
+    otlp: OtlpReceiver | None = None,
+    audit_log: Path | None = None,
+    metrics: bool = False,
 ) -> Iterator[Stack]:
-    """``limits`` is a bundle ``limits:`` block; with ``redis_url`` its buckets are in Redis."""
+    """``limits`` is a bundle ``limits:`` block; with ``redis_url`` its buckets are in Redis.
+
+    With ``otlp``, Envoy and the service both export spans to that receiver; with
+    ``audit_log`` the service appends audit events there; ``metrics`` serves /metrics.
+    """
     http_port = free_port()
     url = f"http://127.0.0.1:{http_port}"
     background = BackgroundLoop()
@@ -102,10 +118,23 @@ def start_stack(
 
     async def make_server() -> PolicyServer:
         # Built on the background loop: the Redis client belongs to the loop it runs on.
-        store = InProcessStore() if redis_url is None else RedisStore(RedisSettings(redis_url))
+        trail = _trail(otlp, audit_log, metrics)
+        store = (
+            InProcessStore()
+            if redis_url is None
+            else RedisStore(RedisSettings(redis_url), tracer=trail.tracer)
+        )
+        gateway = Gateway(GatewayState.from_bundle(bundle.bundle), RateLimiter(store), trail.tracer)
+        if trail.metrics is not None:
+            trail.metrics.watch(gateway, trail.auditor)
         server = PolicyServer(
-            Gateway(GatewayState.from_bundle(bundle.bundle), RateLimiter(store)),
-            ServerSettings(listen=("127.0.0.1:0",), grace_seconds=2),
+            gateway,
+            ServerSettings(
+                listen=("127.0.0.1:0",),
+                grace_seconds=2,
+                metrics_listen=("127.0.0.1", 0) if metrics else None,
+            ),
+            trail,
         )
         await server.start()
         return server
@@ -123,6 +152,7 @@ def start_stack(
         plain_port=http_port,
         tls_port=None,
         admin_port=0,
+        otlp_collector=None if otlp is None else OtlpCollector("127.0.0.1", otlp.port),
     )
     envoy = EnvoyProcess(render_envoy_config(layout)).start()
     try:
@@ -132,6 +162,20 @@ def start_stack(
         background.run(server.stop)
         background.run(peers.stop)
         background.close()
+
+
+def _trail(otlp: OtlpReceiver | None, audit_log: Path | None, metrics: bool) -> Trail:
+    provider = None
+    if otlp is not None:
+        provider = TracerProvider(resource=Resource.create({"service.name": "policy-service"}))
+        exporter = OTLPSpanExporter(endpoint=otlp.endpoint, insecure=True)
+        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=100))
+    sink = None if audit_log is None else FileSink.open(audit_log)
+    return Trail(
+        tracer_provider=provider,
+        auditor=Auditor(sink, AuditFailureMode.CLOSED),
+        metrics=CheckMetrics() if metrics else None,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -23,12 +19,12 @@ from pathlib import Path
 import grpc
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from policy_service.dev.redis_server import RedisCluster, RedisServer
 from tests.support.bundles import TestBundle, write_test_bundle
 from tests.support.checks import check_request
 from tests.support.envoy import free_port
+from tests.support.serve import READY_SECONDS, serve_command, serving
 
 RATE_PER_SECOND = 20
 BURST = 10
@@ -43,66 +39,19 @@ LIMITS = f"""\
 PROCESSES = 2
 CLIENTS_PER_PROCESS = 8
 HAMMER_SECONDS = 3.0
-READY_SECONDS = 30.0
-
-
-def serve_command(bundle: Path, port: int, redis_url: str, cluster: bool) -> list[str]:
-    command = [sys.executable, "-m", "policy_service", "serve", str(bundle)]
-    command += ["--listen", f"127.0.0.1:{port}", "--redis-url", redis_url]
-    # A generous store timeout: a slow test machine must not turn checks into 503s.
-    command += ["--redis-timeout", "1.0"]
-    return [*command, "--redis-cluster"] if cluster else command
-
-
-def wait_serving(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + READY_SECONDS
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                break
-            with contextlib.suppress(grpc.RpcError):
-                reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.5)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            time.sleep(0.05)
-    pytest.fail(
-        f"serve on port {port} never became ready (exit {process.poll()}):\n{log.read_text()}"
-    )
 
 
 @contextlib.contextmanager
-def serving(bundle: TestBundle, redis_url: str, cluster: bool, logs: Path) -> Iterator[list[int]]:
-    """Start the serve processes, wait until each answers health checks, always stop them."""
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
-        ports = []
-        for index in range(PROCESSES):
-            port = free_port()
-            log = logs / f"serve-{index}.log"
-            with log.open("wb") as out:
-                processes.append(
-                    subprocess.Popen(
-                        serve_command(bundle.path, port, redis_url, cluster),
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                    )
-                )
-            ports.append(port)
-        for index, (port, process) in enumerate(zip(ports, processes, strict=True)):
-            wait_serving(port, process, logs / f"serve-{index}.log")
+def serving_with_redis(
+    bundle: TestBundle, redis_url: str, cluster: bool, logs: Path
+) -> Iterator[list[int]]:
+    ports = [free_port() for _ in range(PROCESSES)]
+    # A generous store timeout: a slow test machine must not turn checks into 503s.
+    flags = ["--redis-url", redis_url, "--redis-timeout", "1.0", "--audit-log", "off"]
+    if cluster:
+        flags.append("--redis-cluster")
+    with serving([(port, serve_command(bundle.path, port, *flags)) for port in ports], logs):
         yield ports
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
 
 
 def quote_call(token: str) -> external_auth_pb2.CheckRequest:
@@ -164,7 +113,7 @@ async def test_two_processes_sharing_redis_admit_what_one_bucket_allows(
     )
     bundle = write_test_bundle(tmp_path, limits=LIMITS)
     token = bundle.token("fininfo:read", client_id=f"hammer-{topology}")
-    with serving(bundle, running.url, topology == "cluster", tmp_path) as ports:
+    with serving_with_redis(bundle, running.url, topology == "cluster", tmp_path) as ports:
         statuses, elapsed = await hammer(ports, token)
     admitted, refused = statuses[200], statuses[429]
     print(  # shown with -s: the observed numbers behind the bound

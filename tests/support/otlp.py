@@ -21,17 +21,6 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 SpanPredicate = Callable[[list["ReceivedSpan"]], bool]
 
-# xds-protos ships an older copy of these generated modules, and whichever package was
-# installed last owns the files: ResourceSpans field 2 is then "instrumentation_library_spans"
-# instead of "scope_spans". Same number, same shape (spans are field 2 in both), so read it
-# by whichever name this copy knows.
-_SCOPE_SPANS_FIELD = next(
-    name
-    for name in ("scope_spans", "instrumentation_library_spans")
-    if name in trace_pb2.ResourceSpans.DESCRIPTOR.fields_by_name
-)
-
-
 @dataclass(frozen=True)
 class ReceivedSpan:
     service_name: str  # the resource's service.name
@@ -114,7 +103,7 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
         for resource_spans in request.resource_spans:
             resource = attributes(resource_spans.resource.attributes)
             service_name = str(resource.get("service.name", ""))
-            for scope_spans in getattr(resource_spans, _SCOPE_SPANS_FIELD):
+            for scope_spans in resource_spans.scope_spans:
                 received += [_record(service_name, span) for span in scope_spans.spans]
         with self._changed:
             self._spans += received
