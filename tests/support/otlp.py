@@ -21,6 +21,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 SpanPredicate = Callable[[list["ReceivedSpan"]], bool]
 
+
 @dataclass(frozen=True)
 class ReceivedSpan:
     service_name: str  # the resource's service.name
