@@ -21,6 +21,7 @@ def _cmd_dev(args: argparse.Namespace) -> int:
         fininfo=args.peer_ports[0],
         currenttime=args.peer_ports[1],
         agent=args.peer_ports[2],
+        metrics=args.metrics_port,
     )
     from policy_service.cli import redis_settings_from_args
 
@@ -92,6 +93,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     dev.add_argument("--https-port", type=int, default=8443)
     dev.add_argument("--admin-port", type=int, default=9901)
     dev.add_argument("--authz-port", type=int, default=9001)
+    dev.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics")
     dev.add_argument(
         "--peer-ports",
         type=lambda text: [int(part) for part in text.split(",")],

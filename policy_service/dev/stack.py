@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +23,10 @@ from policy_service.gateway.certs import generate_self_signed
 from policy_service.gateway.envoy_config import (
     AuthzEndpoint,
     EnvoyLayout,
+    OtlpCollector,
     UpstreamRoute,
     dump_envoy_yaml,
+    otlp_collector_from_endpoint,
 )
 from policy_service.gateway.envoy_process import EnvoyProcess
 from policy_service.identity.apikeys import hash_api_key
@@ -30,11 +34,22 @@ from policy_service.pipeline import Gateway, GatewayState
 from policy_service.ratelimits.limiter import build_limiter
 from policy_service.ratelimits.redis_store import RedisSettings
 from policy_service.server import PolicyServer, ServerSettings
+from policy_service.telemetry.audit import AuditFailureMode, Auditor, FileSink
+from policy_service.telemetry.metrics import CheckMetrics
+from policy_service.telemetry.tracing import setup_tracing
+from policy_service.telemetry.trail import Trail
 
 log = logging.getLogger("policy_service.dev")
 
 BUNDLE_FILE = "bundle.yaml"
 ENVOY_FILE = "envoy.yaml"
+AUDIT_FILE = "audit.log"
+
+
+def _otlp_endpoint(environ: Mapping[str, str]) -> str | None:
+    return environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
 
 
 @dataclass(frozen=True)
@@ -46,6 +61,7 @@ class DevPorts:
     fininfo: int = 9101
     currenttime: int = 9102
     agent: int = 9103
+    metrics: int = 9464
 
 
 DEV_BUNDLE = """\
@@ -144,7 +160,9 @@ def write_dev_files(state_dir: Path, ports: DevPorts) -> tuple[DevIssuer, str, P
     return issuer, api_key, bundle_path
 
 
-def dev_envoy_layout(state_dir: Path, ports: DevPorts) -> EnvoyLayout:
+def dev_envoy_layout(
+    state_dir: Path, ports: DevPorts, otlp_collector: OtlpCollector | None = None
+) -> EnvoyLayout:
     cert, key = generate_self_signed(state_dir / "certs")
     return EnvoyLayout(
         upstreams=(
@@ -158,6 +176,7 @@ def dev_envoy_layout(state_dir: Path, ports: DevPorts) -> EnvoyLayout:
         tls_cert_file=str(cert),
         tls_key_file=str(key),
         admin_port=ports.admin,
+        otlp_collector=otlp_collector,
     )
 
 
@@ -176,6 +195,7 @@ class DevStack:
         self.envoy: EnvoyProcess | None = None
         self.issuer: DevIssuer | None = None
         self.api_key = ""
+        self.tracing = False
 
     @property
     def gateway_url(self) -> str:
@@ -185,8 +205,18 @@ class DevStack:
         ports = self.ports
         self.issuer, self.api_key, bundle_path = write_dev_files(self.state_dir, ports)
         bundle = load_bundle(bundle_path)
-        layout = dev_envoy_layout(self.state_dir, ports)
+        # The OTEL_* variables that send our spans somewhere send Envoy's there too.
+        provider = setup_tracing(os.environ)
+        endpoint = _otlp_endpoint(os.environ) if provider is not None else None
+        collector = otlp_collector_from_endpoint(endpoint) if endpoint else None
+        layout = dev_envoy_layout(self.state_dir, ports, collector)
         (self.state_dir / ENVOY_FILE).write_text(dump_envoy_yaml(layout))
+        self.tracing = provider is not None
+        trail = Trail(
+            tracer_provider=provider,
+            auditor=Auditor(FileSink.open(self.state_dir / AUDIT_FILE), AuditFailureMode.CLOSED),
+            metrics=CheckMetrics(),
+        )
         try:
             self.peers = DemoPeers(
                 "127.0.0.1",
@@ -194,9 +224,18 @@ class DevStack:
                 public_base_url=f"{self.gateway_url}/agents/helper/",
             )
             await self.peers.start()
+            limiter = build_limiter(self.redis_settings, trail.tracer)
+            gateway = Gateway(GatewayState.from_bundle(bundle), limiter, trail.tracer)
+            assert trail.metrics is not None
+            trail.metrics.watch(gateway, trail.auditor)
             self.server = PolicyServer(
-                Gateway(GatewayState.from_bundle(bundle), build_limiter(self.redis_settings)),
-                ServerSettings(listen=(f"127.0.0.1:{ports.authz}",), grace_seconds=2.0),
+                gateway,
+                ServerSettings(
+                    listen=(f"127.0.0.1:{ports.authz}",),
+                    grace_seconds=2.0,
+                    metrics_listen=("127.0.0.1", ports.metrics),
+                ),
+                trail,
             )
             await self.server.start()
             self.envoy = EnvoyProcess((self.state_dir / ENVOY_FILE).read_text())
@@ -220,6 +259,11 @@ class DevStack:
         gateway = self.gateway_url
         state = self.state_dir
         limits = "buckets in Redis" if self.redis_settings else "buckets in process"
+        tracing = (
+            "Envoy and the policy service export spans as OTEL_* says"
+            if self.tracing
+            else "off (set OTEL_EXPORTER_OTLP_ENDPOINT, e.g. http://127.0.0.1:4317)"
+        )
         return f"""
 The gateway is up.
   MCP  fininfo      {gateway}/fininfo/mcp        (tools: get_quote, list_symbols, place_trade)
@@ -228,6 +272,9 @@ The gateway is up.
   HTTPS listener    https://127.0.0.1:{self.ports.https}/  (self-signed: {state}/certs/)
   Envoy admin       http://127.0.0.1:{self.ports.admin}/
   Bundle            {state}/{BUNDLE_FILE}
+  Audit log         {state}/{AUDIT_FILE}  (one JSON line per decision)
+  Metrics           http://127.0.0.1:{self.ports.metrics}/metrics
+  Tracing           {tracing}
 
 Mint a token (in another terminal):
   TOKEN=$(policy-service token --state-dir {state} --upstream fininfo --scope fininfo:read)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.envoy import free_port
 from tests.support.peers import GatewayDenied, a2a_send_message, mcp_call_tool, tool_text
@@ -62,6 +65,8 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDev]:
         "--admin-port",
         str(free_port()),
         "--authz-port",
+        str(free_port()),
+        "--metrics-port",
         str(free_port()),
         "--peer-ports",
         f"{free_port()},{free_port()},{free_port()}",
@@ -135,6 +140,35 @@ def test_the_printed_curl_example_works(dev: RunningDev) -> None:
     )
     assert '"symbol":"ACME"' in result.stdout, result.stdout + result.stderr
     assert '"isError":false' in result.stdout
+
+
+def test_the_dev_stack_audits_every_decision_and_serves_metrics(dev: RunningDev) -> None:
+    token = dev.token("fininfo", "fininfo:read")
+    response = httpx.post(
+        f"{dev.url}/fininfo/mcp",
+        headers={"authorization": f"Bearer {token}", "mcp-protocol-version": "2025-06-18"},
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "nope"}},
+        timeout=15,
+    )
+    assert response.status_code == 403
+    decision_id = response.headers["x-decision-id"]
+    events = [
+        json.loads(line) for line in (dev.state_dir / "audit.log").read_text().splitlines() if line
+    ]
+    [event] = [e for e in events if e["decision_id"] == decision_id]
+    assert event["reason"] == "no_matching_rule"
+    banner = "".join(dev.output)
+    metrics_url = banner.split("Metrics", 1)[1].split()[0]
+    scraped = httpx.get(metrics_url, timeout=10).text
+    refused = [
+        sample.value
+        for family in text_string_to_metric_families(scraped)
+        for sample in family.samples
+        if sample.name == "policy_service_checks_total"
+        and sample.labels["decision"] == "deny"
+        and sample.labels["reason"] == "no_matching_rule"
+    ]
+    assert refused == [1.0]
 
 
 def test_dev_stack_stops_cleanly_on_ctrl_c(dev: RunningDev) -> None:
