@@ -81,10 +81,9 @@ class GatewayState:
 
 @dataclass(slots=True)
 class BundleLoads:
-    """Bundle loads for metrics: the first load and each reload, and refused reloads."""
+    """Bundles put into service (the first, then each swap), for metrics."""
 
     ok: int = 1
-    failed: int = 0
     loaded_at: float = field(default_factory=time.time)
 
 
@@ -110,10 +109,6 @@ class Gateway:
         self.loads.ok += 1
         self.loads.loaded_at = time.time()
         return previous
-
-    def refused_reload(self) -> None:
-        """A new bundle failed validation; the current one keeps serving."""
-        self.loads.failed += 1
 
     async def check(self, request: HttpRequest, record: CheckRecord | None = None) -> Decision:
         """Decide on ``request``; ``record`` collects what the telemetry reports about it."""

@@ -202,11 +202,10 @@ class _GatewayCollector(Collector):
         yield bundle
         loads = CounterMetricFamily(
             "policy_service_bundle_loads",
-            "Bundle loads and reloads, by result (ok, failed: the last good bundle kept serving).",
+            "Bundles put into service (the first load, then each reload), by result.",
             labels=("result",),
         )
         loads.add_metric(("ok",), gateway.loads.ok)
-        loads.add_metric(("failed",), gateway.loads.failed)
         yield loads
         yield GaugeMetricFamily(
             "policy_service_bundle_loaded_timestamp_seconds",
