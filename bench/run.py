@@ -873,7 +873,9 @@ def measure_service(
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(redis_case.running_redis()) if case in REDIS_CASES else None
         sink = stack.enter_context(OtlpSink(fixture.workdir))
-        with service_envoy(args, fixture, case, workers, services, redis, sink.endpoint) as target:
+        # --no-traces: the same rows without spans, to show what tracing every check costs.
+        endpoint = None if args.no_traces else sink.endpoint
+        with service_envoy(args, fixture, case, workers, services, redis, endpoint) as target:
             result = measure(wrk, args, fixture, target, row, label, workers)
         # Stopped: every event is written and every span flushed to the sink.
         result.audit_events = sum(_lines(service.audit_log) for service in services)
@@ -1122,6 +1124,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="distinct tokens to rotate through (1); more than the service's verified-token "
         "cache holds makes every check verify a signature",
+    )
+    parser.add_argument(
+        "--no-traces",
+        action="store_true",
+        help="service rows make no spans (audit events stay): the cost of tracing every check",
     )
     parser.add_argument(
         "--pin-service",
