@@ -87,8 +87,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         # Redis client to the loop it first runs on.
         limiter = build_limiter(redis_settings, trail.tracer)
         gateway = Gateway(GatewayState.from_bundle(bundle), limiter, trail.tracer)
-        if trail.metrics is not None:
-            trail.metrics.watch(gateway, trail.auditor)
         await serve_until_signalled(PolicyServer(gateway, settings, trail))
 
     asyncio.run(run())
@@ -123,7 +121,6 @@ def trail_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Tra
     from opentelemetry import trace
 
     from policy_service.telemetry.audit import AuditFailureMode, Auditor, FileSink
-    from policy_service.telemetry.metrics import CheckMetrics
     from policy_service.telemetry.tracing import setup_tracing
     from policy_service.telemetry.trail import Trail
 
@@ -143,11 +140,9 @@ def trail_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Tra
             sink = FileSink.open(Path(args.audit_log))
         except OSError as exc:
             raise ConfigError(f"--audit-log {args.audit_log}: {exc.strerror}") from None
-    metrics = CheckMetrics() if args.metrics_listen else None
+    # Metrics come with --metrics-listen: the server builds them when it has an endpoint.
     return Trail(
-        tracer_provider=provider,
-        auditor=Auditor(sink, AuditFailureMode(args.audit_failure)),
-        metrics=metrics,
+        tracer_provider=provider, auditor=Auditor(sink, AuditFailureMode(args.audit_failure))
     )
 
 

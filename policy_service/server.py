@@ -108,6 +108,11 @@ class PolicyServer:
         self.gateway = gateway
         self.settings = settings
         self.trail = trail or Trail()
+        if settings.metrics_listen is not None and self.trail.metrics is None:
+            self.trail.metrics = CheckMetrics()
+        if self.trail.metrics is not None:
+            # The gateway's own counters (Redis, JWKS, bundle, audit) are read at scrape time.
+            self.trail.metrics.watch(gateway, self.trail.auditor)
         self.metrics_server: MetricsServer | None = None
         # grpcio-health-checking's aio submodule is missing from its type hints.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -143,9 +148,7 @@ class PolicyServer:
         await self.gateway.state.jwt.start()
         await _report_store(self.gateway)
         if self.settings.metrics_listen is not None:
-            if self.trail.metrics is None:
-                self.trail.metrics = CheckMetrics()
-                self.trail.metrics.watch(self.gateway, self.trail.auditor)
+            assert self.trail.metrics is not None
             host, port = self.settings.metrics_listen
             self.metrics_server = MetricsServer(self.trail.metrics.registry, host, port)
             log.info("metrics on http://%s:%d/metrics", host, self.metrics_server.port)

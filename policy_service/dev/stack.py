@@ -12,7 +12,6 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +34,7 @@ from policy_service.ratelimits.limiter import build_limiter
 from policy_service.ratelimits.redis_store import RedisSettings
 from policy_service.server import PolicyServer, ServerSettings
 from policy_service.telemetry.audit import AuditFailureMode, Auditor, FileSink
-from policy_service.telemetry.metrics import CheckMetrics
-from policy_service.telemetry.tracing import setup_tracing
+from policy_service.telemetry.tracing import otlp_endpoint, setup_tracing
 from policy_service.telemetry.trail import Trail
 
 log = logging.getLogger("policy_service.dev")
@@ -44,12 +42,6 @@ log = logging.getLogger("policy_service.dev")
 BUNDLE_FILE = "bundle.yaml"
 ENVOY_FILE = "envoy.yaml"
 AUDIT_FILE = "audit.log"
-
-
-def _otlp_endpoint(environ: Mapping[str, str]) -> str | None:
-    return environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
-        "OTEL_EXPORTER_OTLP_ENDPOINT"
-    )
 
 
 @dataclass(frozen=True)
@@ -207,7 +199,7 @@ class DevStack:
         bundle = load_bundle(bundle_path)
         # The OTEL_* variables that send our spans somewhere send Envoy's there too.
         provider = setup_tracing(os.environ)
-        endpoint = _otlp_endpoint(os.environ) if provider is not None else None
+        endpoint = otlp_endpoint(os.environ) if provider is not None else None
         collector = otlp_collector_from_endpoint(endpoint) if endpoint else None
         layout = dev_envoy_layout(self.state_dir, ports, collector)
         (self.state_dir / ENVOY_FILE).write_text(dump_envoy_yaml(layout))
@@ -215,7 +207,6 @@ class DevStack:
         trail = Trail(
             tracer_provider=provider,
             auditor=Auditor(FileSink.open(self.state_dir / AUDIT_FILE), AuditFailureMode.CLOSED),
-            metrics=CheckMetrics(),
         )
         try:
             self.peers = DemoPeers(
@@ -226,8 +217,6 @@ class DevStack:
             await self.peers.start()
             limiter = build_limiter(self.redis_settings, trail.tracer)
             gateway = Gateway(GatewayState.from_bundle(bundle), limiter, trail.tracer)
-            assert trail.metrics is not None
-            trail.metrics.watch(gateway, trail.auditor)
             self.server = PolicyServer(
                 gateway,
                 ServerSettings(

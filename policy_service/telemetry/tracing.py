@@ -64,7 +64,7 @@ LIMIT_NAME = "policy_service.ratelimit.limit"
 STORE_ERROR = "policy_service.ratelimit.store_error"
 A2A_METHOD = "a2a.method"
 
-_CHECK_ATTRIBUTES: dict[str, AttributeValue] = {
+CHECK_ATTRIBUTES: Mapping[str, AttributeValue] = {
     "rpc.system": "grpc",
     "rpc.service": "envoy.service.auth.v3.Authorization",
     "rpc.method": "Check",
@@ -82,11 +82,8 @@ def setup_tracing(environ: Mapping[str, str]) -> TracerProvider | None:
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return None
     names = environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
-    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
-        "OTEL_EXPORTER_OTLP_ENDPOINT"
-    )
     if not names:
-        if not endpoint:
+        if not otlp_endpoint(environ):
             return None
         names = "otlp"
     chosen = [_exporter(name.strip(), environ) for name in names.split(",") if name.strip()]
@@ -98,6 +95,13 @@ def setup_tracing(environ: Mapping[str, str]) -> TracerProvider | None:
     for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
+
+
+def otlp_endpoint(environ: Mapping[str, str]) -> str | None:
+    """Where OTLP trace export goes: the traces-specific variable first, as the SDK reads it."""
+    return environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
 
 
 def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter | None:
@@ -139,10 +143,6 @@ def link_to(traceparent: str | None) -> Link | None:
     context = _W3C.extract({"traceparent": traceparent})
     span_context = trace.get_current_span(context).get_span_context()
     return Link(span_context) if span_context.is_valid else None
-
-
-def check_span_attributes() -> dict[str, AttributeValue]:
-    return dict(_CHECK_ATTRIBUTES)
 
 
 @contextmanager

@@ -29,9 +29,9 @@ from policy_service.telemetry.audit import AuditFailureMode, Auditor, audit_even
 from policy_service.telemetry.metrics import CheckMetrics
 from policy_service.telemetry.record import CheckRecord
 from policy_service.telemetry.tracing import (
+    CHECK_ATTRIBUTES,
     CHECK_SPAN_NAME,
     TRACER_NAME,
-    check_span_attributes,
     link_to,
     set_check_attributes,
 )
@@ -65,7 +65,7 @@ class Trail:
             CHECK_SPAN_NAME,
             context=parent,
             kind=SpanKind.SERVER,
-            attributes=check_span_attributes(),
+            attributes=CHECK_ATTRIBUTES,
             record_exception=False,  # a traceback could quote request content
         ) as span:
             yield span

@@ -125,8 +125,6 @@ def start_stack(
             else RedisStore(RedisSettings(redis_url), tracer=trail.tracer)
         )
         gateway = Gateway(GatewayState.from_bundle(bundle.bundle), RateLimiter(store), trail.tracer)
-        if trail.metrics is not None:
-            trail.metrics.watch(gateway, trail.auditor)
         server = PolicyServer(
             gateway,
             ServerSettings(

@@ -114,8 +114,6 @@ async def test_concurrent_checks_each_leave_exactly_one_event(tmp_path: Path) ->
         metrics=CheckMetrics(),
     )
     gateway = Gateway(GatewayState.from_bundle(bundle.bundle))
-    assert trail.metrics is not None
-    trail.metrics.watch(gateway, trail.auditor)
     server = PolicyServer(
         gateway,
         ServerSettings(listen=("127.0.0.1:0",), metrics_listen=("127.0.0.1", 0)),
