@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from urllib.parse import urlsplit
 
+from policy_service.bundles.files import BundleFileError, BundleFiles
 from policy_service.bundles.limits import compile_limits
 from policy_service.bundles.model import (
     BUILT_IN_REDACT_KEYS,
@@ -34,7 +34,7 @@ from policy_service.bundles.problems import (
     check_target_names,
 )
 from policy_service.bundles.targets import CallTargets
-from policy_service.errors import BundleError
+from policy_service.errors import BundleError, KeySourceError
 from policy_service.gen.policy_service.bundle.v1 import bundle_pb2
 from policy_service.identity.config import (
     ASYMMETRIC_ALGORITHMS,
@@ -42,6 +42,7 @@ from policy_service.identity.config import (
     ApiKeyEntry,
     IssuerConfig,
 )
+from policy_service.identity.jwks import parse_jwks
 from policy_service.identity.jwt import canonical_audience
 from policy_service.request.model import UpstreamProtocol
 
@@ -56,7 +57,7 @@ def compile_bundle(
     message: bundle_pb2.Bundle,
     *,
     source: str,
-    base_dir: Path,
+    files: BundleFiles,
     environ: Mapping[str, str],
 ) -> CompiledBundle:
     problems = Problems(source)
@@ -79,7 +80,7 @@ def compile_bundle(
         )
     gateway_origins = _origins(gateway.allowed_origins, "gateway.allowed_origins", problems)
 
-    issuers = _issuers(message, base_dir, environ, problems)
+    issuers = _issuers(message, files, environ, problems)
     api_keys = _api_keys(message, problems)
     issuer_urls = tuple(issuer.issuer for issuer in issuers)
     upstreams = _upstreams(message, issuer_urls, gateway_origins, problems)
@@ -128,7 +129,7 @@ def _audit(message: bundle_pb2.Audit, problems: Problems) -> AuditPolicy:
 
 
 def _issuers(
-    message: bundle_pb2.Bundle, base_dir: Path, environ: Mapping[str, str], problems: Problems
+    message: bundle_pb2.Bundle, files: BundleFiles, environ: Mapping[str, str], problems: Problems
 ) -> tuple[IssuerConfig, ...]:
     compiled: list[IssuerConfig] = []
     names: set[str] = set()
@@ -178,6 +179,7 @@ def _issuers(
             ok = False
         needs_keys = any(alg in ASYMMETRIC_ALGORITHMS for alg in algorithms)
         jwks_file: str | None = None
+        jwks_document: bytes | None = None
         if issuer.jwks_url and issuer.jwks_file:
             problems.add(path, "give jwks_url or jwks_file, not both")
             ok = False
@@ -186,11 +188,9 @@ def _issuers(
                 problems.add(f"{path}.jwks_url", "must be an http(s) URL")
                 ok = False
         elif issuer.jwks_file:
-            candidate = (base_dir / issuer.jwks_file).resolve()
-            if not candidate.is_file():
-                problems.add(f"{path}.jwks_file", f"file '{issuer.jwks_file}' does not exist")
-                ok = False
-            jwks_file = str(candidate)
+            jwks_file = issuer.jwks_file
+            jwks_document = _jwks_document(files, jwks_file, f"{path}.jwks_file", problems)
+            ok = ok and jwks_document is not None
         elif needs_keys:
             problems.add(path, "needs jwks_url or jwks_file for its signing keys")
             ok = False
@@ -216,6 +216,7 @@ def _issuers(
                     algorithms=algorithms,
                     jwks_url=issuer.jwks_url or None,
                     jwks_file=jwks_file,
+                    jwks_document=jwks_document,
                     hs256_secret=secret,
                     audiences=tuple(issuer.audiences),
                     leeway_seconds=leeway,
@@ -223,6 +224,24 @@ def _issuers(
                 )
             )
     return tuple(compiled)
+
+
+def _jwks_document(
+    files: BundleFiles, reference: str, path: str, problems: Problems
+) -> bytes | None:
+    """The JWKS file's bytes, read through the bundle's snapshot and parsed now, so a bad
+    key file refuses the bundle instead of failing later in the verifier."""
+    try:
+        document = files.read(files.resolve(reference))
+    except BundleFileError as exc:
+        problems.add(path, f"file '{reference}' {exc.message}")
+        return None
+    try:
+        parse_jwks(document, source=f"file '{reference}'", strict=True)
+    except KeySourceError as exc:
+        problems.add(path, str(exc))
+        return None
+    return document
 
 
 def _api_keys(message: bundle_pb2.Bundle, problems: Problems) -> tuple[ApiKeyEntry, ...]:

@@ -17,6 +17,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor
 
 from policy_service.bundles.compile import compile_bundle
+from policy_service.bundles.files import BundleFileError, BundleFiles, read_bundle_path
 from policy_service.bundles.model import CompiledBundle
 from policy_service.bundles.shape import check_shape
 from policy_service.errors import BundleError, BundleProblem
@@ -71,13 +72,16 @@ def parse_yaml(text: str, source: str) -> Any:
     return document
 
 
-def load_bundle_text(
-    text: str,
-    *,
-    source: str,
-    base_dir: Path,
-    environ: Mapping[str, str] | None = None,
+def load_bundle_files(
+    files: BundleFiles, *, environ: Mapping[str, str] | None = None
 ) -> CompiledBundle:
+    """Compile a snapshot. Files the bundle names (JWKS files) are read through it, so after
+    this returns ``files`` holds every byte the bundle depends on."""
+    source = files.source
+    try:
+        text = files.entry_text
+    except UnicodeDecodeError:
+        raise BundleError([BundleProblem(source, "", "is not UTF-8 text")]) from None
     document = parse_yaml(text, source)
     problems = check_shape(document, _BUNDLE_DESCRIPTOR, source)
     if problems:
@@ -89,18 +93,18 @@ def load_bundle_text(
     return compile_bundle(
         message,
         source=source,
-        base_dir=base_dir,
+        files=files,
         environ=os.environ if environ is None else environ,
     )
 
 
-def load_bundle(path: str | Path, *, environ: Mapping[str, str] | None = None) -> CompiledBundle:
-    bundle_path = Path(path)
+def read_bundle(path: str | Path) -> BundleFiles:
+    """Snapshot the bundle at ``path`` (a file or a directory), as a ``BundleError``."""
     try:
-        text = bundle_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "cannot be read"
-        raise BundleError([BundleProblem(str(bundle_path), "", reason)]) from exc
-    return load_bundle_text(
-        text, source=str(bundle_path), base_dir=bundle_path.resolve().parent, environ=environ
-    )
+        return read_bundle_path(Path(path))
+    except BundleFileError as exc:
+        raise BundleError([BundleProblem(str(path), "", exc.message)]) from None
+
+
+def load_bundle(path: str | Path, *, environ: Mapping[str, str] | None = None) -> CompiledBundle:
+    return load_bundle_files(read_bundle(path), environ=environ)

@@ -16,7 +16,8 @@ class IssuerConfig:
     issuer: str  # the exact `iss` value expected
     algorithms: tuple[str, ...]  # allow-list; a token whose `alg` is not here is refused
     jwks_url: str | None = None
-    jwks_file: str | None = None  # absolute path
+    jwks_file: str | None = None  # the bundle's name for the file, for messages
+    jwks_document: bytes | None = None  # that file's content, read (and checked) at load
     hs256_secret: bytes | None = None  # only set when the bundle names a secret
     audiences: tuple[str, ...] = ()  # accepted in addition to the upstream's canonical URI
     leeway_seconds: float = 30.0

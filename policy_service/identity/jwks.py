@@ -270,15 +270,16 @@ class KeySource(Protocol):
 
 
 class FileKeySource:
-    """A JWKS read from a file once, at start."""
+    """A JWKS read from a file once, at start; or given as the bundle loader read it."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, document: bytes | None = None) -> None:
         self._path = path
+        self._document = document
         self._keys: KeySet | None = None
 
     def load(self) -> None:
         try:
-            data = Path(self._path).read_bytes()
+            data = Path(self._path).read_bytes() if self._document is None else self._document
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
             raise KeySourceError(f"JWKS file {self._path}: cannot read ({reason})") from None

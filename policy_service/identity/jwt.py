@@ -183,7 +183,7 @@ class JwtVerifier:
                 raise ValueError(f"issuer {config.name!r}: another issuer has the same `iss`")
             sources: list[KeySource] = []
             if config.jwks_file is not None:
-                file_source = FileKeySource(config.jwks_file)
+                file_source = FileKeySource(config.jwks_file, config.jwks_document)
                 self._file_sources.append(file_source)
                 sources.append(file_source)
             if config.jwks_url is not None:

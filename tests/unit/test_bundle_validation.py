@@ -53,7 +53,7 @@ def test_error_text_lists_every_problem_with_file_and_path() -> None:
 def test_unreadable_file_is_a_bundle_error(tmp_path: Path) -> None:
     with pytest.raises(BundleError) as caught:
         load_bundle(tmp_path / "absent.yaml")
-    assert caught.value.problems[0].message == "No such file or directory"
+    assert caught.value.problems[0].message == "does not exist"
 
 
 def test_hs256_secret_comes_from_the_environment(tmp_path: Path) -> None:
