@@ -1,6 +1,6 @@
 """The ``policy-service`` command.
 
-policy-service serve BUNDLE [--listen HOST:PORT ...] [--tls-cert ...]
+policy-service serve BUNDLE|DIR|URL [--listen HOST:PORT ...] [--no-watch] [--verify-key ...]
 policy-service lint BUNDLE [BUNDLE ...]
 policy-service hash-key               (reads the key from stdin)
 policy-service token --scope ...      (mints a dev-issuer token)
@@ -51,7 +51,9 @@ def _cmd_lint(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from policy_service.bundles.loader import load_bundle
+    from policy_service.bundles.reload import BundleReloader, bundle_loader
+    from policy_service.bundles.signing import load_verification_key
+    from policy_service.bundles.sources import source_for
     from policy_service.pipeline import Gateway, GatewayState
     from policy_service.ratelimits.limiter import build_limiter
     from policy_service.server import (
@@ -61,7 +63,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         serve_until_signalled,
     )
 
-    bundle = load_bundle(args.bundle)
+    if args.poll_interval is not None and not args.poll_interval > 0:
+        raise ConfigError("--poll-interval must be a positive number of seconds")
+    key = load_verification_key(args.verify_key) if args.verify_key else None
+    source = source_for(args.bundle, environ=os.environ)
+    load = bundle_loader(key, os.environ)
+    # The first load has no last good bundle to fall back on: any problem ends the process.
+    first = asyncio.run(source.read())
+    bundle = load(first)
+    source.accepted(first)
     tls = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
@@ -87,7 +97,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         # Redis client to the loop it first runs on.
         limiter = build_limiter(redis_settings, trail.tracer)
         gateway = Gateway(GatewayState.from_bundle(bundle), limiter, trail.tracer)
-        await serve_until_signalled(PolicyServer(gateway, settings, trail))
+        reloader = BundleReloader(
+            gateway,
+            source,
+            load=load,
+            watch=args.watch,
+            interval_seconds=args.poll_interval,
+        )
+        await serve_until_signalled(PolicyServer(gateway, settings, trail, reloader))
 
     asyncio.run(run())
     return 0
@@ -193,8 +210,25 @@ def build_parser() -> argparse.ArgumentParser:
     lint.set_defaults(run=_cmd_lint)
 
     serve = commands.add_parser("serve", help="run the ext_authz gRPC service")
-    serve.add_argument("bundle")
+    serve.add_argument("bundle", help="a bundle file, a bundle directory or an http(s) URL")
     serve.add_argument("--listen", action="append", help="HOST:PORT (repeatable)")
+    serve.add_argument(
+        "--watch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="reload the bundle when it changes (SIGHUP reloads either way)",
+    )
+    serve.add_argument(
+        "--poll-interval",
+        type=float,
+        metavar="SECONDS",
+        help="how often to look for a new bundle (default: 1 for a path, 30 for a URL)",
+    )
+    serve.add_argument(
+        "--verify-key",
+        metavar="PUBLIC.pem",
+        help="refuse any bundle not signed by this key, at start and on every reload",
+    )
     serve.add_argument("--tls-cert")
     serve.add_argument("--tls-key")
     serve.add_argument("--tls-client-ca", help="require client certificates signed by this CA")
@@ -270,6 +304,12 @@ def _add_late_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     from policy_service import dev_cli
 
     dev_cli.register(commands)
+    from policy_service import authoring_cli
+
+    authoring_cli.register(commands)
+    from policy_service import bundle_cli
+
+    bundle_cli.register(commands)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

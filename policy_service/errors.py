@@ -6,6 +6,7 @@ real part (JWKS unreachable). A denial of a request is never an exception: it is
 
     PolicyServiceError
     ├── BundleError            a bundle failed to load or validate; carries every problem
+    │   └── CaseFileError      a policy test file is malformed
     ├── ConfigError            a command-line or environment setting is wrong
     └── KeySourceError         a JWKS URL or file could not be read or parsed
 """
@@ -34,13 +35,21 @@ class BundleProblem:
 
 
 class BundleError(PolicyServiceError):
+    subject = "bundle"
+
     def __init__(self, problems: Sequence[BundleProblem]) -> None:
         self.problems = tuple(problems)
         count = len(self.problems)
         summary = "\n".join(f"  {problem}" for problem in self.problems)
         super().__init__(
-            f"bundle is invalid ({count} problem{'s' if count != 1 else ''}):\n{summary}"
+            f"{self.subject} is invalid ({count} problem{'s' if count != 1 else ''}):\n{summary}"
         )
+
+
+class CaseFileError(BundleError):
+    """A policy test file (``policy-service test``) is malformed or names what isn't there."""
+
+    subject = "case file"
 
 
 class ConfigError(PolicyServiceError):

@@ -17,7 +17,14 @@ from urllib.parse import quote
 
 from opentelemetry import trace
 
-from policy_service.authorization.policy import Granted, RefusalReason, Refused, authorize
+from policy_service.authorization.policy import (
+    CallFacts,
+    Granted,
+    PolicyOutcome,
+    RefusalReason,
+    Refused,
+    authorize,
+)
 from policy_service.bundles.model import CompiledBundle, UpstreamPolicy
 from policy_service.decisions.model import Allow, Decision, Deny, DenyKind, Serve
 from policy_service.decisions.render import rate_limit_code
@@ -50,7 +57,7 @@ from policy_service.request.model import (
     UpstreamProtocol,
     request_id_of,
 )
-from policy_service.telemetry.record import CheckRecord
+from policy_service.telemetry.record import CheckRecord, DryRunRecord
 from policy_service.telemetry.tracing import (
     phase_span,
     set_identity_attributes,
@@ -58,10 +65,14 @@ from policy_service.telemetry.tracing import (
     set_policy_attributes,
 )
 
+# Dry-run evaluations make no spans: only the enforced decision is traced.
+_SILENT_TRACER = trace.NoOpTracer()
+
 _REFUSAL_MESSAGES = {
     RefusalReason.CLIENT_NOT_ALLOWED: "this client is not allowed to use this upstream",
     RefusalReason.DENIED_BY_RULE: "the policy denies this call",
     RefusalReason.NO_MATCHING_RULE: "no policy rule allows this call",
+    RefusalReason.CONDITION_NOT_MET: "a condition of the policy is not met for this call",
     RefusalReason.INSUFFICIENT_SCOPE: "the token lacks a scope this call needs",
 }
 
@@ -81,10 +92,12 @@ class GatewayState:
 
 @dataclass(slots=True)
 class BundleLoads:
-    """Bundles put into service (the first, then each swap), for metrics."""
+    """Bundles put into service (the first, then each swap), and reloads refused, for metrics."""
 
     ok: int = 1
     loaded_at: float = field(default_factory=time.time)
+    failed: int = 0  # new bundles refused by the reloader; the last good one kept serving
+    failed_at: float | None = None
 
 
 class Gateway:
@@ -99,6 +112,7 @@ class Gateway:
         self.limiter = limiter or RateLimiter(InProcessStore())
         self.tracer = tracer or trace.get_tracer("policy_service")
         self.loads = BundleLoads()
+        self._dry_run_state: GatewayState | None = None
 
     @property
     def state(self) -> GatewayState:
@@ -110,10 +124,51 @@ class Gateway:
         self.loads.loaded_at = time.time()
         return previous
 
-    async def check(self, request: HttpRequest, record: CheckRecord | None = None) -> Decision:
-        """Decide on ``request``; ``record`` collects what the telemetry reports about it."""
+    @property
+    def dry_run_state(self) -> GatewayState | None:
+        return self._dry_run_state
+
+    def swap_dry_run(self, state: GatewayState | None) -> GatewayState | None:
+        """Put a bundle in dry run beside the enforced one (None takes it out)."""
+        previous, self._dry_run_state = self._dry_run_state, state
+        return previous
+
+    async def check(
+        self,
+        request: HttpRequest,
+        record: CheckRecord | None = None,
+        *,
+        principal: Principal | None = None,
+    ) -> Decision:
+        """Decide on ``request``; ``record`` collects what the telemetry reports about it.
+
+        ``principal`` stands in for the credential check: ``policy-service test`` and
+        ``explain`` decide for given claims with the same code the service runs.
+        """
         record = record or CheckRecord.new()
         state = self._state  # one bundle for the whole check, whatever reloads meanwhile
+        decision = await self._decide(state, request, record, principal, self.tracer)
+        dry_run_state = self._dry_run_state
+        if dry_run_state is not None and not isinstance(decision, Serve):
+            shadow = CheckRecord(record.decision_id)
+            # No spans and no bucket takes: the dry-run bundle must not change what it
+            # observes, and its limits would spend the callers' real budget.
+            would = await self._decide(
+                dry_run_state, request, shadow, principal, _SILENT_TRACER, enforce_limits=False
+            )
+            record.dry_runs = (*record.dry_runs, _bundle_dry_run(dry_run_state, would, decision))
+        return decision
+
+    async def _decide(
+        self,
+        state: GatewayState,
+        request: HttpRequest,
+        record: CheckRecord,
+        given_principal: Principal | None,
+        tracer: trace.Tracer,
+        *,
+        enforce_limits: bool = True,
+    ) -> Decision:
         bundle = record.bundle = state.bundle
 
         document = bundle.metadata_documents.get(request.path)
@@ -169,23 +224,28 @@ class Gateway:
         record.parsed = parsed
         request_id = request_id_of(parsed)
 
-        with phase_span(self.tracer, "identity") as span:
-            principal_or_deny = await _identify(state, upstream, request, request_id, is_jsonrpc)
+        with phase_span(tracer, "identity") as span:
+            principal_or_deny = given_principal or await _identify(
+                state, upstream, request, request_id, is_jsonrpc
+            )
             set_identity_attributes(span, principal_or_deny)
         if isinstance(principal_or_deny, Deny):
             return principal_or_deny
         principal = record.principal = principal_or_deny
 
-        with phase_span(self.tracer, "policy") as span:
-            outcome = authorize(upstream, principal, parsed)
+        with phase_span(tracer, "policy") as span:
+            facts = CallFacts(request.method, request.path)
+            outcome = authorize(upstream, principal, parsed, facts=facts)
+            if upstream.dry_run_rules:
+                record.dry_runs = _rule_dry_runs(upstream, principal, parsed, facts, outcome)
             set_policy_attributes(span, outcome)
         if isinstance(outcome, Refused):
             return _refusal(outcome, upstream, is_jsonrpc)
         assert isinstance(outcome, Granted)
 
         limited = NOTHING_MATCHED
-        if bundle.limits:
-            with phase_span(self.tracer, "rate_limit") as span:
+        if bundle.limits and enforce_limits:
+            with phase_span(tracer, "rate_limit") as span:
                 claims = claims_for(bundle.limits, upstream.name, principal, outcome.targets)
                 limited = record.limits = await self.limiter.check(claims)
                 set_limit_attributes(span, limited)
@@ -204,6 +264,41 @@ class Gateway:
             headers_to_remove=_strip_headers(request, bundle, identity),
             response_headers=ratelimit_headers(limited.states),
         )
+
+
+def _rule_dry_runs(
+    upstream: UpstreamPolicy,
+    principal: Principal,
+    parsed: McpRequest | A2aRequest | None,
+    facts: CallFacts,
+    enforced: PolicyOutcome,
+) -> tuple[DryRunRecord, ...]:
+    """What the policy would decide with the dry-run rules live, when one of them takes
+    part in that decision; nothing when none does (the enforced rules decided alone)."""
+    would = authorize(upstream, principal, parsed, facts=facts, rules=upstream.rules)
+    if isinstance(would, Granted):
+        names = [name for name in would.rules if name in upstream.dry_run_rules]
+        if not names:
+            return ()
+        agrees = isinstance(enforced, Granted)
+        return tuple(
+            DryRunRecord("rule", name, "allow", "allowed", agrees) for name in dict.fromkeys(names)
+        )
+    if would.rule not in upstream.dry_run_rules:
+        return ()
+    agrees = isinstance(enforced, Refused) and enforced.reason is would.reason
+    return (
+        DryRunRecord(
+            "rule", would.rule, "deny", would.reason.value, agrees, would.missing_scopes
+        ),
+    )
+
+
+def _bundle_dry_run(state: GatewayState, would: Decision, enforced: Decision) -> DryRunRecord:
+    decision = "deny" if isinstance(would, Deny) else "allow"
+    agrees = type(would) is type(enforced) and would.reason == enforced.reason
+    missing = would.missing_scopes if isinstance(would, Deny) else ()
+    return DryRunRecord("bundle", state.bundle.revision, decision, would.reason, agrees, missing)
 
 
 def _parse(

@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import Span
 
+from policy_service.bundles.reload import BundleReloader
 from policy_service.decisions.model import Decision, Deny, DenyKind
 from policy_service.edge.envoy_in import to_http_request
 from policy_service.edge.envoy_out import to_check_response
@@ -103,9 +104,14 @@ class ServerSettings:
 
 class PolicyServer:
     def __init__(
-        self, gateway: Gateway, settings: ServerSettings, trail: Trail | None = None
+        self,
+        gateway: Gateway,
+        settings: ServerSettings,
+        trail: Trail | None = None,
+        reloader: BundleReloader | None = None,
     ) -> None:
         self.gateway = gateway
+        self.reloader = reloader  # hot reload of the gateway's bundle, started once serving
         self.settings = settings
         self.trail = trail or Trail()
         if settings.metrics_listen is not None and self.trail.metrics is None:
@@ -159,12 +165,17 @@ class PolicyServer:
             ", ".join(self.settings.listen),
             self.gateway.state.bundle.revision,
         )
+        if self.reloader is not None:
+            self.reloader.start()
 
     async def stop(self) -> None:
         """Stop taking new checks, let in-flight ones finish within the grace period."""
         # NOT_SERVING first, so health-checking load balancers move away before we close.
         await self.health.enter_graceful_shutdown()
         await self._server.stop(self.settings.grace_seconds)
+        if self.reloader is not None:
+            # After the drain: replaced bundles' verifiers may serve checks until then.
+            await self.reloader.stop()
         await self.gateway.state.jwt.aclose()
         await self.gateway.limiter.aclose()
         _report_limiter_stats(self.gateway)
@@ -219,11 +230,14 @@ def _credentials(tls: TlsSettings | None) -> grpc.ServerCredentials | None:
 
 
 async def serve_until_signalled(server: PolicyServer) -> None:
-    """Run until SIGTERM or SIGINT, then drain gracefully."""
+    """Run until SIGTERM or SIGINT, then drain gracefully; on SIGHUP, reload the bundle."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if server.reloader is not None:
+        # The conventional "reload your configuration", watched or not.
+        loop.add_signal_handler(signal.SIGHUP, server.reloader.poke)
     await server.start()
     await stop.wait()
     log.info("signal received; draining in-flight checks")

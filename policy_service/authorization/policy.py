@@ -4,12 +4,17 @@ Semantics, in the order they apply:
 
 1. The upstream's client list must admit the principal.
 2. Each call in the request (an MCP batch has several; an A2A request has one) is matched
-   against the upstream's rules in order; the first rule whose target matches decides.
-   No matching rule means deny (default deny). A ``deny`` rule refuses. A rule's client list
-   must admit the principal.
+   against the upstream's rules in order; the first rule whose target matches, and whose
+   ``when`` condition holds, decides. No such rule means deny (default deny), reported as
+   ``condition_not_met`` when a rule's target matched but its condition kept it out. A
+   ``deny`` rule refuses. A rule's client list must admit the principal. A condition that
+   fails to evaluate never lets a call in: it is false for allow rules, true for deny rules.
 3. The principal must hold the upstream's ``required_scopes`` plus the matching rule's
    ``scopes``, for every call. When only scopes are missing the refusal names *all* the
    scopes the operation needs (MCP 2026-07-28: one challenge with every needed scope).
+
+Dry-run rules are left out of the enforced decision; ``pipeline`` evaluates them apart and
+records what they would have decided.
 
 Requests with no calls (an MCP GET stream or DELETE, a plain HTTP upstream) and JSON-RPC
 responses a client posts back need only the upstream-level checks.
@@ -17,9 +22,12 @@ responses a client posts back need only the upstream-level checks.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
+from policy_service.authorization.conditions import ConditionFailure, ConditionInputs
 from policy_service.bundles.model import CompiledRule, Effect, UpstreamPolicy
 from policy_service.identity.principal import Principal
 from policy_service.request.model import (
@@ -36,6 +44,7 @@ class RefusalReason(StrEnum):
     CLIENT_NOT_ALLOWED = "client_not_allowed"
     DENIED_BY_RULE = "denied_by_rule"
     NO_MATCHING_RULE = "no_matching_rule"
+    CONDITION_NOT_MET = "condition_not_met"
     INSUFFICIENT_SCOPE = "insufficient_scope"
 
 
@@ -57,14 +66,76 @@ class Refused:
 PolicyOutcome = Granted | Refused
 
 
+@dataclass(frozen=True, slots=True)
+class RuleStep:
+    """How one rule fared against one call, for ``explain``."""
+
+    rule: CompiledRule
+    target_matched: bool
+    condition: bool | ConditionFailure | None = None  # None: no condition, or not reached
+    applies: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CallFacts:
+    """What conditions may read about the HTTP request besides the call itself."""
+
+    http_method: str = "POST"
+    path: str = ""
+
+
+class _ConditionInputs:
+    """Condition inputs for one check, built only if a condition asks, and once."""
+
+    __slots__ = ("_facts", "_principal", "_principal_view", "_upstream")
+
+    def __init__(self, upstream: UpstreamPolicy, principal: Principal, facts: CallFacts) -> None:
+        self._upstream = upstream
+        self._principal = principal
+        self._facts = facts
+        self._principal_view: Mapping[str, Any] | None = None
+
+    def for_target(self, target: CallTarget) -> ConditionInputs:
+        principal = self._principal
+        if self._principal_view is None:
+            self._principal_view = {
+                "subject": principal.subject,
+                "client_id": principal.client_id or "",
+                "issuer": principal.issuer,
+                "credential": principal.credential.value,
+                "scopes": sorted(principal.scopes),
+            }
+        return ConditionInputs(
+            args=target.arguments or {},
+            claims=principal.claims,
+            principal=self._principal_view,
+            request={
+                "upstream": self._upstream.name,
+                "protocol": self._upstream.protocol.value,
+                "method": target.method,
+                "target": target.name,
+                "http_method": self._facts.http_method,
+                "path": self._facts.path,
+            },
+        )
+
+
 def authorize(
     upstream: UpstreamPolicy,
     principal: Principal,
     request: McpRequest | A2aRequest | None,
+    *,
+    facts: CallFacts = CallFacts(),
+    rules: tuple[CompiledRule, ...] | None = None,
+    steps: list[tuple[CallTarget, RuleStep]] | None = None,
 ) -> PolicyOutcome:
+    """Decide on ``request``. ``rules`` defaults to the enforced ones (dry-run rules left
+    out); ``steps``, when given, collects how each rule fared, for ``explain``."""
     if not upstream.clients.admits(principal):
         return Refused(RefusalReason.CLIENT_NOT_ALLOWED, request_id=request_id_of(request))
 
+    rules = upstream.enforced_rules if rules is None else rules
+    inputs = _ConditionInputs(upstream, principal, facts)
     needed = set(upstream.required_scopes)
     admitted: list[str] = []
     first_short_id: JsonRpcId = None
@@ -73,8 +144,12 @@ def authorize(
     targets = call_targets(request)
     for target in targets:
         request_id = target.request_id
-        rule = first_matching_rule(upstream.rules, target)
+        rule, held_back = _deciding_rule(rules, target, inputs, steps)
         if rule is None:
+            if held_back is not None:
+                return Refused(
+                    RefusalReason.CONDITION_NOT_MET, rule=held_back.name, request_id=request_id
+                )
             return Refused(RefusalReason.NO_MATCHING_RULE, request_id=request_id)
         if rule.effect is Effect.DENY:
             return Refused(RefusalReason.DENIED_BY_RULE, rule=rule.name, request_id=request_id)
@@ -97,8 +172,31 @@ def authorize(
     return Granted(tuple(admitted), targets)
 
 
-def first_matching_rule(rules: tuple[CompiledRule, ...], target: CallTarget) -> CompiledRule | None:
+def _deciding_rule(
+    rules: tuple[CompiledRule, ...],
+    target: CallTarget,
+    inputs: _ConditionInputs,
+    steps: list[tuple[CallTarget, RuleStep]] | None,
+) -> tuple[CompiledRule | None, CompiledRule | None]:
+    """The first rule that applies to ``target``, and the first one whose target matched
+    but whose condition kept it out (named when nothing applies)."""
+    held_back: CompiledRule | None = None
     for rule in rules:
-        if rule.targets.matches(target):
-            return rule
-    return None
+        if not rule.targets.matches(target):
+            if steps is not None:
+                steps.append((target, RuleStep(rule, target_matched=False)))
+            continue
+        result: bool | ConditionFailure | None = None
+        applies = True
+        if rule.condition is not None:
+            result = rule.condition.evaluate(inputs.for_target(target))
+            # A failed condition must never let a call in: it keeps an allow rule out and
+            # lets a deny rule refuse.
+            applies = result if isinstance(result, bool) else rule.effect is Effect.DENY
+        if steps is not None:
+            steps.append((target, RuleStep(rule, True, result, applies)))
+        if applies:
+            return rule, held_back
+        if rule.effect is Effect.ALLOW and held_back is None:
+            held_back = rule  # an allow rule that would have applied but for its condition
+    return None, held_back

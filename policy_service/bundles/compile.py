@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
+from policy_service.authorization.conditions import ConditionSyntaxError, compile_condition
 from policy_service.bundles.files import BundleFileError, BundleFiles
 from policy_service.bundles.limits import compile_limits
 from policy_service.bundles.model import (
@@ -368,6 +369,7 @@ def _upstreams(
                 )
             )
         )
+        _check_rule_names(upstream.rules, path, problems)
         auth_servers = tuple(upstream.authorization_servers) or issuer_urls
         if len(problems.items) > before:
             continue
@@ -395,9 +397,23 @@ def _upstreams(
                 metadata_url=metadata_url,
                 metadata_document=json.dumps(document, separators=(",", ":")).encode(),
                 audiences=(resource,),
+                enforced_rules=tuple(rule for rule in rules if not rule.dry_run),
+                dry_run_rules=frozenset(rule.name for rule in rules if rule.dry_run),
             )
         )
     return tuple(compiled)
+
+
+def _check_rule_names(rules: Sequence[bundle_pb2.Rule], path: str, problems: Problems) -> None:
+    # Denials, audit events, metrics and `explain` name rules: two with one name would
+    # make a record ambiguous.
+    seen: set[str] = set()
+    for position, rule in enumerate(rules):
+        if not rule.name:
+            continue
+        if rule.name in seen:
+            problems.add(f"{path}.rules[{position}].name", f"duplicate rule name '{rule.name}'")
+        seen.add(rule.name)
 
 
 def _canonical_resource(value: str, path: str, problems: Problems) -> str:
@@ -470,6 +486,12 @@ def _rule(
         problems.add(
             f"{path}.scopes", "a deny rule takes no scopes: it refuses whatever it matches"
         )
+    condition = None
+    if raw.HasField("when"):
+        try:
+            condition = compile_condition(raw.when)
+        except ConditionSyntaxError as exc:
+            problems.add(f"{path}.when", exc.message)
     if len(problems.items) > before:
         return None
     return CompiledRule(
@@ -478,4 +500,6 @@ def _rule(
         scopes=scopes,
         clients=_clients(raw.clients),
         effect=effect,
+        condition=condition,
+        dry_run=raw.dry_run,
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from policy_service.authorization.policy import first_matching_rule
 from policy_service.bundles.model import Effect, UpstreamPolicy
 from policy_service.bundles.problems import (
     MCP_TARGET_KEYS,
@@ -216,8 +215,17 @@ def _check_reach(
 
 def _allowed_anywhere(kind: TargetKind, name: str, upstreams: list[UpstreamPolicy]) -> bool:
     target = CallTarget(kind, name, name, None)
-    return any(
-        (rule := first_matching_rule(upstream.rules, target)) is not None
-        and rule.effect is Effect.ALLOW
-        for upstream in upstreams
-    )
+    return any(_may_allow(upstream, target) for upstream in upstreams)
+
+
+def _may_allow(upstream: UpstreamPolicy, target: CallTarget) -> bool:
+    """Whether some call to ``target`` could be let through: an allow rule is reached before
+    a deny rule that holds whatever the call's arguments (one without a condition)."""
+    for rule in upstream.enforced_rules:
+        if not rule.targets.matches(target):
+            continue
+        if rule.effect is Effect.ALLOW:
+            return True
+        if rule.condition is None:
+            return False
+    return False

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from policy_service.authorization.conditions import Condition
 from policy_service.bundles.targets import CallTargets
 from policy_service.identity.config import ApiKeyEntry, IssuerConfig
 from policy_service.identity.principal import Principal
@@ -75,6 +76,8 @@ class CompiledRule:
     scopes: frozenset[str]
     clients: ClientFilter
     effect: Effect
+    condition: Condition | None = None  # the rule's `when`, compiled
+    dry_run: bool = False  # recorded, never enforced
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +95,9 @@ class UpstreamPolicy:
     metadata_url: str  # absolute URL of this resource's RFC 9728 document
     metadata_document: bytes  # pre-rendered JSON of that document
     audiences: tuple[str, ...]  # what `aud` may contain for this upstream
+    # The rules a call is decided by: `rules` without the dry-run ones.
+    enforced_rules: tuple[CompiledRule, ...] = ()
+    dry_run_rules: frozenset[str] = frozenset()  # names of the rules that only record
 
 
 @dataclass(frozen=True, slots=True)

@@ -160,8 +160,32 @@ class _Issuer:
         return tuple(found) if loaded else None
 
 
+class _SharedUrlSource:
+    """A JWKS URL source and how many verifiers use it.
+
+    A reload builds a new verifier while the old one still serves checks. The new one takes
+    over the old one's URL sources for issuers whose key settings did not change, so keys
+    already fetched survive the reload (the identity provider may be down just then) and
+    nothing is refetched; whichever verifier closes last closes the source.
+    """
+
+    __slots__ = ("source", "users")
+
+    def __init__(self, source: UrlKeySource) -> None:
+        self.source = source
+        self.users = 1
+
+
+# What makes a URL source reusable across bundles: the issuer and every key setting.
+_UrlSettings = tuple[str, str, float, float]
+
+
 class JwtVerifier:
-    """Verifies bearer JWTs against a fixed set of trusted issuers."""
+    """Verifies bearer JWTs against a fixed set of trusted issuers.
+
+    ``previous`` (the verifier of the bundle this one replaces) lends its JWKS URL sources
+    to issuers whose ``iss``, URL and cache settings are unchanged: see ``successor``.
+    """
 
     def __init__(
         self,
@@ -171,50 +195,97 @@ class JwtVerifier:
         fetcher: JwksFetcher | None = None,
         cache_size: int = 10_000,
         fetch_timeout_seconds: float = DEFAULT_FETCH_TIMEOUT_SECONDS,
+        previous: JwtVerifier | None = None,
     ) -> None:
+        seen: set[str] = set()
+        for config in issuers:
+            if config.issuer in seen:
+                raise ValueError(f"issuer {config.name!r}: another issuer has the same `iss`")
+            seen.add(config.issuer)
         self._clock = clock
+        self._fetcher = fetcher
+        self._fetch_timeout_seconds = fetch_timeout_seconds
         self._cache_size = cache_size
         self._cache: OrderedDict[str, _Verified] = OrderedDict()
         self._issuers: dict[str, _Issuer] = {}
         self._file_sources: list[FileKeySource] = []
-        self._url_sources: list[UrlKeySource] = []
+        self._url_sources: dict[_UrlSettings, _SharedUrlSource] = {}
+        self._adopted: set[_UrlSettings] = set()  # started by the previous verifier
+        self._closed = False
+        lent = previous._url_sources if previous is not None and not previous._closed else {}
         for config in issuers:
-            if config.issuer in self._issuers:
-                raise ValueError(f"issuer {config.name!r}: another issuer has the same `iss`")
             sources: list[KeySource] = []
             if config.jwks_file is not None:
                 file_source = FileKeySource(config.jwks_file, config.jwks_document)
                 self._file_sources.append(file_source)
                 sources.append(file_source)
             if config.jwks_url is not None:
-                url_source = UrlKeySource(
+                settings = (
+                    config.issuer,
                     config.jwks_url,
-                    cache_seconds=config.jwks_cache_seconds,
-                    min_refresh_seconds=config.jwks_min_refresh_seconds,
-                    fetcher=fetcher,
-                    clock=clock,
-                    timeout_seconds=fetch_timeout_seconds,
+                    config.jwks_cache_seconds,
+                    config.jwks_min_refresh_seconds,
                 )
-                self._url_sources.append(url_source)
-                sources.append(url_source)
+                shared = lent.get(settings)
+                if shared is not None:
+                    shared.users += 1
+                    self._adopted.add(settings)
+                else:
+                    shared = _SharedUrlSource(
+                        UrlKeySource(
+                            config.jwks_url,
+                            cache_seconds=config.jwks_cache_seconds,
+                            min_refresh_seconds=config.jwks_min_refresh_seconds,
+                            fetcher=fetcher,
+                            clock=clock,
+                            timeout_seconds=fetch_timeout_seconds,
+                        )
+                    )
+                self._url_sources[settings] = shared
+                sources.append(shared.source)
             self._issuers[config.issuer] = _Issuer(config, tuple(sources))
         self._max_token_bytes = max(
             (c.max_token_bytes for c in issuers), default=_DEFAULT_MAX_TOKEN_BYTES
+        )
+
+    def successor(self, issuers: Sequence[IssuerConfig]) -> JwtVerifier:
+        """A verifier for a reloaded bundle: same clock, fetcher and limits, and this one's
+        JWKS URL sources (with the keys they hold) for every issuer whose settings are
+        unchanged. Close both; a shared source closes with the last of them."""
+        return JwtVerifier(
+            issuers,
+            clock=self._clock,
+            fetcher=self._fetcher,
+            cache_size=self._cache_size,
+            fetch_timeout_seconds=self._fetch_timeout_seconds,
+            previous=self,
         )
 
     async def start(self) -> None:
         """Load key files (a bad file raises ``KeySourceError``) and prefetch JWKS URLs.
 
         A URL that cannot be fetched now is logged and retried on demand: the identity
-        provider being briefly down must not stop the service from starting.
+        provider being briefly down must not stop the service from starting. Sources taken
+        over from a previous verifier were started by it and are not fetched again.
         """
         for file_source in self._file_sources:
             await file_source.start()
-        await asyncio.gather(*(source.start() for source in self._url_sources))
+        await asyncio.gather(
+            *(
+                shared.source.start()
+                for settings, shared in self._url_sources.items()
+                if settings not in self._adopted
+            )
+        )
 
     async def aclose(self) -> None:
-        for source in self._url_sources:
-            await source.aclose()
+        if self._closed:  # a second close must not release shared sources twice
+            return
+        self._closed = True
+        for shared in self._url_sources.values():
+            shared.users -= 1
+            if shared.users == 0:
+                await shared.source.aclose()
         self._cache.clear()
 
     def jwks_refreshes(self) -> dict[str, tuple[int, int]]:

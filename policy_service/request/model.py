@@ -148,6 +148,7 @@ class CallTarget:
     name: str  # tool name, resource URI, prompt name, or the method for METHOD / A2A_METHOD
     method: str
     request_id: JsonRpcId
+    arguments: Mapping[str, Any] | None = None  # tools/call and prompts/get arguments
 
 
 def call_targets(parsed: McpRequest | A2aRequest | None) -> tuple[CallTarget, ...]:
@@ -161,6 +162,7 @@ def call_targets(parsed: McpRequest | A2aRequest | None) -> tuple[CallTarget, ..
                 (call.method or "") if call.kind is CallKind.METHOD else (call.name or ""),
                 call.method or "",
                 call.request_id,
+                call.arguments,
             )
             for call in parsed.calls
             if call.kind is not CallKind.RESPONSE

@@ -27,7 +27,7 @@ from policy_service.decisions.model import Allow, Decision, Deny
 from policy_service.decisions.render import http_status_of
 from policy_service.ratelimits.limiter import RateLimitResult
 from policy_service.request.model import A2aRequest, HttpRequest, JsonRpcCall, McpRequest
-from policy_service.telemetry.record import CheckRecord
+from policy_service.telemetry.record import CheckRecord, DryRunRecord
 from policy_service.telemetry.tracing import decision_name
 
 log = logging.getLogger("policy_service.audit")
@@ -179,7 +179,22 @@ def audit_event(
     event["target"] = _target(request, record, policy)
     if record.limits is not None:
         event["rate_limit"] = _rate_limit(record.limits)
+    if record.dry_runs:
+        event["dry_run"] = [_dry_run(dry_run) for dry_run in record.dry_runs]
     return event
+
+
+def _dry_run(dry_run: DryRunRecord) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "source": dry_run.source,
+        "name": dry_run.name,
+        "decision": dry_run.decision,
+        "reason": dry_run.reason,
+        "agrees": dry_run.agrees,
+    }
+    if dry_run.missing_scopes:
+        entry["missing_scopes"] = list(dry_run.missing_scopes)
+    return entry
 
 
 def _caller(request: HttpRequest, record: CheckRecord) -> dict[str, Any]:

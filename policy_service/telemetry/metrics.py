@@ -141,6 +141,13 @@ class CheckMetrics:
             ("limit", "shadow"),
             registry=self.registry,
         )
+        self._dry_runs = Counter(
+            "policy_service_dry_run_decisions",
+            "Would-be decisions of dry-run rules (rule: its name) and of a bundle in dry run "
+            "(rule: none), and whether they agree with the enforced decision.",
+            ("source", "rule", "decision", "reason", "agrees"),
+            registry=self.registry,
+        )
         self._vocabulary: tuple[CompiledBundle, _Vocabulary] | None = None
 
     def observe(self, decision: Decision, record: CheckRecord, seconds: float) -> None:
@@ -156,6 +163,13 @@ class CheckMetrics:
                     if state.exceeded:
                         shadow = "true" if state.limit.shadow else "false"
                         self._limit_exceeded.labels(state.limit.name, shadow).inc()
+        for dry_run in record.dry_runs:
+            # Rule names come from the bundle; a bundle's revision would grow without bound.
+            rule = dry_run.name if dry_run.source == "rule" else NONE
+            agrees = "true" if dry_run.agrees else "false"
+            self._dry_runs.labels(
+                dry_run.source, rule, dry_run.decision, dry_run.reason, agrees
+            ).inc()
 
     def _call_labels(self, record: CheckRecord) -> tuple[str, str, str]:
         if record.upstream is None or record.bundle is None:
@@ -202,16 +216,25 @@ class _GatewayCollector(Collector):
         yield bundle
         loads = CounterMetricFamily(
             "policy_service_bundle_loads",
-            "Bundles put into service (the first load, then each reload), by result.",
+            "Bundles put into service (the first load, then each reload) and new bundles "
+            "refused (the last good one kept serving), by result (ok, failed).",
             labels=("result",),
         )
         loads.add_metric(("ok",), gateway.loads.ok)
+        loads.add_metric(("failed",), gateway.loads.failed)
         yield loads
         yield GaugeMetricFamily(
             "policy_service_bundle_loaded_timestamp_seconds",
             "When the serving bundle was loaded (Unix time).",
             value=gateway.loads.loaded_at,
         )
+        if gateway.loads.failed_at is not None:
+            # Later than the loaded timestamp: the newest bundle was refused, an old one serves.
+            yield GaugeMetricFamily(
+                "policy_service_bundle_refused_timestamp_seconds",
+                "When a new bundle was last refused (Unix time).",
+                value=gateway.loads.failed_at,
+            )
 
         refreshes = CounterMetricFamily(
             "policy_service_jwks_refreshes",

@@ -25,6 +25,18 @@ def new_decision_id() -> str:
     return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
+@dataclass(frozen=True, slots=True)
+class DryRunRecord:
+    """What a dry-run rule or a dry-run bundle would have decided, never enforced."""
+
+    source: str  # "rule" or "bundle"
+    name: str  # the rule's name, or the dry-run bundle's revision
+    decision: str  # "allow" or "deny"
+    reason: str
+    agrees: bool  # the same decision and reason as the enforced one
+    missing_scopes: tuple[str, ...] = ()
+
+
 @dataclass(slots=True)
 class CheckRecord:
     decision_id: str
@@ -33,6 +45,7 @@ class CheckRecord:
     parsed: McpRequest | A2aRequest | None = None
     principal: Principal | None = None
     limits: RateLimitResult | None = None
+    dry_runs: tuple[DryRunRecord, ...] = ()
 
     @classmethod
     def new(cls) -> CheckRecord:

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AuditEvent(_message.Message):
-    __slots__ = ("schema", "time", "decision_id", "trace_id", "span_id", "request_id", "bundle_revision", "decision", "reason", "http_status", "rules", "missing_scopes", "message", "caller", "target", "rate_limit", "latency_ms")
+    __slots__ = ("schema", "time", "decision_id", "trace_id", "span_id", "request_id", "bundle_revision", "decision", "reason", "http_status", "rules", "missing_scopes", "message", "caller", "target", "rate_limit", "latency_ms", "dry_run")
     SCHEMA_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,7 @@ class AuditEvent(_message.Message):
     TARGET_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     schema: str
     time: _timestamp_pb2.Timestamp
     decision_id: str
@@ -46,7 +47,24 @@ class AuditEvent(_message.Message):
     target: Target
     rate_limit: RateLimitOutcome
     latency_ms: float
-    def __init__(self, schema: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decision_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., span_id: _Optional[str] = ..., request_id: _Optional[str] = ..., bundle_revision: _Optional[str] = ..., decision: _Optional[str] = ..., reason: _Optional[str] = ..., http_status: _Optional[int] = ..., rules: _Optional[_Iterable[str]] = ..., missing_scopes: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., caller: _Optional[_Union[Caller, _Mapping]] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., rate_limit: _Optional[_Union[RateLimitOutcome, _Mapping]] = ..., latency_ms: _Optional[float] = ...) -> None: ...
+    dry_run: _containers.RepeatedCompositeFieldContainer[DryRun]
+    def __init__(self, schema: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decision_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., span_id: _Optional[str] = ..., request_id: _Optional[str] = ..., bundle_revision: _Optional[str] = ..., decision: _Optional[str] = ..., reason: _Optional[str] = ..., http_status: _Optional[int] = ..., rules: _Optional[_Iterable[str]] = ..., missing_scopes: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., caller: _Optional[_Union[Caller, _Mapping]] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., rate_limit: _Optional[_Union[RateLimitOutcome, _Mapping]] = ..., latency_ms: _Optional[float] = ..., dry_run: _Optional[_Iterable[_Union[DryRun, _Mapping]]] = ...) -> None: ...
+
+class DryRun(_message.Message):
+    __slots__ = ("source", "name", "decision", "reason", "agrees", "missing_scopes")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    AGREES_FIELD_NUMBER: _ClassVar[int]
+    MISSING_SCOPES_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    name: str
+    decision: str
+    reason: str
+    agrees: bool
+    missing_scopes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, source: _Optional[str] = ..., name: _Optional[str] = ..., decision: _Optional[str] = ..., reason: _Optional[str] = ..., agrees: _Optional[bool] = ..., missing_scopes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Caller(_message.Message):
     __slots__ = ("subject", "issuer", "client_id", "credential", "scopes", "peer_address", "peer_principal")

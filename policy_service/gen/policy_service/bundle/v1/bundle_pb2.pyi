@@ -113,7 +113,7 @@ class Upstream(_message.Message):
     def __init__(self, name: _Optional[str] = ..., path_prefix: _Optional[str] = ..., protocol: _Optional[str] = ..., resource: _Optional[str] = ..., denial_style: _Optional[str] = ..., required_scopes: _Optional[_Iterable[str]] = ..., allowed_origins: _Optional[_Iterable[str]] = ..., clients: _Optional[_Union[ClientList, _Mapping]] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., backend: _Optional[str] = ..., authorization_servers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Rule(_message.Message):
-    __slots__ = ("name", "tools", "resources", "prompts", "methods", "a2a_methods", "scopes", "clients", "effect")
+    __slots__ = ("name", "tools", "resources", "prompts", "methods", "a2a_methods", "scopes", "clients", "effect", "when", "dry_run")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TOOLS_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +123,8 @@ class Rule(_message.Message):
     SCOPES_FIELD_NUMBER: _ClassVar[int]
     CLIENTS_FIELD_NUMBER: _ClassVar[int]
     EFFECT_FIELD_NUMBER: _ClassVar[int]
+    WHEN_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     name: str
     tools: _containers.RepeatedScalarFieldContainer[str]
     resources: _containers.RepeatedScalarFieldContainer[str]
@@ -132,7 +134,9 @@ class Rule(_message.Message):
     scopes: _containers.RepeatedScalarFieldContainer[str]
     clients: ClientList
     effect: str
-    def __init__(self, name: _Optional[str] = ..., tools: _Optional[_Iterable[str]] = ..., resources: _Optional[_Iterable[str]] = ..., prompts: _Optional[_Iterable[str]] = ..., methods: _Optional[_Iterable[str]] = ..., a2a_methods: _Optional[_Iterable[str]] = ..., scopes: _Optional[_Iterable[str]] = ..., clients: _Optional[_Union[ClientList, _Mapping]] = ..., effect: _Optional[str] = ...) -> None: ...
+    when: str
+    dry_run: bool
+    def __init__(self, name: _Optional[str] = ..., tools: _Optional[_Iterable[str]] = ..., resources: _Optional[_Iterable[str]] = ..., prompts: _Optional[_Iterable[str]] = ..., methods: _Optional[_Iterable[str]] = ..., a2a_methods: _Optional[_Iterable[str]] = ..., scopes: _Optional[_Iterable[str]] = ..., clients: _Optional[_Union[ClientList, _Mapping]] = ..., effect: _Optional[str] = ..., when: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class Limit(_message.Message):
     __slots__ = ("name", "rate", "burst", "key", "match", "cost", "on_store_failure", "shadow")

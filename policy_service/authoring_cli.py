@@ -1,0 +1,229 @@
+"""Commands for the people who write policy: ``test``, ``explain`` and ``schema``.
+
+policy-service test BUNDLE [CASES ...]     run policy tests; non-zero exit on any failure
+policy-service explain BUNDLE --upstream U --tool T [--scope S ...]   why one request is
+                                           decided the way it is
+policy-service schema                      print the bundle format's JSON Schema
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from policy_service.errors import BundleError, ConfigError
+
+CASES_SUFFIX = ".cases.yaml"
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    test = commands.add_parser(
+        "test",
+        help="run a bundle's policy tests; non-zero exit when any case fails",
+        description="Decide each case with the bundle, as the service would, and compare "
+        "with what the case expects. Without CASES, the tests beside the bundle are run: "
+        f"NAME{CASES_SUFFIX} next to NAME.yaml, or every *{CASES_SUFFIX} in a bundle directory.",
+    )
+    test.add_argument("bundle", help="bundle file or directory")
+    test.add_argument(
+        "cases", nargs="*", help=f"case files (default: the bundle's *{CASES_SUFFIX})"
+    )
+    test.add_argument("-v", "--verbose", action="store_true", help="show every decision")
+    test.set_defaults(run=_cmd_test)
+
+    explain = commands.add_parser(
+        "explain",
+        help="show how one request is decided: rule by rule, scopes, limits",
+        description="Describe the request by flags, or pick a case from a case file with "
+        "--case FILE --name NAME.",
+    )
+    explain.add_argument("bundle", help="bundle file or directory")
+    explain.add_argument("--case", help="a case file to take the request from")
+    explain.add_argument("--name", help="the case's name in --case")
+    call = explain.add_argument_group("the call")
+    call.add_argument("--upstream")
+    target = call.add_mutually_exclusive_group()
+    target.add_argument("--tool")
+    target.add_argument("--resource")
+    target.add_argument("--prompt")
+    target.add_argument("--method", help="another MCP method, e.g. tools/list")
+    target.add_argument("--a2a-method", help="an A2A method, e.g. SendMessage")
+    call.add_argument("--args", help="the tool's or prompt's arguments as a JSON object")
+    caller = explain.add_argument_group("the caller (default: no credential)")
+    caller.add_argument("--sub", help="subject")
+    caller.add_argument("--client-id")
+    caller.add_argument("--issuer", help="the bundle's issuer name (default: its first)")
+    caller.add_argument("--scope", action="append", default=[], help="repeatable")
+    caller.add_argument("--claims", help="more claims as a JSON object")
+    caller.add_argument("--api-key", help="act as this api_keys id from the bundle")
+    caller.add_argument(
+        "--token-env", help="verify the token in this environment variable for real"
+    )
+    explain.add_argument(
+        "--redis-url",
+        help="read the live buckets from this Redis (a zero-token take: nothing is spent)",
+    )
+    explain.add_argument("--redis-key-prefix", default="policy-service")
+    explain.set_defaults(run=_cmd_explain)
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of the bundle format")
+    schema.set_defaults(run=_cmd_schema)
+
+
+def _cmd_test(args: argparse.Namespace) -> int:
+    from policy_service.bundles.cases import check_case_targets, load_cases, report, run_cases
+    from policy_service.bundles.loader import load_bundle
+
+    bundle_path = Path(args.bundle)
+    case_paths = [Path(path) for path in args.cases] or _cases_beside(bundle_path)
+    if not case_paths:
+        raise ConfigError(
+            f"no case files given and none found beside {bundle_path} (*{CASES_SUFFIX})"
+        )
+    try:
+        bundle = load_bundle(bundle_path)
+    except BundleError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    failed = 0
+    for path in case_paths:
+        try:
+            cases = load_cases(path)
+            check_case_targets(bundle, cases, str(path))
+        except BundleError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        results = asyncio.run(run_cases(bundle, cases))
+        print(f"{path} against {bundle_path} (revision {bundle.revision})")
+        print(report(results, verbose=args.verbose))
+        failed += sum(1 for result in results if not result.passed)
+    return 1 if failed else 0
+
+
+def _cases_beside(bundle: Path) -> list[Path]:
+    if bundle.is_dir():
+        return sorted(bundle.glob(f"*{CASES_SUFFIX}"))
+    beside = bundle.with_name(bundle.name.removesuffix(bundle.suffix) + CASES_SUFFIX)
+    return [beside] if beside.is_file() else []
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from policy_service.bundles.cases import check_case_targets, load_cases
+    from policy_service.bundles.explain import explain, render
+    from policy_service.bundles.loader import load_bundle
+
+    bundle = load_bundle(args.bundle)
+    if args.case:
+        if not args.name:
+            raise ConfigError("--case needs --name, the case to explain")
+        cases = {case.name: case for case in load_cases(Path(args.case))}
+        if args.name not in cases:
+            raise ConfigError(f"{args.case} has no case named '{args.name}'")
+        case = cases[args.name]
+        caller, call = case.caller, case.call
+    else:
+        case_document = {
+            "name": "explain",
+            "caller": _caller_from_flags(args),
+            "call": _call_from_flags(args),
+            "expect": {"decision": "allow"},
+        }
+        from policy_service.bundles.cases import parse_cases
+
+        parsed = parse_cases({"cases": [case_document]}, "command line", _environ())
+        caller, call = parsed[0].caller, parsed[0].call
+    check_case_targets(bundle, [case_of(caller, call)], "command line")
+
+    async def run() -> str:
+        limiter = None
+        if args.redis_url:
+            limiter = _live_limiter(args)
+        try:
+            return render(await explain(bundle, caller, call, live_limiter=limiter))
+        finally:
+            if limiter is not None:
+                await limiter.aclose()
+
+    print(asyncio.run(run()))
+    return 0
+
+
+def case_of(caller: Any, call: Any) -> Any:
+    from policy_service.bundles.cases import Case, Expectation
+
+    return Case("explain", caller, call, Expectation("allow"))
+
+
+def _environ() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+def _json_object(text: str | None, flag: str) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise ConfigError(
+            f'{flag} must be a JSON object, e.g. \'{{"path": "/public/a"}}\''
+        ) from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{flag} must be a JSON object")
+    return value
+
+
+def _caller_from_flags(args: argparse.Namespace) -> dict[str, Any] | None:
+    if args.api_key:
+        return {"api_key": args.api_key}
+    if args.token_env:
+        return {"token_env": args.token_env}
+    given = {
+        "subject": args.sub,
+        "client_id": args.client_id,
+        "issuer": args.issuer,
+        "scopes": args.scope or None,
+        "claims": _json_object(args.claims, "--claims"),
+    }
+    present = {key: value for key, value in given.items() if value is not None}
+    return present or None
+
+
+def _call_from_flags(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.upstream:
+        raise ConfigError("say which upstream: --upstream NAME (or use --case FILE --name NAME)")
+    call: dict[str, Any] = {"upstream": args.upstream}
+    for kind in ("tool", "resource", "prompt", "method", "a2a_method"):
+        value = getattr(args, kind)
+        if value is not None:
+            call[kind] = value
+    if len(call) == 1:
+        raise ConfigError(
+            "say what is called: --tool, --resource, --prompt, --method or --a2a-method"
+        )
+    arguments = _json_object(args.args, "--args")
+    if arguments is not None:
+        call["arguments"] = arguments
+    return call
+
+
+def _live_limiter(args: argparse.Namespace) -> Any:
+    from policy_service.ratelimits.limiter import build_limiter
+    from policy_service.ratelimits.redis_store import RedisSettings
+
+    return build_limiter(
+        RedisSettings(url=args.redis_url, key_prefix=args.redis_key_prefix, timeout_seconds=1.0),
+        None,
+    )
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from policy_service.bundles.schema import bundle_schema_text
+
+    sys.stdout.write(bundle_schema_text())
+    return 0

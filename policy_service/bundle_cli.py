@@ -1,0 +1,151 @@
+"""The `keygen`, `sign` and `verify` commands: how a security team ships signed bundles.
+
+policy-service keygen OUT_PREFIX [--algorithm ed25519|es256]
+policy-service sign BUNDLE --key PRIVATE.pem [--archive OUT.tar.gz]
+policy-service verify BUNDLE --key PUBLIC.pem       (BUNDLE: file, directory or .tar.gz)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from policy_service.bundles.files import BundleFiles
+from policy_service.errors import BundleError, ConfigError
+
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from policy_service.bundles.signing import generate_signing_key
+
+    private_path = Path(f"{args.out_prefix}.key")
+    public_path = Path(f"{args.out_prefix}.pub")
+    for path in (private_path, public_path):
+        if path.exists():
+            raise ConfigError(f"{path} already exists; keygen does not overwrite keys")
+    key = generate_signing_key(args.algorithm)
+    # O_EXCL: a file that appeared since the check above is still not overwritten, and the
+    # private key is 0600 from its first byte rather than chmod'ed after being written.
+    _write_new(private_path, key.private_pem(), 0o600)
+    _write_new(public_path, key.verification_key.public_pem(), 0o644)
+    print(f"key id {key.key_id} ({key.algorithm})")
+    print(f"private key: {private_path} (keep it secret; it signs bundles)")
+    print(f"public key: {public_path} (give it to the gateway)")
+    return 0
+
+
+def _write_new(path: Path, content: bytes, mode: int) -> None:
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        raise ConfigError(f"{path} already exists; keygen does not overwrite keys") from None
+    except OSError as exc:
+        raise ConfigError(f"{path} cannot be written ({(exc.strerror or '').lower()})") from None
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(content)
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    from policy_service.bundles.archive import pack_bundle
+    from policy_service.bundles.files import DIRECTORY_ENTRY
+    from policy_service.bundles.loader import load_bundle_files, read_bundle
+    from policy_service.bundles.signing import load_signing_key, sign_bundle, signature_name
+
+    key = load_signing_key(args.key)
+    files = read_bundle(args.bundle)
+    if args.archive and files.entry != DIRECTORY_ENTRY:
+        # Checked before signing, so a refused --archive leaves nothing half written.
+        raise ConfigError(
+            f"--archive needs the bundle's entry to be named {DIRECTORY_ENTRY} (the signature "
+            f"names its entry): rename {files.entry} or sign a bundle directory"
+        )
+    try:
+        # Lint first: a bundle that would not load is never signed. Loading also reads the
+        # JWKS files a single-file bundle names, so the manifest covers them.
+        bundle = load_bundle_files(files)
+    except BundleError as exc:
+        print(f"policy-service sign: {exc}", file=sys.stderr)
+        print(f"policy-service sign: {args.bundle} was not signed", file=sys.stderr)
+        return 1
+    signature = sign_bundle(files, key, revision=bundle.revision)
+    signature_path = _entry_directory(files) / signature_name(files)
+    _write_replacing(signature_path, signature)
+    print(
+        f"signed {files.source}: revision {bundle.revision}, {len(files.files)} files, "
+        f"key id {key.key_id}"
+    )
+    print(f"signature: {signature_path}")
+    if args.archive:
+        files.signature = signature
+        _write_replacing(Path(args.archive), pack_bundle(files))
+        print(f"archive: {args.archive}")
+    return 0
+
+
+def _entry_directory(files: BundleFiles) -> Path:
+    origin = Path(files.origin)
+    return origin if origin.is_dir() else origin.parent
+
+
+def _write_replacing(path: Path, content: bytes) -> None:
+    """Write whole or not at all: a gateway reloading meanwhile never sees half a file."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_bytes(content)
+        partial.replace(path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise ConfigError(f"{path} cannot be written ({(exc.strerror or '').lower()})") from None
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from policy_service.bundles.signing import load_signed_bundle, load_verification_key
+
+    key = load_verification_key(args.key)
+    files = _read_any_bundle(Path(args.bundle))
+    bundle = load_signed_bundle(files, key)
+    print(
+        f"{args.bundle}: ok (revision {bundle.revision}; {len(files.files)} signed files; "
+        f"key id {key.key_id})"
+    )
+    return 0
+
+
+def _read_any_bundle(path: Path) -> BundleFiles:
+    from policy_service.bundles.archive import unpack_bundle
+    from policy_service.bundles.files import MAX_TOTAL_BYTES
+    from policy_service.bundles.loader import read_bundle
+
+    if not path.name.endswith(_ARCHIVE_SUFFIXES) or path.is_dir():
+        return read_bundle(path)
+    try:
+        with path.open("rb") as handle:
+            # Compressed is never larger than its content plus headers; the cap is for a
+            # wrong path, and unpack_bundle caps what the archive inflates to.
+            data = handle.read(2 * MAX_TOTAL_BYTES)
+    except OSError as exc:
+        raise ConfigError(f"{path} cannot be read ({(exc.strerror or '').lower()})") from None
+    return unpack_bundle(data, str(path))
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from policy_service.bundles.signing import KEY_ALGORITHMS
+
+    keygen = commands.add_parser("keygen", help="make a key pair for signing bundles")
+    keygen.add_argument("out_prefix", metavar="OUT_PREFIX", help="writes OUT_PREFIX.key and .pub")
+    keygen.add_argument("--algorithm", choices=tuple(KEY_ALGORITHMS), default="ed25519")
+    keygen.set_defaults(run=_cmd_keygen)
+
+    sign = commands.add_parser("sign", help="lint a bundle, then sign it")
+    sign.add_argument("bundle", metavar="BUNDLE", help="a bundle YAML file or directory")
+    sign.add_argument("--key", required=True, help="PEM private key (from keygen)")
+    sign.add_argument("--archive", metavar="OUT.tar.gz", help="also write a signed archive")
+    sign.set_defaults(run=_cmd_sign)
+
+    verify = commands.add_parser("verify", help="check a bundle's signature, then load it")
+    verify.add_argument("bundle", metavar="BUNDLE", help="a YAML file, directory or .tar.gz")
+    verify.add_argument("--key", required=True, help="PEM public key (from keygen)")
+    verify.set_defaults(run=_cmd_verify)
