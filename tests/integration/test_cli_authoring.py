@@ -1,0 +1,136 @@
+"""``policy-service test``, ``explain`` and ``schema`` as a security engineer runs them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from policy_service.bundles.cases import Caller, principal_for
+from policy_service.bundles.loader import load_bundle
+from policy_service.dev.redis_server import RedisServer
+from policy_service.ratelimits.keys import claims_for
+from policy_service.ratelimits.limiter import build_limiter
+from policy_service.ratelimits.redis_store import RedisSettings
+from policy_service.request.model import CallTarget, TargetKind
+from tests.integration.test_cli import run
+
+ROOT = Path(__file__).resolve().parents[2]
+FINANCE = ROOT / "examples" / "finance"
+
+
+def test_test_runs_the_cases_beside_the_bundle_and_exits_zero() -> None:
+    result = run("test", str(FINANCE / "bundle.yaml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "  PASS  an analyst reads a quote" in result.stdout
+    assert result.stdout.rstrip().endswith("11 passed, 0 failed")
+
+
+def test_a_policy_change_that_breaks_a_case_exits_non_zero(tmp_path: Path) -> None:
+    shutil.copytree(FINANCE, tmp_path / "finance")
+    bundle = tmp_path / "finance" / "bundle.yaml"
+    # A careless edit: the trade rule no longer needs the trade scope.
+    bundle.write_text(bundle.read_text().replace("scopes: [fininfo:trade]", "scopes: []"))
+    result = run("test", str(bundle))
+    assert result.returncode == 1
+    assert "  FAIL  an analyst cannot trade" in result.stdout
+    assert "        decision: expected deny, got allow" in result.stdout
+    assert result.stdout.rstrip().endswith("10 passed, 1 failed")
+
+
+def test_a_broken_case_file_is_reported_not_run(tmp_path: Path) -> None:
+    cases = tmp_path / "broken.cases.yaml"
+    cases.write_text(
+        "cases:\n  - {name: a, call: {upstream: nope, tool: x}, expect: {decision: deny}}\n"
+    )
+    result = run("test", str(FINANCE / "bundle.yaml"), str(cases))
+    assert result.returncode == 1
+    assert "case file is invalid (1 problem):" in result.stderr
+    assert "cases[0].call.upstream: the bundle has no upstream 'nope'; it has: fininfo" in (
+        result.stderr
+    )
+
+
+def test_test_refuses_a_broken_bundle() -> None:
+    invalid = ROOT / "tests" / "fixtures" / "bundles" / "invalid" / "when_unknown_variable.yaml"
+    cases = FINANCE / "bundle.cases.yaml"
+    result = run("test", str(invalid), str(cases))
+    assert result.returncode == 1
+    assert "unknown variable 'arg'" in result.stderr
+
+
+def test_explain_from_flags() -> None:
+    result = run(
+        "explain",
+        str(FINANCE / "bundle.yaml"),
+        "--upstream", "fininfo",
+        "--tool", "place_trade",
+        "--args", '{"symbol": "ACME", "side": "buy", "quantity": 50000}',
+        "--sub", "bob",
+        "--scope", "fininfo:trade",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "decision   deny (denied_by_rule) by rule large-orders, HTTP 200"
+    assert "  3. large-orders: target matches, when true, -> applies (deny)" in lines
+
+
+def test_explain_a_case_by_name() -> None:
+    result = run(
+        "explain",
+        str(FINANCE / "bundle.yaml"),
+        "--case", str(FINANCE / "bundle.cases.yaml"),
+        "--name", "an analyst cannot trade",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "missing scopes: fininfo:trade" in result.stdout
+
+
+def test_explain_says_what_is_missing_from_the_command_line() -> None:
+    result = run("explain", str(FINANCE / "bundle.yaml"), "--tool", "get_quote")
+    assert result.returncode == 1
+    assert "say which upstream: --upstream NAME" in result.stderr
+
+
+async def test_explain_reads_live_buckets_from_redis_without_spending(
+    clean_redis: RedisServer,
+) -> None:
+    # The gateway has taken three trades for this client already.
+    bundle = load_bundle(FINANCE / "bundle.yaml")
+    caller = Caller(subject="bob", client_id="desk", scopes=("fininfo:trade",))
+    principal = principal_for(bundle, caller)
+    assert principal is not None
+    target = CallTarget(TargetKind.TOOL, "place_trade", "tools/call", 1)
+    limiter = build_limiter(RedisSettings(url=clean_redis.url, timeout_seconds=2.0))
+    try:
+        for _ in range(3):
+            await limiter.check(claims_for(bundle.limits, "fininfo", principal, [target]))
+    finally:
+        await limiter.aclose()
+    args = (
+        "explain",
+        str(FINANCE / "bundle.yaml"),
+        "--upstream", "fininfo",
+        "--tool", "place_trade",
+        "--args", '{"symbol": "ACME", "side": "buy", "quantity": 1}',
+        "--sub", "bob",
+        "--client-id", "desk",
+        "--scope", "fininfo:trade",
+        "--redis-url", clean_redis.url,
+    )  # fmt: skip
+    first = run(*args)
+    second = run(*args)
+    assert first.returncode == 0, first.stderr
+    assert "limits (live buckets)" in first.stdout
+    for result in (first, second):  # reading spent nothing (trades refill 10 an hour)
+        trades = next(line for line in result.stdout.splitlines() if line.startswith("  trades:"))
+        assert trades.endswith(": 7 of 10 left")
+
+
+def test_schema_prints_the_published_schema() -> None:
+    result = run("schema")
+    assert result.returncode == 0, result.stderr
+    schema = json.loads(result.stdout)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    shipped = ROOT / "policy_service/gen/policy_service/bundle/v1/bundle.schema.json"
+    assert schema == json.loads(shipped.read_text())
