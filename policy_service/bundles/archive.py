@@ -133,11 +133,13 @@ def unpack_bundle(data: bytes, origin: str) -> BundleFiles:
                     continue
                 _check_member_type(member, name, origin)
                 if name in snapshot.files or (name == ARCHIVE_SIGNATURE and snapshot.signature):
-                    raise _refuse(origin, f"holds '{name}' twice")
+                    raise _refuse(origin, f"holds '{_printable(name)}' twice")
                 if len(snapshot.files) >= MAX_FILES and name != ARCHIVE_SIGNATURE:
                     raise _refuse(origin, f"holds more than {MAX_FILES} files")
                 if member.size > MAX_FILE_BYTES:
-                    raise _refuse(origin, f"'{name}' is larger than {MAX_FILE_BYTES} bytes")
+                    raise _refuse(
+                        origin, f"'{_printable(name)}' is larger than {MAX_FILE_BYTES} bytes"
+                    )
                 total += member.size
                 if total > MAX_TOTAL_BYTES:
                     raise _refuse(origin, f"unpacks to more than {MAX_TOTAL_BYTES} bytes")
@@ -170,19 +172,19 @@ def _check_member_type(member: tarfile.TarInfo, name: str, origin: str) -> None:
     # Links are refused outright rather than resolved: inside an archive they can only
     # alias another member or point at the host, and neither belongs in a bundle.
     if member.issym():
-        raise _refuse(origin, f"member '{name}' is a symbolic link")
+        raise _refuse(origin, f"member '{_printable(name)}' is a symbolic link")
     if member.islnk():
-        raise _refuse(origin, f"member '{name}' is a hard link")
+        raise _refuse(origin, f"member '{_printable(name)}' is a hard link")
     if member.isdev():
-        raise _refuse(origin, f"member '{name}' is a device or a pipe")
+        raise _refuse(origin, f"member '{_printable(name)}' is a device or a pipe")
     if not member.isfile() or member.issparse() or name == ".":
-        raise _refuse(origin, f"member '{name}' is not a regular file")
+        raise _refuse(origin, f"member '{_printable(name)}' is not a regular file")
 
 
 def _member_content(archive: tarfile.TarFile, member: tarfile.TarInfo, origin: str) -> bytes:
     reader = archive.extractfile(member)
     if reader is None:  # isfile() was checked; tarfile returns None only for other types
-        raise _refuse(origin, f"member '{member.name}' is not a regular file")
+        raise _refuse(origin, f"member '{_printable(member.name)}' is not a regular file")
     content = reader.read(member.size)
     if len(content) != member.size:
         raise _refuse(origin, "is not a valid gzip'd tar archive (corrupt or truncated)")
@@ -198,11 +200,11 @@ def _check_layout(snapshot: BundleFiles, directories: set[str], origin: str) -> 
         parents = PurePosixPath(name).parents
         for parent in list(parents)[:-1]:  # the last parent is "." itself
             if str(parent) in snapshot.files:
-                raise _refuse(origin, f"'{parent}' is both a file and a directory")
+                raise _refuse(origin, f"'{_printable(str(parent))}' is both a file and a directory")
         if name in directories:
-            raise _refuse(origin, f"'{name}' is both a file and a directory")
+            raise _refuse(origin, f"'{_printable(name)}' is both a file and a directory")
 
 
 def _printable(text: str) -> str:
     shown = "".join(character if character.isprintable() else "?" for character in text)
-    return shown if len(shown) <= 64 else shown[:61] + "..."
+    return shown if len(shown) <= 120 else shown[:117] + "..."

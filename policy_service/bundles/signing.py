@@ -56,6 +56,7 @@ __all__ = [
     "load_signing_key",
     "load_verification_key",
     "sign_bundle",
+    "signature_name",
     "verify_bundle",
 ]
 
@@ -272,9 +273,9 @@ def _parse_manifest(payload: bytes) -> Manifest:
         if not _is_plain_name(name):
             raise _ManifestInvalid(f"file name {_quoted(name)} is not a plain relative name")
         if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest):
-            raise _ManifestInvalid(f"the digest of '{name}' is not a lower-case hex SHA-256")
+            raise _ManifestInvalid(f"the digest of {_quoted(name)} is not a lower-case hex SHA-256")
     if document["entry"] not in files:
-        raise _ManifestInvalid(f"its entry '{document['entry']}' is not among its files")
+        raise _ManifestInvalid(f"its entry {_quoted(document['entry'])} is not among its files")
     return Manifest(
         revision=document["revision"],
         entry=document["entry"],
@@ -393,7 +394,7 @@ def verify_bundle(files: BundleFiles, key: BundleVerificationKey) -> Manifest:
         raise refuse(f"the signed manifest is not valid: {exc}") from None
     if manifest.entry != files.entry:
         raise refuse(
-            f"the signed manifest is for entry '{manifest.entry}', but the bundle's entry "
+            f"the signed manifest is for entry {_quoted(manifest.entry)}, but the bundle's entry "
             f"is '{files.entry}'"
         )
 
@@ -402,19 +403,19 @@ def verify_bundle(files: BundleFiles, key: BundleVerificationKey) -> Manifest:
         if name not in files.files and (
             files.sealed or files.root is None or not (files.root / name).is_file()
         ):
-            raise refuse(f"file '{name}' is signed but missing from the bundle")
+            raise refuse(f"file {_quoted(name)} is signed but missing from the bundle")
         try:
             content = files.read(name)
         except BundleFileError as exc:
-            raise refuse(f"file '{name}' is signed but {exc.message}") from None
+            raise refuse(f"file {_quoted(name)} is signed but {exc.message}") from None
         if _sha256(content) != digest:
-            raise refuse(f"file '{name}' has changed since it was signed")
+            raise refuse(f"file {_quoted(name)} has changed since it was signed")
         signed[name] = content
     # A directory or archive snapshot holds everything it shipped with; a single file holds
     # what has been read so far. Either way nothing in it may be unsigned.
     for name in sorted(files.files):
         if name not in manifest.files:
-            raise refuse(f"file '{name}' is in the bundle but not in the signed manifest")
+            raise refuse(f"file {_quoted(name)} is in the bundle but not in the signed manifest")
     files.seal(signed)
     return manifest
 
@@ -443,7 +444,7 @@ def load_signed_bundle(
                 BundleProblem(
                     files.source,
                     "",
-                    f"the signed manifest is for revision '{manifest.revision}', but the "
+                    f"the signed manifest is for revision {_quoted(manifest.revision)}, but the "
                     f"bundle's revision is '{bundle.revision}'",
                 )
             ]
@@ -455,6 +456,6 @@ def _quoted(value: object) -> str:
     """An untrusted header or manifest value, short and printable, for a message."""
     text = value if isinstance(value, str) else json.dumps(value)
     text = "".join(character if character.isprintable() else "?" for character in text)
-    if len(text) > 64:
-        text = text[:61] + "..."
+    if len(text) > 120:
+        text = text[:117] + "..."
     return f"'{text}'"

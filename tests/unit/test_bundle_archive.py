@@ -300,3 +300,11 @@ def test_a_gzip_bomb_is_refused_without_inflating_it() -> None:
     # Inflating 2 GiB takes seconds and gigabytes; stopping at the cap takes neither.
     assert elapsed < 2.0
     assert peak < 4 * MAX_TOTAL_BYTES
+
+
+def test_names_are_shown_without_control_characters() -> None:
+    # A member name is attacker text that ends up in logs and on terminals.
+    data = archive_of(ENTRY, member("\x1b[2Jevil", type=tarfile.SYMTYPE, linkname="x"))
+    with pytest.raises(BundleError) as caught:
+        unpack_bundle(data, ORIGIN)
+    assert caught.value.problems[0].message == "member '?[2Jevil' is a symbolic link"
