@@ -11,11 +11,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from policy_service.errors import BundleError, ConfigError
+
+if TYPE_CHECKING:
+    from policy_service.ratelimits.limiter import RateLimiter
 
 CASES_SUFFIX = ".cases.yaml"
 
@@ -112,7 +116,7 @@ def _cases_beside(bundle: Path) -> list[Path]:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from policy_service.bundles.cases import check_case_targets, load_cases
+    from policy_service.bundles.cases import check_case_targets, load_cases, parse_cases
     from policy_service.bundles.explain import explain, render
     from policy_service.bundles.loader import load_bundle
 
@@ -120,48 +124,31 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     if args.case:
         if not args.name:
             raise ConfigError("--case needs --name, the case to explain")
-        cases = {case.name: case for case in load_cases(Path(args.case))}
-        if args.name not in cases:
+        by_name = {case.name: case for case in load_cases(Path(args.case))}
+        if args.name not in by_name:
             raise ConfigError(f"{args.case} has no case named '{args.name}'")
-        case = cases[args.name]
-        caller, call = case.caller, case.call
+        case = by_name[args.name]
     else:
-        case_document = {
+        # The flags make a one-case file, so they are checked exactly as a case file is.
+        document = {
             "name": "explain",
             "caller": _caller_from_flags(args),
             "call": _call_from_flags(args),
-            "expect": {"decision": "allow"},
+            "expect": {"decision": "allow"},  # unused: explain reports, it does not judge
         }
-        from policy_service.bundles.cases import parse_cases
-
-        parsed = parse_cases({"cases": [case_document]}, "command line", _environ())
-        caller, call = parsed[0].caller, parsed[0].call
-    check_case_targets(bundle, [case_of(caller, call)], "command line")
+        case = parse_cases({"cases": [document]}, "command line", os.environ)[0]
+    check_case_targets(bundle, [case], args.case or "command line")
 
     async def run() -> str:
-        limiter = None
-        if args.redis_url:
-            limiter = _live_limiter(args)
+        limiter = _live_limiter(args) if args.redis_url else None
         try:
-            return render(await explain(bundle, caller, call, live_limiter=limiter))
+            return render(await explain(bundle, case.caller, case.call, live_limiter=limiter))
         finally:
             if limiter is not None:
                 await limiter.aclose()
 
     print(asyncio.run(run()))
     return 0
-
-
-def case_of(caller: Any, call: Any) -> Any:
-    from policy_service.bundles.cases import Case, Expectation
-
-    return Case("explain", caller, call, Expectation("allow"))
-
-
-def _environ() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
 
 
 def _json_object(text: str | None, flag: str) -> dict[str, Any] | None:
@@ -212,13 +199,13 @@ def _call_from_flags(args: argparse.Namespace) -> dict[str, Any]:
     return call
 
 
-def _live_limiter(args: argparse.Namespace) -> Any:
+def _live_limiter(args: argparse.Namespace) -> RateLimiter:
     from policy_service.ratelimits.limiter import build_limiter
     from policy_service.ratelimits.redis_store import RedisSettings
 
+    # A generous timeout: this is one read by a person, not a check on the request path.
     return build_limiter(
-        RedisSettings(url=args.redis_url, key_prefix=args.redis_key_prefix, timeout_seconds=1.0),
-        None,
+        RedisSettings(url=args.redis_url, key_prefix=args.redis_key_prefix, timeout_seconds=1.0)
     )
 
 
