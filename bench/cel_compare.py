@@ -467,8 +467,10 @@ def main() -> None:
     print(f"# CEL libraries, Python {sys.version.split()[0]}\n")
     for cls in ADAPTERS:
         try:
+            # The distribution must be there too: another package may own a bare `cel`.
+            importlib.metadata.version(cls.dist)
             adapter = cls()
-        except ImportError as exc:
+        except (ImportError, importlib.metadata.PackageNotFoundError) as exc:
             print(f"  {cls.name}: not importable ({exc}); skipped")
             continue
         adapters.append(adapter)
