@@ -209,8 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     lint.add_argument("bundles", nargs="+")
     lint.set_defaults(run=_cmd_lint)
 
+    from policy_service.bundles.sources import BUNDLE_TOKEN_ENV_VAR
+
     serve = commands.add_parser("serve", help="run the ext_authz gRPC service")
-    serve.add_argument("bundle", help="a bundle file, a bundle directory or an http(s) URL")
+    serve.add_argument(
+        "bundle",
+        help="a bundle file, a bundle directory or an http(s) URL (sent the bearer token in "
+        f"${BUNDLE_TOKEN_ENV_VAR}, if set)",
+    )
     serve.add_argument("--listen", action="append", help="HOST:PORT (repeatable)")
     serve.add_argument(
         "--watch",

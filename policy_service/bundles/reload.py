@@ -7,8 +7,9 @@ does one reference swap put it into service. Checks read the state once, so each
 old bundle or the new one, never a mix.
 
 Anything that goes wrong on the way refuses the new bundle: the last good one keeps
-serving, one ERROR line gives the reason, and ``gateway.loads.failed`` counts it. There is
-no retry loop for a refused bundle: its source offers it again only when it changes.
+serving, one ERROR line gives the reason, and ``gateway.loads.failed`` counts it. A refused
+bundle is not retried: a path offers it again only when its files change, a URL when its
+ETag does (a bundle server that cannot be reached is asked again, and refused, each poll).
 
 The old state's JWT verifier may still be in use by checks that began before the swap, so
 it is closed only ``retire_after_seconds`` later; the JWKS URL sources the new verifier
@@ -89,8 +90,14 @@ class BundleReloader:
         return self._interval
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="bundle-reloader")
+        if self._task is not None:
+            return
+        self._task = asyncio.create_task(self._run(), name="bundle-reloader")
+        where = self._source.location
+        if self._interval is None:
+            log.info("bundle: reloading %s on SIGHUP only", where)
+        else:
+            log.info("bundle: watching %s every %gs (SIGHUP: at once)", where, self._interval)
 
     def poke(self) -> None:
         """Look for a new bundle now (SIGHUP), whether or not the source is watched."""
@@ -117,21 +124,23 @@ class BundleReloader:
             else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._poke.wait(), self._interval)
+            poked = self._poke.is_set()
             self._poke.clear()
             try:
-                await self.reload()
+                await self.reload(settled=poked)
             except Exception:
                 # reload() refuses what it can explain; this is a bug, and polling goes on.
                 log.exception("bundle reloader failed; still polling")
 
-    async def reload(self) -> ReloadOutcome:
+    async def reload(self, *, settled: bool = False) -> ReloadOutcome:
         """Poll the source once and put a new bundle into service if there is one.
 
-        One at a time: the reloader's own task calls it, and so may a test.
+        ``settled`` (after SIGHUP): a change is taken at once, without waiting for it to
+        hold still for a poll. One at a time: the reloader's own task calls it, or a test.
         """
         current = self._gateway.state
         try:
-            files = await self._source.poll()
+            files = await self._source.poll(settled=settled)
             if files is None:
                 return ReloadOutcome.UNCHANGED
             state = await self._build(files, current.jwt)

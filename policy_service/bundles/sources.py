@@ -71,9 +71,10 @@ class BundleSource(Protocol):
         """A snapshot now, whatever changed; raises ``BundleError``."""
         ...
 
-    async def poll(self) -> BundleFiles | None:
+    async def poll(self, *, settled: bool = False) -> BundleFiles | None:
         """A snapshot if the bundle changed since the last one, else None; raises
-        ``BundleError`` when a change cannot be read."""
+        ``BundleError`` when a change cannot be read. ``settled``: whoever changed it says
+        they are done (SIGHUP), so a change need not hold still for a poll first."""
         ...
 
     def accepted(self, files: BundleFiles) -> None:
@@ -135,8 +136,8 @@ class PathSource:
     async def read(self) -> BundleFiles:
         return await asyncio.to_thread(self._read_now)
 
-    async def poll(self) -> BundleFiles | None:
-        return await asyncio.to_thread(self._poll_now)
+    async def poll(self, *, settled: bool = False) -> BundleFiles | None:
+        return await asyncio.to_thread(self._poll_now, settled)
 
     def accepted(self, files: BundleFiles) -> None:
         """``files`` (a snapshot from ``read`` or ``poll``) is now in service. Loading it
@@ -149,12 +150,12 @@ class PathSource:
         self._last = self._serving = snapshot
         return snapshot
 
-    def _poll_now(self) -> BundleFiles | None:
+    def _poll_now(self, settled: bool) -> BundleFiles | None:
         current = self._fingerprint()
         previous, self._previous = self._previous, current
         if current == self._offered:
             return None
-        if current != previous:
+        if current != previous and not settled:
             return None  # perhaps still being written: look again at the next poll
         # Whatever comes of it, a change is dealt with once: a refused bundle is offered
         # again only when its files change again.
@@ -295,7 +296,7 @@ class UrlSource:
         assert snapshot is not None  # an unconditional GET never answers 304
         return snapshot
 
-    async def poll(self) -> BundleFiles | None:
+    async def poll(self, *, settled: bool = False) -> BundleFiles | None:
         return await asyncio.to_thread(self._get, True)
 
     def accepted(self, files: BundleFiles) -> None:

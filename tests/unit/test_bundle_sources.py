@@ -116,6 +116,20 @@ async def test_a_half_written_file_is_never_handed_out(tmp_path: Path) -> None:
     assert snapshot.files == {"bundle.yaml": b"revision: two-and-more\n"}
 
 
+async def test_a_settled_poll_takes_a_change_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "bundle.yaml"
+    path.write_text("revision: one\n")
+    source = PathSource(path)
+    await source.read()
+    await assert_quiet(source)
+
+    path.write_text("revision: two-after-sighup\n")
+    snapshot = await source.poll(settled=True)
+    assert snapshot is not None
+    assert snapshot.files == {"bundle.yaml": b"revision: two-after-sighup\n"}
+    assert await source.poll(settled=True) is None  # and nothing more until it changes
+
+
 async def test_a_missing_file_is_refused_once_then_picked_up_again(tmp_path: Path) -> None:
     path = tmp_path / "bundle.yaml"
     path.write_text("revision: one\n")
@@ -158,7 +172,9 @@ async def test_a_named_file_that_appears_later_brings_the_bundle_back(tmp_path: 
     await assert_quiet(source)
 
     # The bundle is rewritten to name a key file that is not there yet: refused.
-    bundle.path.write_text(bundle.path.read_text().replace("jwks_file: jwks.json", "jwks_file: k.json"))
+    bundle.path.write_text(
+        bundle.path.read_text().replace("jwks_file: jwks.json", "jwks_file: k.json")
+    )
     refused = await next_snapshot(source)
     with pytest.raises(BundleError, match=r"k\.json"):
         load_bundle_files(refused)
@@ -297,9 +313,7 @@ async def test_an_error_status_is_refused_by_number(server: BundleServer, status
     server.status = status
     with pytest.raises(BundleError) as error:
         await UrlSource(server.url(), timeout_seconds=5).poll()
-    assert problem_of(error) == (
-        f"{server.url()}: the bundle server answered HTTP status {status}"
-    )
+    assert problem_of(error) == (f"{server.url()}: the bundle server answered HTTP status {status}")
 
 
 async def test_a_slow_server_is_refused_as_a_timeout(server: BundleServer) -> None:
@@ -314,9 +328,7 @@ async def test_nobody_listening_is_refused_as_such() -> None:
     url = f"http://127.0.0.1:{free_port()}/bundle.yaml"
     with pytest.raises(BundleError) as error:
         await UrlSource(url, timeout_seconds=5).poll()
-    assert problem_of(error) == (
-        f"{url}: cannot connect to the bundle server (connection refused)"
-    )
+    assert problem_of(error) == (f"{url}: cannot connect to the bundle server (connection refused)")
 
 
 async def test_a_too_large_document_is_refused(server: BundleServer) -> None:
