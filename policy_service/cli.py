@@ -72,6 +72,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     first = asyncio.run(source.read())
     bundle = load(first)
     source.accepted(first)
+    dry_run_source = dry_run_bundle = None
+    if args.dry_run_bundle:
+        # Checked like the enforced bundle (signature included): it is policy too.
+        dry_run_source = source_for(args.dry_run_bundle, environ=os.environ)
+        dry_run_first = asyncio.run(dry_run_source.read())
+        dry_run_bundle = load(dry_run_first)
+        dry_run_source.accepted(dry_run_first)
     tls = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
@@ -97,14 +104,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         # Redis client to the loop it first runs on.
         limiter = build_limiter(redis_settings, trail.tracer)
         gateway = Gateway(GatewayState.from_bundle(bundle), limiter, trail.tracer)
-        reloader = BundleReloader(
-            gateway,
-            source,
-            load=load,
-            watch=args.watch,
-            interval_seconds=args.poll_interval,
-        )
-        await serve_until_signalled(PolicyServer(gateway, settings, trail, reloader))
+        reloaders = [
+            BundleReloader(
+                gateway, source, load=load, watch=args.watch, interval_seconds=args.poll_interval
+            )
+        ]
+        if dry_run_source is not None and dry_run_bundle is not None:
+            gateway.swap_dry_run(GatewayState.from_bundle(dry_run_bundle))
+            reloaders.append(
+                BundleReloader(
+                    gateway,
+                    dry_run_source,
+                    load=load,
+                    watch=args.watch,
+                    interval_seconds=args.poll_interval,
+                    dry_run=True,
+                )
+            )
+        await serve_until_signalled(PolicyServer(gateway, settings, trail, reloaders))
 
     asyncio.run(run())
     return 0
@@ -234,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--verify-key",
         metavar="PUBLIC.pem",
         help="refuse any bundle not signed by this key, at start and on every reload",
+    )
+    serve.add_argument(
+        "--dry-run-bundle",
+        metavar="BUNDLE|DIR|URL",
+        help="also decide every check with this bundle and record what it would have done "
+        "(audit event dry_run, metrics), without enforcing it; reloaded like the bundle",
     )
     serve.add_argument("--tls-cert")
     serve.add_argument("--tls-key")

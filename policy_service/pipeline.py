@@ -288,9 +288,7 @@ def _rule_dry_runs(
         return ()
     agrees = isinstance(enforced, Refused) and enforced.reason is would.reason
     return (
-        DryRunRecord(
-            "rule", would.rule, "deny", would.reason.value, agrees, would.missing_scopes
-        ),
+        DryRunRecord("rule", would.rule, "deny", would.reason.value, agrees, would.missing_scopes),
     )
 
 

@@ -108,10 +108,11 @@ class PolicyServer:
         gateway: Gateway,
         settings: ServerSettings,
         trail: Trail | None = None,
-        reloader: BundleReloader | None = None,
+        reloaders: Sequence[BundleReloader] = (),
     ) -> None:
         self.gateway = gateway
-        self.reloader = reloader  # hot reload of the gateway's bundle, started once serving
+        # Hot reload of the gateway's bundle (and of a dry-run bundle), started once serving.
+        self.reloaders = tuple(reloaders)
         self.settings = settings
         self.trail = trail or Trail()
         if settings.metrics_listen is not None and self.trail.metrics is None:
@@ -152,6 +153,8 @@ class PolicyServer:
     async def start(self) -> None:
         await self._server.start()
         await self.gateway.state.jwt.start()
+        if self.gateway.dry_run_state is not None:
+            await self.gateway.dry_run_state.jwt.start()
         await _report_store(self.gateway)
         if self.settings.metrics_listen is not None:
             assert self.trail.metrics is not None
@@ -165,18 +168,25 @@ class PolicyServer:
             ", ".join(self.settings.listen),
             self.gateway.state.bundle.revision,
         )
-        if self.reloader is not None:
-            self.reloader.start()
+        for reloader in self.reloaders:
+            reloader.start()
+
+    def reload_now(self) -> None:
+        """Look for new bundles at once (SIGHUP)."""
+        for reloader in self.reloaders:
+            reloader.poke()
 
     async def stop(self) -> None:
         """Stop taking new checks, let in-flight ones finish within the grace period."""
         # NOT_SERVING first, so health-checking load balancers move away before we close.
         await self.health.enter_graceful_shutdown()
         await self._server.stop(self.settings.grace_seconds)
-        if self.reloader is not None:
+        for reloader in self.reloaders:
             # After the drain: replaced bundles' verifiers may serve checks until then.
-            await self.reloader.stop()
+            await reloader.stop()
         await self.gateway.state.jwt.aclose()
+        if self.gateway.dry_run_state is not None:
+            await self.gateway.dry_run_state.jwt.aclose()
         await self.gateway.limiter.aclose()
         _report_limiter_stats(self.gateway)
         if self.metrics_server is not None:
@@ -235,9 +245,9 @@ async def serve_until_signalled(server: PolicyServer) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    if server.reloader is not None:
+    if server.reloaders:
         # The conventional "reload your configuration", watched or not.
-        loop.add_signal_handler(signal.SIGHUP, server.reloader.poke)
+        loop.add_signal_handler(signal.SIGHUP, server.reload_now)
     await server.start()
     await stop.wait()
     log.info("signal received; draining in-flight checks")

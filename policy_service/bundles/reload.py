@@ -73,10 +73,15 @@ class BundleReloader:
         watch: bool = True,
         interval_seconds: float | None = None,
         retire_after_seconds: float = RETIRE_AFTER_SECONDS,
+        dry_run: bool = False,
     ) -> None:
         """``watch=False`` reloads on ``poke`` (SIGHUP) only; ``interval_seconds`` defaults
-        to the source's own (a second for a path, 30 for a URL)."""
+        to the source's own (a second for a path, 30 for a URL). ``dry_run``: this source
+        feeds the bundle the gateway evaluates beside the enforced one, never enforcing it;
+        its refusals are logged, and not counted with the enforced bundle's loads."""
         self._gateway = gateway
+        self._dry_run = dry_run
+        self._what = "dry-run bundle" if dry_run else "bundle"
         self._source = source
         self._load = load or bundle_loader(None)
         self._interval = (interval_seconds or source.default_interval_seconds) if watch else None
@@ -95,9 +100,11 @@ class BundleReloader:
         self._task = asyncio.create_task(self._run(), name="bundle-reloader")
         where = self._source.location
         if self._interval is None:
-            log.info("bundle: reloading %s on SIGHUP only", where)
+            log.info("%s: reloading %s on SIGHUP only", self._what, where)
         else:
-            log.info("bundle: watching %s every %gs (SIGHUP: at once)", where, self._interval)
+            log.info(
+                "%s: watching %s every %gs (SIGHUP: at once)", self._what, where, self._interval
+            )
 
     def poke(self) -> None:
         """Look for a new bundle now (SIGHUP), whether or not the source is watched."""
@@ -138,7 +145,7 @@ class BundleReloader:
         ``settled`` (after SIGHUP): a change is taken at once, without waiting for it to
         hold still for a poll. One at a time: the reloader's own task calls it, or a test.
         """
-        current = self._gateway.state
+        current = self._serving()
         try:
             files = await self._source.poll(settled=settled)
             if files is None:
@@ -147,16 +154,27 @@ class BundleReloader:
         except Exception as exc:  # whatever it is, the bundle is refused
             self._refuse(current.bundle.revision, exc)
             return ReloadOutcome.REFUSED
-        previous = self._gateway.swap(state)
+        if self._dry_run:
+            previous = self._gateway.swap_dry_run(state) or current
+        else:
+            previous = self._gateway.swap(state)
         self._source.accepted(files)
         self._retire(previous.jwt)
         log.info(
-            "bundle revision %s -> %s loaded from %s",
+            "%s revision %s -> %s loaded from %s",
+            self._what,
             previous.bundle.revision,
             state.bundle.revision,
             self._source.location,
         )
         return ReloadOutcome.LOADED
+
+    def _serving(self) -> GatewayState:
+        if self._dry_run:
+            state = self._gateway.dry_run_state
+            assert state is not None, "a dry-run reloader starts after its first bundle"
+            return state
+        return self._gateway.state
 
     async def _build(self, files: BundleFiles, serving_jwt: JwtVerifier) -> GatewayState:
         # Compiling is pure Python, milliseconds for a large bundle: a worker thread keeps
@@ -171,9 +189,10 @@ class BundleReloader:
             raise
 
     def _refuse(self, serving: str, exc: Exception) -> None:
-        loads = self._gateway.loads
-        loads.failed += 1
-        loads.failed_at = time.time()
+        if not self._dry_run:
+            loads = self._gateway.loads
+            loads.failed += 1
+            loads.failed_at = time.time()
         unexpected = not isinstance(exc, PolicyServiceError)
         if isinstance(exc, BundleError):
             reason = "; ".join(str(problem) for problem in exc.problems)
@@ -183,7 +202,8 @@ class BundleReloader:
             # The traceback is for whoever fixes the bug; the line says what happened.
             reason = f"unexpected error ({type(exc).__name__})"
         log.error(
-            "bundle reload refused, still serving revision %s: %s",
+            "%s reload refused, still serving revision %s: %s",
+            self._what,
             serving,
             reason,
             exc_info=exc if unexpected else None,

@@ -231,7 +231,7 @@ class DevStack:
                     metrics_listen=("127.0.0.1", ports.metrics),
                 ),
                 trail,
-                BundleReloader(gateway, source),
+                (BundleReloader(gateway, source),),
             )
             await self.server.start()
             self.envoy = EnvoyProcess((self.state_dir / ENVOY_FILE).read_text())
@@ -303,8 +303,8 @@ async def run_dev_stack(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stack.start()
-    if stack.server is not None and stack.server.reloader is not None:
-        loop.add_signal_handler(signal.SIGHUP, stack.server.reloader.poke)
+    if stack.server is not None:
+        loop.add_signal_handler(signal.SIGHUP, stack.server.reload_now)
     print(stack.instructions(), flush=True)
     try:
         await stop.wait()
