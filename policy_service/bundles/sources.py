@@ -30,7 +30,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Protocol
 
 from policy_service.bundles.files import (
     DIRECTORY_ENTRY,
@@ -43,6 +43,7 @@ from policy_service.bundles.files import (
     read_bundle_path,
 )
 from policy_service.errors import BundleError, BundleProblem
+from policy_service.fetching import DowngradeRefused, NoDowngradeRedirects, redact_url
 
 __all__ = [
     "BUNDLE_TOKEN_ENV_VAR",
@@ -236,38 +237,6 @@ def _stat(name: str, path: Path) -> _FileStat:
 # An HTTP(S) URL
 
 
-class _DowngradeRefused(urllib.error.URLError):
-    pass
-
-
-class _NoDowngradeRedirects(urllib.request.HTTPRedirectHandler):
-    # A redirect from https to http would let anyone on the path serve their own policy.
-    def redirect_request(
-        self,
-        req: urllib.request.Request,
-        fp: Any,
-        code: int,
-        msg: str,
-        headers: Any,
-        newurl: str,
-    ) -> urllib.request.Request | None:
-        if req.full_url.lower().startswith("https:") and not newurl.lower().startswith("https:"):
-            raise _DowngradeRefused("refused a redirect from https to http")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def redact_url(url: str) -> str:
-    """The URL without user info or query, for messages (either may carry credentials)."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        host = parts.hostname or ""
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-    except ValueError:
-        return "(unparseable URL)"
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
 class UrlSource:
     """A bundle served over HTTP(S), polled with conditional GETs."""
 
@@ -285,7 +254,7 @@ class UrlSource:
         self.location = redact_url(url)
         self._timeout_seconds = timeout_seconds
         self._token = environ.get(BUNDLE_TOKEN_ENV_VAR) or None
-        self._opener = urllib.request.build_opener(_NoDowngradeRedirects())
+        self._opener = urllib.request.build_opener(NoDowngradeRedirects())
         self._etag: str | None = None
         self._last_modified: str | None = None
         path = urllib.parse.urlsplit(url).path if self.location != "(unparseable URL)" else ""
@@ -333,7 +302,7 @@ class UrlSource:
             if exc.code == 304:
                 return None
             raise self._refuse(f"the bundle server answered HTTP status {exc.code}") from None
-        except _DowngradeRefused:
+        except DowngradeRefused:
             raise self._refuse("refused a redirect from https to http") from None
         except (OSError, ValueError) as exc:  # URLError, timeouts, resets, bad URLs
             raise self._refuse(self._network_problem(exc)) from None

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from policy_service.clock import SYSTEM_CLOCK, Clock
 from policy_service.errors import KeySourceError
+from policy_service.fetching import NoDowngradeRedirects, redact_url
 
 __all__ = [
     "FileKeySource",
@@ -305,45 +306,17 @@ class JwksFetcher(Protocol):
     async def fetch(self, url: str, timeout_seconds: float) -> bytes: ...
 
 
-class _NoDowngradeRedirects(urllib.request.HTTPRedirectHandler):
-    # A redirect from https to http would let anyone on the path substitute their own keys.
-    def redirect_request(
-        self,
-        req: urllib.request.Request,
-        fp: Any,
-        code: int,
-        msg: str,
-        headers: Any,
-        newurl: str,
-    ) -> urllib.request.Request | None:
-        if req.full_url.startswith("https:") and not newurl.lower().startswith("https:"):
-            raise urllib.error.HTTPError(newurl, code, "refused https->http redirect", headers, fp)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def _redact(url: str) -> str:
-    """The URL without user info or query, for messages (they may carry credentials)."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        host = parts.hostname or ""
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-    except ValueError:
-        return "(unparseable URL)"
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
 class UrllibJwksFetcher:
     """The production fetcher: ``urllib`` in a worker thread, with a timeout and size cap."""
 
     def __init__(self) -> None:
-        self._opener = urllib.request.build_opener(_NoDowngradeRedirects())
+        self._opener = urllib.request.build_opener(NoDowngradeRedirects())
 
     async def fetch(self, url: str, timeout_seconds: float) -> bytes:
         return await asyncio.to_thread(self._get, url, timeout_seconds)
 
     def _get(self, url: str, timeout_seconds: float) -> bytes:
-        where = _redact(url)
+        where = redact_url(url)
         try:
             scheme = urllib.parse.urlsplit(url).scheme
         except ValueError:
@@ -380,7 +353,7 @@ class UrlKeySource:
         timeout_seconds: float = DEFAULT_FETCH_TIMEOUT_SECONDS,
     ) -> None:
         self._url = url
-        self._where = f"JWKS URL {_redact(url)}"
+        self._where = f"JWKS URL {redact_url(url)}"
         self._cache_seconds = cache_seconds
         self._min_refresh_seconds = min_refresh_seconds
         self._fetcher: JwksFetcher = fetcher if fetcher is not None else UrllibJwksFetcher()

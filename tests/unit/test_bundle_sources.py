@@ -22,12 +22,10 @@ from policy_service.bundles.sources import (
     BUNDLE_TOKEN_ENV_VAR,
     PathSource,
     UrlSource,
-    _DowngradeRefused,
-    _NoDowngradeRedirects,
-    redact_url,
     source_for,
 )
 from policy_service.errors import BundleError
+from policy_service.fetching import DowngradeRefused, NoDowngradeRedirects, redact_url
 from policy_service.gateway.envoy_process import free_port
 from tests.support.bundle_server import BundleServer
 from tests.support.bundles import write_test_bundle
@@ -348,9 +346,9 @@ def test_only_http_and_https_urls_are_sources(tmp_path: Path) -> None:
 
 
 def test_a_redirect_from_https_to_http_is_refused() -> None:
-    handler = _NoDowngradeRedirects()
+    handler = NoDowngradeRedirects()
     request = urllib.request.Request("https://bundles.example/b.yaml")
-    with pytest.raises(_DowngradeRefused):
+    with pytest.raises(DowngradeRefused):
         handler.redirect_request(request, None, 302, "Found", {}, "http://bundles.example/b.yaml")
     upgraded = handler.redirect_request(
         urllib.request.Request("http://bundles.example/b.yaml"),

@@ -17,13 +17,13 @@ from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PrivateKey
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from policy_service.errors import KeySourceError
+from policy_service.fetching import DowngradeRefused, NoDowngradeRedirects
 from policy_service.identity.jwks import (
     EMPTY_RETRY_SECONDS,
     FileKeySource,
     KeySet,
     UrlKeySource,
     UrllibJwksFetcher,
-    _NoDowngradeRedirects,
     b64url_decode,
     parse_jwks,
 )
@@ -436,9 +436,9 @@ async def test_fetcher_only_speaks_http(url: str) -> None:
 
 def test_redirects_from_https_to_http_are_refused() -> None:
     # Following such a redirect would let anyone on the network path supply the keys.
-    handler = _NoDowngradeRedirects()
+    handler = NoDowngradeRedirects()
     request = urllib.request.Request("https://idp.example.com/jwks")
-    with pytest.raises(urllib.error.HTTPError, match="refused https->http redirect"):
+    with pytest.raises(DowngradeRefused, match="refused a redirect from https to http"):
         handler.redirect_request(
             request, io.BytesIO(), 302, "Found", {}, "http://idp.example.com/jwks"
         )
