@@ -127,7 +127,7 @@ def _read_directory(directory: Path) -> BundleFiles:
         raise BundleFileError(str(directory), f"a bundle directory needs a {DIRECTORY_ENTRY}")
     snapshot = BundleFiles(entry=DIRECTORY_ENTRY, origin=str(directory), root=directory.resolve())
     signature_name = DIRECTORY_ENTRY + SIGNATURE_SUFFIX
-    for name in _directory_files(directory):
+    for name in directory_files(directory):
         if name == signature_name:
             snapshot.signature = _read_capped(directory / name, name, 0)
             continue
@@ -139,7 +139,7 @@ def _read_directory(directory: Path) -> BundleFiles:
     return snapshot
 
 
-def _directory_files(directory: Path) -> list[str]:
+def directory_files(directory: Path) -> list[str]:
     names: list[str] = []
     for path in sorted(directory.rglob("*")):
         relative = path.relative_to(directory)

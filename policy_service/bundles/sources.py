@@ -39,7 +39,7 @@ from policy_service.bundles.files import (
     SIGNATURE_SUFFIX,
     BundleFileError,
     BundleFiles,
-    _directory_files,
+    directory_files,
     read_bundle_path,
 )
 from policy_service.errors import BundleError, BundleProblem
@@ -203,7 +203,7 @@ class PathSource:
         is_directory = path.is_dir()
         paths: dict[str, Path] = {}
         if is_directory:
-            listing = tuple(_directory_files(path))
+            listing = tuple(directory_files(path))
             paths[DIRECTORY_ENTRY] = path / DIRECTORY_ENTRY
             paths[SIGNATURE_SUFFIX] = path / (DIRECTORY_ENTRY + SIGNATURE_SUFFIX)
             base = path
