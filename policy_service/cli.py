@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 from policy_service.errors import BundleError, ConfigError, PolicyServiceError
 
 if TYPE_CHECKING:
+    from policy_service.bundles.model import CompiledBundle
+    from policy_service.bundles.sources import BundleSource
     from policy_service.ratelimits.redis_store import RedisSettings
     from policy_service.telemetry.trail import Trail
 
@@ -66,19 +68,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.poll_interval is not None and not args.poll_interval > 0:
         raise ConfigError("--poll-interval must be a positive number of seconds")
     key = load_verification_key(args.verify_key) if args.verify_key else None
-    source = source_for(args.bundle, environ=os.environ)
     load = bundle_loader(key, os.environ)
-    # The first load has no last good bundle to fall back on: any problem ends the process.
-    first = asyncio.run(source.read())
-    bundle = load(first)
-    source.accepted(first)
+
+    def first_load(location: str) -> tuple[BundleSource, CompiledBundle]:
+        # No last good bundle to fall back on yet: any problem ends the process.
+        source = source_for(location, environ=os.environ)
+        files = asyncio.run(source.read())
+        bundle = load(files)
+        source.accepted(files)
+        return source, bundle
+
+    source, bundle = first_load(args.bundle)
     dry_run_source = dry_run_bundle = None
     if args.dry_run_bundle:
         # Checked like the enforced bundle (signature included): it is policy too.
-        dry_run_source = source_for(args.dry_run_bundle, environ=os.environ)
-        dry_run_first = asyncio.run(dry_run_source.read())
-        dry_run_bundle = load(dry_run_first)
-        dry_run_source.accepted(dry_run_first)
+        dry_run_source, dry_run_bundle = first_load(args.dry_run_bundle)
     tls = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):

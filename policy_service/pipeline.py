@@ -18,7 +18,6 @@ from urllib.parse import quote
 from opentelemetry import trace
 
 from policy_service.authorization.policy import (
-    CallFacts,
     Granted,
     PolicyOutcome,
     RefusalReason,
@@ -234,10 +233,9 @@ class Gateway:
         principal = record.principal = principal_or_deny
 
         with phase_span(tracer, "policy") as span:
-            facts = CallFacts(request.method, request.path)
-            outcome = authorize(upstream, principal, parsed, facts=facts)
+            outcome = authorize(upstream, principal, parsed, http=request)
             if upstream.dry_run_rules:
-                record.dry_runs = _rule_dry_runs(upstream, principal, parsed, facts, outcome)
+                record.dry_runs = _rule_dry_runs(upstream, principal, parsed, request, outcome)
             set_policy_attributes(span, outcome)
         if isinstance(outcome, Refused):
             return _refusal(outcome, upstream, is_jsonrpc)
@@ -270,12 +268,12 @@ def _rule_dry_runs(
     upstream: UpstreamPolicy,
     principal: Principal,
     parsed: McpRequest | A2aRequest | None,
-    facts: CallFacts,
+    request: HttpRequest,
     enforced: PolicyOutcome,
 ) -> tuple[DryRunRecord, ...]:
     """What the policy would decide with the dry-run rules live, when one of them takes
     part in that decision; nothing when none does (the enforced rules decided alone)."""
-    would = authorize(upstream, principal, parsed, facts=facts, rules=upstream.rules)
+    would = authorize(upstream, principal, parsed, http=request, rules=upstream.rules)
     if isinstance(would, Granted):
         names = [name for name in would.rules if name in upstream.dry_run_rules]
         if not names:

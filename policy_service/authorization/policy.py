@@ -33,6 +33,7 @@ from policy_service.identity.principal import Principal
 from policy_service.request.model import (
     A2aRequest,
     CallTarget,
+    HttpRequest,
     JsonRpcId,
     McpRequest,
     call_targets,
@@ -76,23 +77,17 @@ class RuleStep:
     applies: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class CallFacts:
-    """What conditions may read about the HTTP request besides the call itself."""
-
-    http_method: str = "POST"
-    path: str = ""
-
-
 class _ConditionInputs:
     """Condition inputs for one check, built only if a condition asks, and once."""
 
-    __slots__ = ("_facts", "_principal", "_principal_view", "_upstream")
+    __slots__ = ("_http", "_principal", "_principal_view", "_upstream")
 
-    def __init__(self, upstream: UpstreamPolicy, principal: Principal, facts: CallFacts) -> None:
+    def __init__(
+        self, upstream: UpstreamPolicy, principal: Principal, http: HttpRequest | None
+    ) -> None:
         self._upstream = upstream
         self._principal = principal
-        self._facts = facts
+        self._http = http
         self._principal_view: Mapping[str, Any] | None = None
 
     def for_target(self, target: CallTarget) -> ConditionInputs:
@@ -114,8 +109,8 @@ class _ConditionInputs:
                 "protocol": self._upstream.protocol.value,
                 "method": target.method,
                 "target": target.name,
-                "http_method": self._facts.http_method,
-                "path": self._facts.path,
+                "http_method": self._http.method if self._http is not None else "POST",
+                "path": self._http.path if self._http is not None else "",
             },
         )
 
@@ -125,17 +120,18 @@ def authorize(
     principal: Principal,
     request: McpRequest | A2aRequest | None,
     *,
-    facts: CallFacts = CallFacts(),
+    http: HttpRequest | None = None,
     rules: tuple[CompiledRule, ...] | None = None,
     steps: list[tuple[CallTarget, RuleStep]] | None = None,
 ) -> PolicyOutcome:
-    """Decide on ``request``. ``rules`` defaults to the enforced ones (dry-run rules left
+    """Decide on ``request``; conditions read the HTTP method and path from ``http``.
+    ``rules`` defaults to the enforced ones (dry-run rules left
     out); ``steps``, when given, collects how each rule fared, for ``explain``."""
     if not upstream.clients.admits(principal):
         return Refused(RefusalReason.CLIENT_NOT_ALLOWED, request_id=request_id_of(request))
 
     rules = upstream.enforced_rules if rules is None else rules
-    inputs = _ConditionInputs(upstream, principal, facts)
+    inputs = _ConditionInputs(upstream, principal, http)
     needed = set(upstream.required_scopes)
     admitted: list[str] = []
     first_short_id: JsonRpcId = None

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from policy_service.authorization.conditions import ConditionFailure
-from policy_service.authorization.policy import CallFacts, RuleStep, authorize
+from policy_service.authorization.policy import RuleStep, authorize
 from policy_service.bundles.cases import Call, Caller, Outcome, http_request_for, outcome_of
 from policy_service.bundles.cases import principal_for as case_principal
 from policy_service.bundles.model import CompiledBundle, CompiledRule, Effect
@@ -67,8 +67,7 @@ async def explain(
         views: tuple[LimitView, ...] = ()
         unavailable = None
         if principal is not None:
-            facts = CallFacts(request.method, request.path)
-            authorize(upstream, principal, record.parsed, facts=facts, steps=steps)
+            authorize(upstream, principal, record.parsed, http=request, steps=steps)
             targets = call_targets(record.parsed)
             claims = claims_for(bundle.limits, upstream.name, principal, targets)
             if claims:
