@@ -49,19 +49,21 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     explain.add_argument("--case", help="a case file to take the request from")
     explain.add_argument("--name", help="the case's name in --case")
     call = explain.add_argument_group("the call")
-    call.add_argument("--upstream")
+    call.add_argument("--upstream", help="the upstream's name in the bundle")
     target = call.add_mutually_exclusive_group()
-    target.add_argument("--tool")
-    target.add_argument("--resource")
-    target.add_argument("--prompt")
+    target.add_argument("--tool", help="a tools/call of this tool")
+    target.add_argument("--resource", help="a resources/read of this URI")
+    target.add_argument("--prompt", help="a prompts/get of this prompt")
     target.add_argument("--method", help="another MCP method, e.g. tools/list")
     target.add_argument("--a2a-method", help="an A2A method, e.g. SendMessage")
     call.add_argument("--args", help="the tool's or prompt's arguments as a JSON object")
     caller = explain.add_argument_group("the caller (default: no credential)")
     caller.add_argument("--sub", help="subject")
-    caller.add_argument("--client-id")
+    caller.add_argument("--client-id", help="the calling client's id")
     caller.add_argument("--issuer", help="the bundle's issuer name (default: its first)")
-    caller.add_argument("--scope", action="append", default=[], help="repeatable")
+    caller.add_argument(
+        "--scope", action="append", default=[], help="a scope the caller holds (repeatable)"
+    )
     caller.add_argument("--claims", help="more claims as a JSON object")
     caller.add_argument("--api-key", help="act as this api_keys id from the bundle")
     caller.add_argument(
@@ -71,7 +73,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--redis-url",
         help="read the live buckets from this Redis (a zero-token take: nothing is spent)",
     )
-    explain.add_argument("--redis-key-prefix", default="policy-service")
+    explain.add_argument(
+        "--redis-key-prefix", default="policy-service", help="the hash tag the service's keys use"
+    )
     explain.set_defaults(run=_cmd_explain)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of the bundle format")

@@ -136,7 +136,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     keygen = commands.add_parser("keygen", help="make a key pair for signing bundles")
     keygen.add_argument("out_prefix", metavar="OUT_PREFIX", help="writes OUT_PREFIX.key and .pub")
-    keygen.add_argument("--algorithm", choices=tuple(KEY_ALGORITHMS), default="ed25519")
+    keygen.add_argument(
+        "--algorithm", choices=tuple(KEY_ALGORITHMS), default="ed25519", help="signature algorithm"
+    )
     keygen.set_defaults(run=_cmd_keygen)
 
     sign = commands.add_parser("sign", help="lint a bundle, then sign it")

@@ -1,4 +1,4 @@
-"""The ``policy-service`` command.
+"""policy-service: an Envoy ext_authz policy service for MCP and A2A traffic.
 
 policy-service serve BUNDLE|DIR|URL [--listen HOST:PORT ...] [--no-watch] [--verify-key ...]
 policy-service lint BUNDLE [BUNDLE ...]
@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from policy_service.dev import DEFAULT_STATE_DIR
 from policy_service.errors import BundleError, ConfigError, PolicyServiceError
 
 if TYPE_CHECKING:
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
     from policy_service.ratelimits.redis_store import RedisSettings
     from policy_service.telemetry.trail import Trail
 
-DEFAULT_STATE_DIR = Path(".dev-stack")
 REDIS_URL_ENV_VAR = "POLICY_SERVICE_REDIS_URL"
 
 
@@ -223,11 +223,17 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="policy-service", description=__doc__.split("\n")[0])
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="how much the service logs",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     lint = commands.add_parser("lint", help="validate bundles; non-zero exit on any problem")
-    lint.add_argument("bundles", nargs="+")
+    lint.add_argument("bundles", nargs="+", help="bundle files or directories")
     lint.set_defaults(run=_cmd_lint)
 
     from policy_service.bundles.sources import BUNDLE_TOKEN_ENV_VAR
@@ -238,7 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a bundle file, a bundle directory or an http(s) URL (sent the bearer token in "
         f"${BUNDLE_TOKEN_ENV_VAR}, if set)",
     )
-    serve.add_argument("--listen", action="append", help="HOST:PORT (repeatable)")
+    serve.add_argument(
+        "--listen",
+        action="append",
+        metavar="HOST:PORT",
+        help="where the gRPC service listens (repeatable; default: 127.0.0.1:9001)",
+    )
     serve.add_argument(
         "--watch",
         action=argparse.BooleanOptionalAction,
@@ -262,11 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also decide every check with this bundle and record what it would have done "
         "(audit event dry_run, metrics), without enforcing it; reloaded like the bundle",
     )
-    serve.add_argument("--tls-cert")
-    serve.add_argument("--tls-key")
+    serve.add_argument("--tls-cert", help="PEM certificate chain: serve gRPC over TLS")
+    serve.add_argument("--tls-key", help="the PEM private key of --tls-cert")
     serve.add_argument("--tls-client-ca", help="require client certificates signed by this CA")
     serve.add_argument("--grace", type=float, default=10.0, help="seconds to drain on SIGTERM")
-    serve.add_argument("--no-reflection", action="store_true")
+    serve.add_argument(
+        "--no-reflection", action="store_true", help="do not serve gRPC server reflection"
+    )
     add_redis_arguments(serve)
     add_telemetry_arguments(serve)
     serve.set_defaults(run=_cmd_serve)
@@ -277,17 +290,55 @@ def build_parser() -> argparse.ArgumentParser:
     hash_key.set_defaults(run=_cmd_hash_key)
 
     token = commands.add_parser("token", help="mint a token from the dev stack's issuer")
-    token.add_argument("--scope", action="append", default=[], help="repeatable")
-    token.add_argument("--sub", default="dev-user")
-    token.add_argument("--client-id", default="dev-client")
+    token.add_argument("--scope", action="append", default=[], help="a scope to grant (repeatable)")
+    token.add_argument("--sub", default="dev-user", help="the token's subject")
+    token.add_argument("--client-id", default="dev-client", help="the token's client_id claim")
     token.add_argument("--upstream", default="fininfo", help="whose resource URI is the audience")
     token.add_argument("--aud", help="explicit audience (overrides --upstream)")
-    token.add_argument("--lifetime", type=int, default=3600, help="seconds")
-    token.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR))
+    token.add_argument(
+        "--lifetime",
+        type=int,
+        default=3600,
+        help="seconds until exp; the dev bundle allows 30 s of clock skew (an issuer's "
+        "leeway_seconds), so a token is still "
+        "accepted up to 30 s after exp (and from 30 s before nbf)",
+    )
+    token.add_argument(
+        "--state-dir",
+        default=DEFAULT_STATE_DIR,
+        help="the dev stack's state directory, where its issuer key is",
+    )
     token.set_defaults(run=_cmd_token)
 
     _add_late_commands(commands)
+    _finish_help(parser)
     return parser
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or not action.option_strings:
+            return text
+        if action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _finish_help(parser: argparse.ArgumentParser) -> None:
+    """Defaults shown everywhere, and each command's one-line help heading its own --help."""
+    parser.formatter_class = _HelpFormatter
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        summaries = {choice.dest: choice.help for choice in action._choices_actions}
+        for name, sub in action.choices.items():
+            summary = summaries.get(name) or ""
+            if sub.description is None:
+                sub.description = summary[:1].upper() + summary[1:] + "."
+            _finish_help(sub)
 
 
 def add_redis_arguments(parser: argparse.ArgumentParser) -> None:
@@ -301,7 +352,9 @@ def add_redis_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--redis-timeout", type=float, default=0.1, help="seconds a check waits for Redis"
     )
-    group.add_argument("--redis-max-connections", type=int, default=64)
+    group.add_argument(
+        "--redis-max-connections", type=int, default=64, help="Redis connections per process"
+    )
     group.add_argument(
         "--redis-key-prefix", default="policy-service", help="hash tag of every bucket key"
     )
@@ -348,7 +401,7 @@ def _add_late_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     try:

@@ -7,7 +7,15 @@ import asyncio
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from policy_service.dev import DEFAULT_STATE_DIR
 from policy_service.errors import ConfigError
+
+
+def _port_list(text: str) -> list[int]:
+    parts = text.split(",")
+    if len(parts) != 3 or not all(part.isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(f"want three ports, PORT,PORT,PORT; got {text!r}")
+    return [int(part) for part in parts]
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
@@ -86,31 +94,50 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     from policy_service.cli import add_redis_arguments
 
     dev = commands.add_parser(
-        "dev", help="run Envoy + policy service + demo MCP servers and A2A agent on loopback"
+        "dev",
+        help="run Envoy + policy service + demo MCP servers and A2A agent on loopback",
+        description="Bring up a whole gateway on loopback from embedded defaults: Envoy, the "
+        "policy service (watching its bundle), two demo MCP servers and a demo A2A agent. "
+        "Ctrl-C stops everything.",
     )
-    dev.add_argument("--state-dir", default=".dev-stack")
-    dev.add_argument("--http-port", type=int, default=8080)
-    dev.add_argument("--https-port", type=int, default=8443)
-    dev.add_argument("--admin-port", type=int, default=9901)
-    dev.add_argument("--authz-port", type=int, default=9001)
+    dev.add_argument(
+        "--state-dir",
+        default=DEFAULT_STATE_DIR,
+        help="where the dev stack keeps its state: the issuer's key (kept, so tokens stay "
+        "valid), the dev API key, and the bundle, Envoy config, certificates and audit log "
+        "(rewritten at each start); relative to the current directory",
+    )
+    dev.add_argument("--http-port", type=int, default=8080, help="Envoy's plain HTTP listener")
+    dev.add_argument("--https-port", type=int, default=8443, help="Envoy's HTTPS listener")
+    dev.add_argument("--admin-port", type=int, default=9901, help="Envoy's admin interface")
+    dev.add_argument("--authz-port", type=int, default=9001, help="the policy service (gRPC)")
     dev.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics")
     dev.add_argument(
         "--peer-ports",
-        type=lambda text: [int(part) for part in text.split(",")],
-        default=[9101, 9102, 9103],
-        help="fininfo,currenttime,agent",
+        type=_port_list,
+        default="9101,9102,9103",
+        metavar="FININFO,CURRENTTIME,AGENT",
+        help="the demo MCP servers and A2A agent",
     )
     add_redis_arguments(dev)
     dev.set_defaults(run=_cmd_dev)
 
     envoy = commands.add_parser("envoy-config", help="print an Envoy config for a bundle")
-    envoy.add_argument("bundle")
-    envoy.add_argument("--authz", action="append", default=[], help="HOST:PORT (repeatable)")
-    envoy.add_argument("--http-port", type=int, default=8080)
-    envoy.add_argument("--https-port", type=int, default=8443)
-    envoy.add_argument("--tls-cert")
-    envoy.add_argument("--tls-key")
-    envoy.add_argument("--admin-port", type=int, default=9901)
+    envoy.add_argument("bundle", help="bundle file or directory; each upstream becomes a route")
+    envoy.add_argument(
+        "--authz",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a policy-service endpoint (repeatable: one per process)",
+    )
+    envoy.add_argument("--http-port", type=int, default=8080, help="the plain HTTP listener")
+    envoy.add_argument(
+        "--https-port", type=int, default=8443, help="the HTTPS listener (with --tls-cert)"
+    )
+    envoy.add_argument("--tls-cert", help="PEM certificate chain for the HTTPS listener")
+    envoy.add_argument("--tls-key", help="the PEM private key of --tls-cert")
+    envoy.add_argument("--admin-port", type=int, default=9901, help="Envoy's admin interface")
     envoy.add_argument(
         "--listen-address",
         default="127.0.0.1",

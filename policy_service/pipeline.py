@@ -176,6 +176,14 @@ class Gateway:
 
         upstream = bundle.route(request.path, request.context_extensions)
         if upstream is None:
+            tag = request.context_extensions.get("upstream")
+            if tag is not None:
+                record.route_tag = tag
+                return Deny(
+                    DenyKind.UNKNOWN_UPSTREAM,
+                    "unknown_upstream",
+                    "this route's upstream is not in the gateway's policy",
+                )
             return Deny(DenyKind.NO_UPSTREAM, "no_upstream", "no upstream serves this path")
         record.upstream = upstream
 

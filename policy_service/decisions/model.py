@@ -25,6 +25,7 @@ class DenyKind(StrEnum):
     MALFORMED = "malformed"  # 400: cannot be parsed well enough to authorize
     BAD_ORIGIN = "bad_origin"  # 403: Origin present and not allowed (MCP transport MUST)
     NO_UPSTREAM = "no_upstream"  # 404: no upstream serves this path
+    UNKNOWN_UPSTREAM = "unknown_upstream"  # 503: Envoy's route tag names no upstream we know
     RATE_LIMITED = "rate_limited"  # 429 + Retry-After and RateLimit fields
     LIMIT_STORE_UNAVAILABLE = "limit_store_unavailable"  # 503: a fail-closed limit's store is down
     INTERNAL = "internal"  # 503: our own fault; fail closed

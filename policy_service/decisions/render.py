@@ -36,6 +36,11 @@ _STATUS = {
     DenyKind.MALFORMED: 400,
     DenyKind.BAD_ORIGIN: 403,
     DenyKind.NO_UPSTREAM: 404,
+    # The operator's Envoy routes and bundle disagree (typically a route deployed before the
+    # bundle that names its upstream): a fault of the gateway, not of the request, and one
+    # that a retry after the rollout fixes. A 404 would tell clients the endpoint is gone,
+    # and MCP clients read a 404 as "session expired, start over".
+    DenyKind.UNKNOWN_UPSTREAM: 503,
     DenyKind.RATE_LIMITED: 429,
     DenyKind.LIMIT_STORE_UNAVAILABLE: 503,
     DenyKind.INTERNAL: 503,
@@ -136,7 +141,11 @@ def _code(deny: Deny) -> int:
         return _CODE_NOT_FOUND
     if deny.kind is DenyKind.RATE_LIMITED:
         return _CODE_RATE_LIMITED
-    if deny.kind in (DenyKind.INTERNAL, DenyKind.LIMIT_STORE_UNAVAILABLE):
+    if deny.kind in (
+        DenyKind.INTERNAL,
+        DenyKind.LIMIT_STORE_UNAVAILABLE,
+        DenyKind.UNKNOWN_UPSTREAM,
+    ):
         return _CODE_INTERNAL
     return _CODE_FORBIDDEN
 

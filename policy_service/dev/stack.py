@@ -1,25 +1,31 @@
 """`policy-service dev`: Envoy + policy service + demo peers on loopback, one command.
 
-Everything is generated into a state directory (default ``.dev-stack/``): the dev issuer's
-key and JWKS, a dev API key, the bundle, a TLS certificate for Envoy's HTTPS listener and
-the Envoy config. The key and API key are kept between runs so minted tokens stay valid;
-the rest is rewritten at every start from the embedded defaults.
+Everything is generated into a state directory (default ``.dev-stack/`` in the current
+directory): the dev issuer's key and JWKS, a dev API key, the bundle, a TLS certificate for
+Envoy's HTTPS listener and the Envoy config. The key and API key are kept between runs so
+minted tokens stay valid; the rest is rewritten at every start from the embedded defaults.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import shutil
 import signal
-from dataclasses import dataclass
+import socket
+import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from policy_service.bundles.loader import load_bundle_files
 from policy_service.bundles.reload import BundleReloader
 from policy_service.bundles.sources import PathSource
+from policy_service.dev import DEFAULT_STATE_DIR
 from policy_service.dev.issuer import JWKS_FILE, DevIssuer, ensure_api_key
 from policy_service.dev.peers import DemoPeers
+from policy_service.errors import ConfigError
 from policy_service.gateway.certs import generate_self_signed
 from policy_service.gateway.envoy_config import (
     AuthzEndpoint,
@@ -56,6 +62,32 @@ class DevPorts:
     currenttime: int = 9102
     agent: int = 9103
     metrics: int = 9464
+
+    def busy(self, host: str = "127.0.0.1") -> list[str]:
+        """The ports another process already holds, each with the flag that moves it."""
+        busy = []
+        for field in fields(self):
+            port = getattr(self, field.name)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.bind((host, port))
+                except OSError as exc:
+                    if exc.errno != errno.EADDRINUSE:
+                        raise
+                    busy.append(f"{port} ({_PORT_FLAGS[field.name]})")
+        return busy
+
+
+_PORT_FLAGS = {
+    "http": "--http-port",
+    "https": "--https-port",
+    "admin": "--admin-port",
+    "authz": "--authz-port",
+    "fininfo": "--peer-ports",
+    "currenttime": "--peer-ports",
+    "agent": "--peer-ports",
+    "metrics": "--metrics-port",
+}
 
 
 DEV_BUNDLE = """\
@@ -182,7 +214,9 @@ class DevStack:
         ports: DevPorts | None = None,
         redis_settings: RedisSettings | None = None,
     ) -> None:
-        self.state_dir = state_dir
+        # Absolute from here on: Envoy and every other child runs in a directory of its own,
+        # where a relative path would name a file that is not there.
+        self.state_dir = state_dir.resolve()
         self.ports = ports or DevPorts()
         self.redis_settings = redis_settings  # None: buckets in process
         self.peers: DemoPeers | None = None
@@ -198,6 +232,13 @@ class DevStack:
 
     async def start(self) -> None:
         ports = self.ports
+        busy = ports.busy()
+        if busy:
+            # Said up front, by flag: otherwise the first part to start fails half-way in.
+            raise ConfigError(
+                f"these ports are in use by another process: {', '.join(busy)}; stop it, or "
+                "move the dev stack with the flags named (policy-service dev --help)"
+            )
         self.issuer, self.api_key, bundle_path = write_dev_files(self.state_dir, ports)
         source = PathSource(bundle_path)
         files = await source.read()
@@ -253,7 +294,11 @@ class DevStack:
 
     def instructions(self) -> str:
         gateway = self.gateway_url
-        state = self.state_dir
+        state = _shown(self.state_dir)
+        cli = cli_invocation()
+        state_flag = (
+            "" if self.state_dir == Path(DEFAULT_STATE_DIR).resolve() else (f" --state-dir {state}")
+        )
         limits = "buckets in Redis" if self.redis_settings else "buckets in process"
         tracing = (
             "Envoy and the policy service export spans as OTEL_* says"
@@ -273,7 +318,9 @@ The gateway is up.
   Tracing           {tracing}
 
 Mint a token (in another terminal):
-  TOKEN=$(policy-service token --state-dir {state} --upstream fininfo --scope fininfo:read)
+  TOKEN=$({cli} token{state_flag} --upstream fininfo --scope fininfo:read)
+  (valid for an hour; --lifetime SECONDS for less. The gateway allows 30 s of clock skew,
+  so a token is refused from 30 s after its exp.)
 
 Call a tool with curl (MCP 2026-07-28, stateless):
   curl -s {gateway}/fininfo/mcp -H "Authorization: Bearer $TOKEN" \\
@@ -287,11 +334,32 @@ Or with the MCP Python SDK: point streamable_http_client at {gateway}/fininfo/mc
 header "Authorization: Bearer $TOKEN". place_trade needs --scope fininfo:trade; without it
 the gateway answers 403 with WWW-Authenticate: Bearer error="insufficient_scope".
 
-A dev API key (scopes fininfo:read, time:read) is in {state}/dev-api-key.txt; send it as x-api-key.
+A dev API key (scopes fininfo:read, time:read) is in {state}/dev-api-key.txt; send it as
+x-api-key.
 Rate limits ({limits}): per-client 600/min, trades 10/hour. Answers carry RateLimit
 headers; over a limit the gateway answers 429 with Retry-After.
 Press Ctrl-C to stop.
 """
+
+
+def _shown(path: Path) -> str:
+    """A path as the user should type it: relative when it is under the current directory."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def cli_invocation() -> str:
+    """How to run this same ``policy-service`` from a shell, activated venv or not."""
+    script = Path(sys.executable).parent / "policy-service"
+    if not script.exists():
+        return f"{sys.executable} -m policy_service"
+    on_path = shutil.which("policy-service")
+    if on_path is not None and Path(on_path).resolve() == script.resolve():
+        return "policy-service"
+    # sys.executable may be a venv's symlink: keep its directory, do not resolve it away.
+    return _shown(script.absolute())
 
 
 async def run_dev_stack(

@@ -8,6 +8,8 @@ puts an ``envoy`` launcher next to the venv's python.
 
 from __future__ import annotations
 
+import os
+import re
 import socket
 import subprocess
 import tempfile
@@ -21,6 +23,7 @@ from typing import Any
 import yaml
 
 from policy_service.binaries import BinaryNotFoundError, find_binary, terminate
+from policy_service.errors import PolicyServiceError
 
 ENVOY_ENV_VAR = "ENVOY_BINARY"  # an explicit binary wins over the venv's and PATH's
 
@@ -32,8 +35,59 @@ class EnvoyNotFoundError(BinaryNotFoundError):
     pass
 
 
-class EnvoyError(RuntimeError):
+class EnvoyError(PolicyServiceError, RuntimeError):
     """Envoy refused a config or did not become ready; the message carries its output."""
+
+
+# Envoy's last word before it gives up: "error `<why>` initializing config '<file>'".
+_ENVOY_FATAL = re.compile(r"error `(?P<why>[^`]+)` initializing config")
+# The forms in which Envoy names a file it could not use (certificates, keys, CA bundles).
+_ENVOY_FILE = re.compile(
+    r"(?:from path:|[Ii]nvalid path:|unable to read file:|(?:chain|key|certificate) from)"
+    r" '?(?P<path>[^\s']+)"
+)
+_ENVOY_BIND = re.compile(r"cannot bind '(?P<address>[^']+)': (?P<why>.+)")
+
+
+def explain_start_failure(stderr: str, workdir: Path) -> str:
+    """One paragraph a user can act on, from what Envoy printed when it refused to start.
+
+    Envoy's own line names the file or address but not what to do: a relative path, for
+    instance, is resolved from Envoy's working directory, which is not the user's.
+    """
+    fatal = _ENVOY_FATAL.search(stderr)
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    why = fatal.group("why") if fatal else (lines[-1] if lines else "no output")
+    bind = _ENVOY_BIND.search(why)
+    if bind:
+        address = bind.group("address")
+        port = address.rpartition(":")[2]
+        return (
+            f"Envoy could not listen on {address}: {bind.group('why')}. Another process holds "
+            f"that port (`ss -ltnp 'sport = :{port}'` shows which); stop it or choose another "
+            f"port. Envoy said: {why}"
+        )
+    named = _ENVOY_FILE.search(why)
+    if named:
+        return (
+            f"Envoy could not use the file {named.group('path')}: "
+            + _file_problem(named.group("path"), workdir)
+            + f". Envoy said: {why}"
+        )
+    return f"Envoy refused its configuration: {why}"
+
+
+def _file_problem(path: str, workdir: Path) -> str:
+    if not os.path.isabs(path):
+        return (
+            f"the path is relative, and Envoy resolves it from its own working directory "
+            f"({workdir}), not from yours; give an absolute path"
+        )
+    if not os.path.exists(path):
+        return "there is no such file"
+    if not os.access(path, os.R_OK):
+        return "this user may not read it (check its permissions)"
+    return "it exists and is readable, but its content is not what Envoy expects there"
 
 
 def find_envoy_binary() -> str:
@@ -151,9 +205,7 @@ class EnvoyProcess:
         deadline = time.monotonic() + self._startup_timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise EnvoyError(
-                    f"Envoy exited with {self._process.returncode} during start:\n{self.stderr}"
-                )
+                raise EnvoyError(explain_start_failure(self.stderr, self.workdir))
             address = admin_path.read_text().strip() if admin_path.exists() else ""
             if address and self._ready_says_live(f"http://{address}"):
                 self.admin_url = f"http://{address}"

@@ -219,6 +219,8 @@ def _target(request: HttpRequest, record: CheckRecord, policy: AuditPolicy) -> d
     if record.upstream is not None:
         target["upstream"] = record.upstream.name
         target["protocol"] = record.upstream.protocol.value
+    elif record.route_tag is not None:
+        target["upstream"] = record.route_tag
     parsed = record.parsed
     if isinstance(parsed, McpRequest):
         calls = [_call(call, policy) for call in parsed.calls if call.method is not None]

@@ -11,6 +11,7 @@ inventing names cannot grow the series without bound.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -173,7 +174,7 @@ class CheckMetrics:
 
     def _call_labels(self, record: CheckRecord) -> tuple[str, str, str]:
         if record.upstream is None or record.bundle is None:
-            return NONE, NONE, NONE
+            return route_tag_label(record.route_tag), NONE, NONE
         vocabulary = self._vocabulary_of(record.bundle)
         upstream = record.upstream.name
         parsed = record.parsed
@@ -200,6 +201,20 @@ class CheckMetrics:
 
 def _bounded(value: str, allowed: frozenset[str]) -> str:
     return value if value in allowed else OTHER
+
+
+_ROUTE_TAG = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def route_tag_label(tag: str | None) -> str:
+    """An Envoy route tag that names no upstream, as a label value.
+
+    Tags come from the operator's Envoy config, not from clients, so they are few; the
+    shape check keeps an odd one from making a label nobody can query.
+    """
+    if tag is None:
+        return NONE
+    return tag if _ROUTE_TAG.fullmatch(tag) else OTHER
 
 
 class _GatewayCollector(Collector):

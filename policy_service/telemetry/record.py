@@ -42,6 +42,7 @@ class CheckRecord:
     decision_id: str
     bundle: CompiledBundle | None = None
     upstream: UpstreamPolicy | None = None
+    route_tag: str | None = None  # Envoy's upstream tag, kept when it names no upstream
     parsed: McpRequest | A2aRequest | None = None
     principal: Principal | None = None
     limits: RateLimitResult | None = None

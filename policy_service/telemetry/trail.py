@@ -10,6 +10,7 @@ nobody can account for does not go through.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -38,6 +39,8 @@ from policy_service.telemetry.tracing import (
 
 log = logging.getLogger("policy_service.telemetry")
 
+_UNKNOWN_TAG_LOG_INTERVAL = 60.0  # seconds between warnings about one unknown route tag
+
 
 class Trail:
     def __init__(
@@ -55,6 +58,7 @@ class Trail:
         )
         self.auditor = auditor or Auditor(None, AuditFailureMode.OPEN)
         self.metrics = metrics
+        self._unknown_tags_logged: dict[str, float] = {}
 
     @contextmanager
     def check_span(self, parent: Context) -> Iterator[trace.Span]:
@@ -99,6 +103,8 @@ class Trail:
                 decision = _unaudited(request, record)
         if self.metrics is not None:
             self.metrics.observe(decision, record, seconds)
+        if record.route_tag is not None:
+            self._log_unknown_route_tag(record)
         if span.is_recording():
             set_check_attributes(span, request, decision, record)
             if isinstance(record.parsed, McpRequest):
@@ -106,6 +112,26 @@ class Trail:
                 if link is not None:
                     span.add_link(link.context, {"policy_service.link": "mcp_meta_traceparent"})
         return decision
+
+    def _log_unknown_route_tag(self, record: CheckRecord) -> None:
+        # Every check on such a route is refused, so one line a minute per tag: enough to
+        # be found, not enough to flood. Tags come from Envoy's config, so they are few.
+        tag = record.route_tag or ""
+        now = time.monotonic()
+        if now - self._unknown_tags_logged.get(tag, -_UNKNOWN_TAG_LOG_INTERVAL) < (
+            _UNKNOWN_TAG_LOG_INTERVAL
+        ):
+            return
+        self._unknown_tags_logged[tag] = now
+        revision = record.bundle.revision if record.bundle is not None else "none"
+        log.warning(
+            "Envoy route tag upstream=%r names no upstream of bundle revision %s: the Envoy "
+            "config and the bundle disagree, and every check on that route is refused with "
+            "503 unknown_upstream (decision %s)",
+            tag,
+            revision,
+            record.decision_id,
+        )
 
     def close(self) -> None:
         """Flush spans still queued for export, and close the audit sink."""

@@ -629,3 +629,52 @@ def _exposition(harness: Harness) -> str:
     from prometheus_client import generate_latest
 
     return generate_latest(harness.metrics.registry).decode()
+
+
+async def test_a_route_tag_naming_no_upstream_is_its_own_reason_with_the_tag_everywhere(
+    bundle: TestBundle, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness = Harness(bundle)
+    token = bundle.token("fininfo:read")
+    with caplog.at_level("WARNING", logger="policy_service.telemetry"):
+        for _ in range(3):
+            response = await harness.check(
+                headers=mcp_headers(token),
+                body=tool_call(),
+                context_extensions={"upstream": "payroll", "protocol": "mcp"},
+            )
+            # The path would match fininfo's prefix: a tag must never fall through to it.
+            assert response.denied_response.status.code == 503
+            body = json.loads(response.denied_response.body)
+            assert body["error"] == "unknown_upstream"
+            assert "payroll" not in response.denied_response.body  # the client learns no names
+    events = harness.sink.events()
+    assert [(e["decision"], e["reason"], e["http_status"]) for e in events] == [
+        ("deny", "unknown_upstream", 503)
+    ] * 3
+    assert all(event["target"]["upstream"] == "payroll" for event in events)
+    assert (
+        harness.sample(
+            "policy_service_checks_total",
+            decision="deny",
+            reason="unknown_upstream",
+            upstream="payroll",
+            method="none",
+            tool="none",
+        )
+        == 3.0
+    )
+    # One warning naming the tag, not one per check.
+    warnings = [r.getMessage() for r in caplog.records if "names no upstream" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "upstream='payroll'" in warnings[0]
+    assert "bundle revision test-1" in warnings[0]
+
+
+async def test_without_a_route_tag_an_unmatched_path_is_still_no_upstream(
+    bundle: TestBundle,
+) -> None:
+    harness = Harness(bundle)
+    response = await harness.check(path="/nowhere", headers={}, body=b"")
+    assert response.denied_response.status.code == 404
+    assert json.loads(response.denied_response.body)["error"] == "no_upstream"
