@@ -69,6 +69,9 @@ class DevPorts:
         for field in fields(self):
             port = getattr(self, field.name)
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                # As the servers themselves bind: a connection of a stopped server left in
+                # TIME_WAIT does not hold the port, a listener does.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     probe.bind((host, port))
                 except OSError as exc:

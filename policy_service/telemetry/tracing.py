@@ -37,6 +37,7 @@ from policy_service.decisions.model import Allow, Decision, Deny, Serve
 from policy_service.errors import ConfigError
 from policy_service.identity.principal import Principal
 from policy_service.request.model import A2aRequest, CallKind, HttpRequest, McpRequest
+from policy_service.telemetry.otel_protos import ensure_otel_protos
 
 if TYPE_CHECKING:
     # The limiter's Redis store opens spans through this module: types only, no cycle.
@@ -116,14 +117,11 @@ def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter | None:
     )
     if protocol.strip() != "grpc":
         raise ConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL: only grpc is supported, not '{protocol}'")
-    try:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    except ImportError as exc:
-        # xds-protos ships an old copy of the OTel protos over opentelemetry-proto's.
-        raise ConfigError(
-            f"the OTLP exporter cannot load ({exc}); xds-protos has overwritten "
-            "opentelemetry-proto's modules: run python -m policy_service.dev.otel_protos"
-        ) from None
+    # xds-protos installs an old copy of the OTel protos over opentelemetry-proto's: put
+    # them back (and say so) before the exporter imports them.
+    ensure_otel_protos()
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
     return OTLPSpanExporter()
 
 

@@ -72,8 +72,8 @@ def describe(spans: Iterable[ReceivedSpan]) -> str:
 class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
     """Collects every exported span; ``with OtlpReceiver() as receiver: ...``."""
 
-    def __init__(self) -> None:
-        self.port = 0
+    def __init__(self, port: int = 0) -> None:
+        self.port = port  # 0: any free port; a fixed one where a document names it
         self._spans: list[ReceivedSpan] = []
         self._changed = threading.Condition()
         self._server: grpc.Server | None = None
@@ -85,7 +85,7 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
     def start(self) -> OtlpReceiver:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, server)
-        self.port = server.add_insecure_port("127.0.0.1:0")
+        self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
         server.start()
         self._server = server
         return self

@@ -1,0 +1,22 @@
+"""Before any test imports them: opentelemetry-proto's modules, not xds-protos' old copy.
+
+The service repairs the clash itself when tracing is on (policy_service.telemetry.otel_protos);
+the tests' own OTLP receiver imports the modules directly, so the suite repairs it first,
+the same way, and the README's test command needs no step of its own.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from policy_service.telemetry.otel_protos import ensure_otel_protos
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if ensure_otel_protos():
+        config.issue_config_time_warning(
+            pytest.PytestWarning(
+                "reinstalled opentelemetry-proto over xds-protos' older copy of its modules"
+            ),
+            stacklevel=2,
+        )
