@@ -47,9 +47,8 @@ class RunningDev:
         ).stdout.strip()
 
 
-@pytest.fixture(scope="module")
-def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDev]:
-    state_dir = tmp_path_factory.mktemp("dev-state")
+def start_dev(state_dir: Path) -> RunningDev:
+    """`policy-service dev` on free ports, once it says the gateway is up."""
     http = free_port()
     command = [
         sys.executable,
@@ -88,10 +87,15 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDev]:
     if not any("The gateway is up." in line for line in output):
         process.kill()
         pytest.fail("policy-service dev did not come up:\n" + "".join(output))
-    running = RunningDev(process, state_dir, f"http://127.0.0.1:{http}", output)
+    return RunningDev(process, state_dir, f"http://127.0.0.1:{http}", output)
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDev]:
+    running = start_dev(tmp_path_factory.mktemp("dev-state"))
     yield running
-    if process.poll() is None:
-        process.kill()
+    if running.process.poll() is None:
+        running.process.kill()
 
 
 async def test_dev_stack_serves_tools_and_agent_with_minted_tokens(dev: RunningDev) -> None:
@@ -171,8 +175,14 @@ def test_the_dev_stack_audits_every_decision_and_serves_metrics(dev: RunningDev)
     assert refused == [1.0]
 
 
-def test_dev_stack_stops_cleanly_on_ctrl_c(dev: RunningDev) -> None:
-    dev.process.send_signal(signal.SIGINT)
-    assert dev.process.wait(timeout=30) == 0
+def test_dev_stack_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    # A stack of its own: stopping the shared one would leave the other tests nothing.
+    dev = start_dev(tmp_path)
+    try:
+        dev.process.send_signal(signal.SIGINT)
+        assert dev.process.wait(timeout=30) == 0
+    finally:
+        if dev.process.poll() is None:
+            dev.process.kill()
     assert dev.process.stdout is not None
     assert "stopped." in dev.process.stdout.read()

@@ -143,6 +143,45 @@ def envoy_config_on_loopback(ports: dict[tuple[str, int], int], http_port: int) 
     return config
 
 
+def start_service(
+    logs: Path, authz: int, metrics: int, redis_url: str
+) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """The service, with compose's command and environment, serving on loopback.
+
+    The bundle is the file compose mounts; Redis is a real server; spans go nowhere (no
+    collector here). Returns the process, its audit log and its own log.
+    """
+    policy = compose_service("policy-service")
+    command = remap(
+        policy["command"],
+        {
+            "/etc/policy-service/bundle.yaml": str(DEPLOY / "bundle.yaml"),
+            "0.0.0.0:9001": f"127.0.0.1:{authz}",
+            "0.0.0.0:9464": f"127.0.0.1:{metrics}",
+        },
+    )
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    environment.update(
+        {k: v for k, v in policy["environment"].items() if not k.startswith("OTEL_")}
+    )
+    environment[REDIS_URL_ENV_VAR] = redis_url
+    environment["PYTHONUNBUFFERED"] = "1"
+    audit_log, service_log = logs / "audit.jsonl", logs / "service.log"
+    with audit_log.open("wb") as out, service_log.open("wb") as err:
+        service = subprocess.Popen(
+            [sys.executable, "-m", "policy_service", *command],
+            stdout=out,
+            stderr=err,
+            env=environment,
+        )
+    try:
+        wait_serving(authz, service, service_log)
+    except BaseException:
+        stop(service)
+        raise
+    return service, audit_log, service_log
+
+
 @pytest.fixture(scope="module")
 def stack(
     tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer
@@ -171,33 +210,8 @@ def stack(
         for port in peer_ports.values():
             wait_for_port(port, processes[-1], peers_log)
 
-        # The service, with compose's command and environment. The bundle is the file
-        # compose mounts; Redis is a real server; spans go nowhere (no collector here).
-        policy = compose_service("policy-service")
-        command = remap(
-            policy["command"],
-            {
-                "/etc/policy-service/bundle.yaml": str(DEPLOY / "bundle.yaml"),
-                "0.0.0.0:9001": f"127.0.0.1:{authz}",
-                "0.0.0.0:9464": f"127.0.0.1:{metrics}",
-            },
-        )
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-        environment.update(
-            {k: v for k, v in policy["environment"].items() if not k.startswith("OTEL_")}
-        )
-        environment[REDIS_URL_ENV_VAR] = redis_server.url
-        environment["PYTHONUNBUFFERED"] = "1"
-        audit_log, service_log = logs / "audit.jsonl", logs / "service.log"
-        with audit_log.open("wb") as out, service_log.open("wb") as err:
-            service = subprocess.Popen(
-                [sys.executable, "-m", "policy_service", *command],
-                stdout=out,
-                stderr=err,
-                env=environment,
-            )
+        service, audit_log, service_log = start_service(logs, authz, metrics, redis_server.url)
         processes.append(service)
-        wait_serving(authz, service, service_log)
 
         config = envoy_config_on_loopback(
             {
@@ -253,6 +267,20 @@ async def test_the_demo_key_reaches_every_upstream_and_nothing_more(stack: Deplo
 
 
 def test_decisions_reach_the_audit_log_metrics_and_redis(stack: DeployStack) -> None:
+    # Its own allowed and denied calls: the test must not count on what others left behind.
+    allowed = subprocess.run(
+        [
+            "bash",
+            "-c",
+            readme_curl().replace(COMPOSE_GATEWAY, stack.url).replace("curl -s", "curl -si", 1),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    allowed_id = re.search(r"(?im)^x-decision-id: ([0-9a-f]{32})", allowed)
+    assert allowed_id, allowed
     with httpx.Client(trust_env=False, timeout=10) as http:
         denied = http.post(
             f"{stack.url}/fininfo/mcp", json={"jsonrpc": "2.0", "id": 7, "method": "ping"}
@@ -261,10 +289,12 @@ def test_decisions_reach_the_audit_log_metrics_and_redis(stack: DeployStack) -> 
         metrics = http.get(f"http://127.0.0.1:{stack.metrics_port}/metrics").text
     assert "policy_service_checks_total" in metrics
 
-    events = [json.loads(line) for line in stack.audit_log.read_text().splitlines()]
-    assert events, stack.service_log.read_text()
-    assert {"allow", "deny"} <= {event["decision"] for event in events}
-    assert all(event["decision_id"] for event in events)
+    events = {
+        event["decision_id"]: event
+        for event in map(json.loads, stack.audit_log.read_text().splitlines())
+    }
+    assert events[allowed_id.group(1)]["decision"] == "allow", stack.service_log.read_text()
+    assert events[denied.headers["x-decision-id"]]["decision"] == "deny"
 
     # The per-client limit's buckets live in the Redis named by POLICY_SERVICE_REDIS_URL.
     with redis.Redis.from_url(stack.redis_url, decode_responses=True) as client:
@@ -290,9 +320,15 @@ def test_the_compose_health_check_passes_and_can_fail(stack: DeployStack) -> Non
     assert run(free_port()) != 0
 
 
-def test_sigterm_drains_within_composes_stop_grace_period(stack: DeployStack) -> None:
-    # Last in this module: it stops the service.
+def test_sigterm_drains_within_composes_stop_grace_period(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    # A service of its own: stopping the shared one would leave the other tests nothing.
     grace = int(compose_service("policy-service")["stop_grace_period"].rstrip("s"))
-    stack.service.send_signal(signal.SIGTERM)
-    assert stack.service.wait(timeout=grace) == 0
-    assert "stopped" in stack.service_log.read_text()
+    service, _, service_log = start_service(tmp_path, free_port(), free_port(), redis_server.url)
+    try:
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(timeout=grace) == 0
+    finally:
+        stop(service)
+    assert "stopped" in service_log.read_text()
