@@ -43,8 +43,8 @@ class EnvoyError(PolicyServiceError, RuntimeError):
 _ENVOY_FATAL = re.compile(r"error `(?P<why>[^`]+)` initializing config")
 # The forms in which Envoy names a file it could not use (certificates, keys, CA bundles).
 _ENVOY_FILE = re.compile(
-    r"(?:from path:|[Ii]nvalid path:|unable to read file:|(?:chain|key|certificate) from)"
-    r" '?(?P<path>[^\s']+)"
+    r"(?:from path:|[Ii]nvalid path:|unable to read file:|(?:chain|key|certificate) from(?! path:))"
+    r" '?(?P<path>[^\s'`]+)"
 )
 _ENVOY_BIND = re.compile(r"cannot bind '(?P<address>[^']+)': (?P<why>.+)")
 
