@@ -47,6 +47,7 @@ from policy_service.ratelimits.limiter import (
 )
 from policy_service.ratelimits.store import InProcessStore
 from policy_service.request.a2a import is_agent_card_path, parse_a2a
+from policy_service.request.jsonbody import parse_json, readable_id
 from policy_service.request.mcp import parse_mcp
 from policy_service.request.model import (
     A2aRequest,
@@ -190,13 +191,29 @@ class Gateway:
         is_jsonrpc = upstream.protocol is not UpstreamProtocol.HTTP and request.method == "POST"
         origin = request.headers.get("origin")
         if origin is not None and origin.lower() not in upstream.allowed_origins:
-            # MCP transports: an Origin that is present and not allowed MUST get 403.
+            # MCP transports: an Origin that is present and not allowed MUST get 403. The
+            # body is read only on this path, to echo the id as every other denial does.
             return Deny(
                 DenyKind.BAD_ORIGIN,
                 "origin_not_allowed",
                 "this Origin is not allowed",
                 upstream=upstream,
+                request_id=readable_id(parse_json(request.body)) if is_jsonrpc else None,
                 jsonrpc=is_jsonrpc,
+            )
+        if (
+            upstream.protocol is not UpstreamProtocol.HTTP
+            and request.method != "POST"
+            and (request.body or request.body_truncated)
+        ):
+            # Only POST carries a body in MCP's and A2A's HTTP bindings, so nothing here
+            # parses one; an upstream that reads it anyway would run what the policy never
+            # saw (a tools/call inside a GET).
+            return Deny(
+                DenyKind.MALFORMED,
+                "unexpected_body",
+                f"a {request.method} request to this endpoint must not carry a body",
+                upstream=upstream,
             )
 
         subpath = (

@@ -5,7 +5,8 @@ JSON parsers may read differently is refused instead of guessed at:
 
 * duplicate object keys (RFC 8259 section 4: names "SHOULD be unique"; parsers disagree on
   which value wins, so ``{"name": "safe", "name": "rm_rf"}`` could be authorized as one
-  tool and executed as the other);
+  tool and executed as the other), and keys that differ only in letter case, which
+  case-insensitive decoders (Go's encoding/json) treat as the same key;
 * ``NaN`` / ``Infinity`` literals and numbers that overflow to infinity (not JSON at all,
   but Python's ``json`` accepts them by default);
 * lone UTF-16 surrogate escapes such as ``"\\ud800"`` (RFC 8259 section 8.2: behaviour is
@@ -53,6 +54,16 @@ def _object_from_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len(obj) != len(pairs):
         # Never quote the key: it is body content and may be arbitrarily long.
         raise _Rejected("duplicate_key", "JSON object has a duplicate key")
+    # Go's encoding/json (and other decoders) match member names case-insensitively,
+    # Unicode folds included (the Kelvin sign is a "k"), last one winning: "method" beside
+    # "Method" is a duplicate to them. casefold() folds at least as much. Lower-case ASCII
+    # keys, the common case, cannot collide that way and skip the fold.
+    if (
+        len(obj) > 1
+        and not all(key.islower() and key.isascii() for key in obj)
+        and len({key.casefold() for key in obj}) != len(obj)
+    ):
+        raise _Rejected("duplicate_key", "JSON object has keys that differ only in letter case")
     return obj
 
 

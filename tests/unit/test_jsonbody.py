@@ -128,6 +128,30 @@ def test_duplicate_keys_anywhere_are_rejected(body: bytes) -> None:
     _rejected(body, "duplicate_key")
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"method": "tools/call", "Method": "tools/list"}',
+        b'{"params": {"name": "get_quote", "NAME": "place_trade"}}',
+        b'[{"x": {"deep": [{"Key": 1, "kEY": 2}]}}]',  # nested inside arrays
+        '{"k": 1, "\u212a": 2}'.encode(),  # the Kelvin sign folds to "k" (Go does so too)
+        '{"s": 1, "\u017f": 2}'.encode(),  # the long s folds to "s"
+        b'{"a": 1, "\\u0041": 2}',  # equal once the escape is decoded and folded
+    ],
+)
+def test_keys_differing_only_in_case_are_rejected_anywhere(body: bytes) -> None:
+    message = _rejected(body, "duplicate_key").message
+    assert message == "JSON object has keys that differ only in letter case"
+
+
+def test_keys_that_differ_in_more_than_case_are_fine() -> None:
+    assert parse_json(b'{"Method": 1, "Params": {"Name": "x", "ID": 2}, "id": 3}') == {
+        "Method": 1,
+        "Params": {"Name": "x", "ID": 2},
+        "id": 3,
+    }
+
+
 def test_duplicate_key_message_does_not_quote_the_key() -> None:
     secret_key = "k" * 50
     body = json.dumps({}).encode()[:-1] + f'"{secret_key}": 1, "{secret_key}": 2}}'.encode()

@@ -280,7 +280,44 @@ async def test_bad_origin_is_403(gateway: Gateway, test_bundle: TestBundle) -> N
     )
     assert isinstance(decision, Deny)
     assert decision.kind is DenyKind.BAD_ORIGIN
-    assert render_deny(decision).status == 403
+    answer = render_deny(decision)
+    assert answer.status == 403
+    assert json.loads(answer.body)["id"] == 7  # echoed, as every other denial does
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE", "PUT", "HEAD"])
+@pytest.mark.parametrize("path", ["/fininfo/mcp", "/agents/helper/tasks/t1"])
+async def test_a_body_is_refused_on_methods_that_carry_none(
+    gateway: Gateway, test_bundle: TestBundle, method: str, path: str
+) -> None:
+    token = test_bundle.token("fininfo:read")
+    request = mcp_post(tool_call("place_trade"), token=token, path=path)
+    decision = await gateway.check(
+        HttpRequest(method=method, path=path, headers=request.headers, body=request.body)
+    )
+    assert isinstance(decision, Deny)
+    assert decision.reason == "unexpected_body"
+    assert render_deny(decision).status == 400
+
+
+async def test_a_truncated_body_on_a_get_is_refused_too(
+    gateway: Gateway, test_bundle: TestBundle
+) -> None:
+    decision = await gateway.check(
+        HttpRequest(method="GET", path="/fininfo/mcp", headers={}, body=b"", body_truncated=True)
+    )
+    assert isinstance(decision, Deny)
+    assert decision.reason == "unexpected_body"
+
+
+async def test_a_get_without_a_body_is_not_refused_for_one(
+    gateway: Gateway, test_bundle: TestBundle
+) -> None:
+    token = test_bundle.token("fininfo:read")
+    decision = await gateway.check(
+        HttpRequest(method="GET", path="/fininfo/mcp", headers={"authorization": f"Bearer {token}"})
+    )
+    assert decision.reason != "unexpected_body"
 
 
 async def test_same_origin_as_the_resource_is_allowed(
