@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from urllib.parse import quote
 
 from opentelemetry import trace
 
@@ -35,6 +34,7 @@ from policy_service.identity.credentials import (
     UnusableCredential,
     extract_credential,
 )
+from policy_service.identity.header_encoding import encode_header_list, encode_header_value
 from policy_service.identity.jwt import JwtVerifier
 from policy_service.identity.principal import IdentityFailure, Principal
 from policy_service.ratelimits.headers import ratelimit_headers, retry_after_seconds
@@ -265,6 +265,10 @@ class Gateway:
         if isinstance(outcome, Refused):
             return _refusal(outcome, upstream, is_jsonrpc)
         assert isinstance(outcome, Granted)
+        if isinstance(parsed, A2aRequest) and parsed.push_urls:
+            webhook_refused = _webhook_refusal(upstream, parsed, is_jsonrpc)
+            if webhook_refused is not None:
+                return webhook_refused
 
         limited = NOTHING_MATCHED
         if bundle.limits and enforce_limits:
@@ -431,16 +435,26 @@ def _store_unavailable(
     )
 
 
+def _webhook_refusal(upstream: UpstreamPolicy, parsed: A2aRequest, is_jsonrpc: bool) -> Deny | None:
+    """A refusal when a webhook URL the call hands the agent is not one the bundle allows."""
+    for url in parsed.push_urls:
+        why = upstream.webhooks.refusal(url)
+        if why is not None:
+            # The URL is the caller's own input: the reason names the rule it broke, and
+            # the URL itself stays out of the answer and the logs.
+            return Deny(
+                DenyKind.FORBIDDEN,
+                "push_url_not_allowed",
+                f"the push notification URL {why}",
+                upstream=upstream,
+                request_id=parsed.request_id,
+                jsonrpc=is_jsonrpc,
+            )
+    return None
+
+
 def _mcp_version(parsed: McpRequest | A2aRequest | None) -> str | None:
     return parsed.protocol_version if isinstance(parsed, McpRequest) else None
-
-
-def _header_value(value: str) -> str:
-    # Claims are attacker-influenced text: keep header values to visible ASCII so Envoy's
-    # mutation validation never rejects them and nothing can inject a header line.
-    if value.isascii() and value.isprintable():
-        return value
-    return quote(value, safe="")
 
 
 def _identity_headers(
@@ -449,13 +463,15 @@ def _identity_headers(
     headers = [
         # The upstream can log the decision id too: one key joins its logs to ours.
         (f"{prefix}decision-id", decision_id),
-        (f"{prefix}subject", _header_value(principal.subject)),
-        (f"{prefix}issuer", _header_value(principal.issuer)),
+        # Claims are the issuer's text: percent-encoded so that distinct values always
+        # arrive as distinct header values and nothing on the way can trim or fold them.
+        (f"{prefix}subject", encode_header_value(principal.subject)),
+        (f"{prefix}issuer", encode_header_value(principal.issuer)),
         (f"{prefix}credential", principal.credential.value),
-        (f"{prefix}scopes", _header_value(" ".join(sorted(principal.scopes)))),
+        (f"{prefix}scopes", encode_header_list(principal.scopes)),
     ]
     if principal.client_id:
-        headers.append((f"{prefix}client-id", _header_value(principal.client_id)))
+        headers.append((f"{prefix}client-id", encode_header_value(principal.client_id)))
     return tuple(headers)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
 from policy_service.authorization.conditions import ConditionSyntaxError, compile_condition
+from policy_service.authorization.webhooks import WebhookPolicy, valid_host_pattern
 from policy_service.bundles.files import BundleFileError, BundleFiles
 from policy_service.bundles.limits import compile_limits
 from policy_service.bundles.model import (
@@ -44,12 +45,12 @@ from policy_service.identity.config import (
     IssuerConfig,
 )
 from policy_service.identity.jwks import parse_jwks
-from policy_service.identity.jwt import canonical_audience
+from policy_service.identity.jwt import canonical_audience, is_scope_token
 from policy_service.request.model import UpstreamProtocol
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _HEADER_PREFIX = re.compile(r"^[a-z0-9-]{2,40}$")
-_SCOPE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")  # RFC 6749 scope-token characters
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
 _MAX_LEEWAY_SECONDS = 600.0
 _MAX_REDACT_KEY_LENGTH = 128
 
@@ -282,9 +283,20 @@ def _api_keys(message: bundle_pb2.Bundle, problems: Problems) -> tuple[ApiKeyEnt
 def _scopes(values: object, path: str, problems: Problems) -> frozenset[str]:
     scopes = list(values)  # type: ignore[call-overload]
     for position, scope in enumerate(scopes):
-        if not _SCOPE.match(scope):
+        # The same grammar tokens are parsed with (RFC 6749 scope-token): a scope no token
+        # can carry is a mistake, and one ending in "\n" or holding a NBSP looks right.
+        if is_scope_token(scope):
+            continue
+        # repr() shows a tab, line break or NBSP as an escape, so the message stays one line.
+        if _PRINTABLE_ASCII.fullmatch(scope):
             problems.add(
-                f"{path}[{position}]", f"'{scope}' is not a valid scope (no spaces or quotes)"
+                f"{path}[{position}]", f"{scope!r} is not a valid scope (no spaces or quotes)"
+            )
+        else:
+            problems.add(
+                f"{path}[{position}]",
+                f"{scope!r} is not a valid scope "
+                "(visible ASCII only: no tabs, line breaks or non-ASCII characters)",
             )
     return frozenset(scopes)
 
@@ -370,6 +382,7 @@ def _upstreams(
             )
         )
         _check_rule_names(upstream.rules, path, problems)
+        webhooks = _webhooks(upstream, protocol, f"{path}.push_notifications", problems)
         auth_servers = tuple(upstream.authorization_servers) or issuer_urls
         if len(problems.items) > before:
             continue
@@ -399,9 +412,28 @@ def _upstreams(
                 audiences=(resource,),
                 enforced_rules=tuple(rule for rule in rules if not rule.dry_run),
                 dry_run_rules=frozenset(rule.name for rule in rules if rule.dry_run),
+                webhooks=webhooks,
             )
         )
     return tuple(compiled)
+
+
+def _webhooks(
+    upstream: bundle_pb2.Upstream, protocol: UpstreamProtocol, path: str, problems: Problems
+) -> WebhookPolicy:
+    if not upstream.HasField("push_notifications"):
+        return WebhookPolicy()
+    if protocol is not UpstreamProtocol.A2A:
+        problems.add(path, "applies to protocol a2a only (push notifications are A2A's)")
+    raw = upstream.push_notifications
+    for position, host in enumerate(raw.hosts):
+        if not valid_host_pattern(host):
+            problems.add(
+                f"{path}.hosts[{position}]",
+                f"'{host}' is not a lower-case host name like 'hooks.example.com' "
+                "(or '*.example.com' for its subdomains)",
+            )
+    return WebhookPolicy(raw.allow_http, raw.allow_private, tuple(raw.hosts))
 
 
 def _check_rule_names(rules: Sequence[bundle_pb2.Rule], path: str, problems: Problems) -> None:

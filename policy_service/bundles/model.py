@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from policy_service.authorization.conditions import Condition
+from policy_service.authorization.webhooks import WebhookPolicy
 from policy_service.bundles.targets import CallTargets
 from policy_service.identity.config import ApiKeyEntry, IssuerConfig
 from policy_service.identity.principal import Principal
@@ -98,6 +99,7 @@ class UpstreamPolicy:
     # The rules a call is decided by: `rules` without the dry-run ones.
     enforced_rules: tuple[CompiledRule, ...] = ()
     dry_run_rules: frozenset[str] = frozenset()  # names of the rules that only record
+    webhooks: WebhookPolicy = field(default_factory=WebhookPolicy)  # A2A push webhook URLs
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,11 +41,15 @@ from policy_service.identity.jwks import (
 )
 from policy_service.identity.principal import CredentialKind, IdentityFailure, Principal
 
-__all__ = ["JwtVerifier", "canonical_audience"]
+__all__ = ["JwtVerifier", "canonical_audience", "is_scope_token", "parse_scopes"]
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _URI_PREFIX = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)(.*)", re.DOTALL)
 _DEFAULT_MAX_TOKEN_BYTES = 8192
+# RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ), that is visible ASCII
+# but the double quote and the backslash. Always fullmatch: `$` also matches before a "\n".
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+_SCOPE_LIST = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*")
 
 TOKEN_TOO_LARGE = IdentityFailure(
     "token_too_large", "The bearer token is larger than this service accepts."
@@ -73,6 +77,7 @@ KEYS_UNAVAILABLE = IdentityFailure(
 MISSING_EXP = IdentityFailure("missing_exp", "The token has no expiry time.")
 TOKEN_EXPIRED = IdentityFailure("token_expired", "The token has expired.")
 NOT_YET_VALID = IdentityFailure("not_yet_valid", "The token is not valid yet.")
+ISSUED_IN_FUTURE = IdentityFailure("issued_in_future", "The token's issue time is in the future.")
 MISSING_SUBJECT = IdentityFailure("missing_subject", "The token does not name a subject.")
 WRONG_AUDIENCE = IdentityFailure(
     "wrong_audience", "The token was not issued for this resource (audience mismatch)."
@@ -413,7 +418,15 @@ def _refuse_constant(name: str) -> Any:
 
 def _decode_json(segment: str) -> dict[str, Any] | None:
     try:
-        value = json.loads(b64url_decode(segment), parse_constant=_refuse_constant)
+        # Strict UTF-8 (RFC 7519 section 7.2), decoded here: json.loads(bytes) would also take
+        # UTF-16 and UTF-32, and UTF-8-encoded surrogates, which other parsers refuse.
+        text = b64url_decode(segment).decode("utf-8")
+        value = json.loads(text, parse_constant=_refuse_constant)
+        if "\\u" in text:
+            # An escape can still spell a lone surrogate ("\ud800"), which is not text: other
+            # parsers replace it, refuse it or keep it, and it has no UTF-8 form for a header.
+            # Encoding the decoded value finds one wherever it is (UnicodeEncodeError).
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
     except (ValueError, RecursionError):  # bad base64, bad UTF-8, bad JSON, deep nesting
         return None
     return value if isinstance(value, dict) else None
@@ -436,6 +449,16 @@ def _check_claims(
             return MALFORMED_CLAIMS
         if now + config.leeway_seconds < nbf:
             return NOT_YET_VALID
+    if claims.get("iat") is not None:
+        iat = _timestamp(claims["iat"])
+        if iat is None:
+            return MALFORMED_CLAIMS
+        # `iat` is optional (RFC 7519 4.1.6), but one beyond clock skew is false or comes
+        # from a broken issuer clock, and it defeats whatever reasons from issue time: a
+        # token stamped a year ahead is newer than any "revoke all issued before T" cutoff,
+        # and its age is negative to any maximum-age check.
+        if now + config.leeway_seconds < iat:
+            return ISSUED_IN_FUTURE
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject:
         return MISSING_SUBJECT
@@ -477,19 +500,48 @@ def _check_claims(
     )
 
 
+def is_scope_token(value: str) -> bool:
+    """Whether ``value`` is one RFC 6749 scope-token. Bundles use it for their scopes too,
+    so that a scope a bundle requires and one a token grants obey the same grammar."""
+    return _SCOPE_TOKEN.fullmatch(value) is not None
+
+
+def parse_scopes(value: str) -> frozenset[str] | None:
+    """The scopes an RFC 6749 section 3.3 ``scope`` string names, or None if it is not one.
+
+    ``scope = scope-token *( SP scope-token )``: exactly one SP (%x20) between tokens and
+    none around them. ``str.split()`` would also split on TAB, NBSP, U+2028 and the like,
+    so ``"read\\ttrade"`` would grant ``trade`` here while an RFC parser upstream sees one
+    unknown scope. ``""`` names no scope: issuers write it for a token without any, and no
+    reading of it grants anything.
+    """
+    if not value:
+        return frozenset()
+    if _SCOPE_LIST.fullmatch(value) is None:
+        return None
+    return frozenset(value.split(" "))
+
+
 def _scopes(claims: dict[str, Any]) -> frozenset[str] | None:
     """Scopes from ``scope`` (RFC 8693/9068 string) or else ``scp`` (list or string).
 
-    ``None`` means the claim has an unexpected type: refusing is safer than guessing.
+    ``None`` means the claim is malformed and the whole token is refused. Refusing rather
+    than dropping the odd element: a claim that two parsers read differently (``"a\\tb"``,
+    ``"a  b"``, ``["a b"]``, ``[1]``) names no single set of permissions, so no part of it
+    can be trusted to say what the issuer meant; and a refusal (``malformed_token`` in the
+    challenge and the metrics) shows an issuer's bug that a silently shorter scope list
+    would hide. When both claims are present ``scope`` wins and ``scp`` is not read.
     """
     scope = claims.get("scope")
     if scope is not None:
-        return frozenset(scope.split()) if isinstance(scope, str) else None
+        return parse_scopes(scope) if isinstance(scope, str) else None
     scp = claims.get("scp")
     if scp is None:
         return frozenset()
     if isinstance(scp, str):
-        return frozenset(scp.split())
-    if isinstance(scp, list) and all(isinstance(s, str) for s in scp):
+        return parse_scopes(scp)
+    # A list element is one scope-token: "a b" would be one scope to us and two to a
+    # consumer that splits it, so it is as malformed as a number would be.
+    if isinstance(scp, list) and all(isinstance(s, str) and is_scope_token(s) for s in scp):
         return frozenset(scp)
     return None

@@ -26,6 +26,11 @@ from policy_service.request.model import (
     JsonRpcId,
     Malformed,
 )
+from policy_service.request.push_urls import (
+    CARRIES_PUSH_URL,
+    push_urls_in_grpc,
+    push_urls_in_json,
+)
 
 A2A_METHODS = frozenset(
     {
@@ -105,7 +110,7 @@ _REST_ROUTES: tuple[_Route, ...] = (
 _V03_CARD_SEGMENTS = ("v1", "card")  # v0.3 GetAgentCard: GET /v1/card
 _CUSTOM_VERBS = frozenset({"cancel", "subscribe"})
 
-_Operation = tuple[str, A2aBinding, JsonRpcId]
+_Operation = tuple[str, A2aBinding, JsonRpcId, tuple[str, ...]]  # ..., push webhook URLs
 
 
 def is_agent_card_path(subpath: str) -> bool:
@@ -132,14 +137,14 @@ def parse_a2a(request: HttpRequest, subpath: str) -> A2aRequest | Malformed:
     else:
         rest = _match_rest(method, subpath)
         if rest is not None:
-            operation = (rest, A2aBinding.REST, None)
+            operation = _rest_operation(request, rest)
         elif method == "POST":
             operation = _parse_jsonrpc(request)
         else:
             operation = _unknown()
     if isinstance(operation, Malformed):
         return operation
-    name, binding, request_id = operation
+    name, binding, request_id, push_urls = operation
     if version is None:
         return Malformed(
             "invalid_a2a_version",
@@ -147,7 +152,29 @@ def parse_a2a(request: HttpRequest, subpath: str) -> A2aRequest | Malformed:
             VERSION_NOT_SUPPORTED,
             request_id,
         )
-    return A2aRequest(name, binding, request_id, version)
+    return A2aRequest(name, binding, request_id, version, push_urls)
+
+
+def _rest_operation(request: HttpRequest, name: str) -> _Operation | Malformed:
+    if name not in CARRIES_PUSH_URL or not (request.body.strip() or request.body_truncated):
+        return (name, A2aBinding.REST, None, ())  # no body, no webhook
+    # Its body may name a webhook the agent will call: read it as strictly as JSON-RPC.
+    if request.body_truncated:
+        return _truncated()
+    doc = parse_json(request.body)
+    if isinstance(doc, Malformed):
+        return doc
+    urls = push_urls_in_json(name, doc)
+    return urls if isinstance(urls, Malformed) else (name, A2aBinding.REST, None, urls)
+
+
+def _truncated(request_id: JsonRpcId = None) -> Malformed:
+    return Malformed(
+        "body_truncated",
+        "request body was truncated before authorization",
+        INVALID_REQUEST,
+        request_id,
+    )
 
 
 def _requested_version(request: HttpRequest) -> str | None:
@@ -175,8 +202,11 @@ def _parse_grpc(request: HttpRequest, method: str, subpath: str) -> _Operation |
     match = _GRPC_PATH.fullmatch(request.path) or _GRPC_PATH.fullmatch(subpath)
     if match is None or method != "POST":
         return _unknown()
-    name = match.group(1)
-    return (_GRPC_ALIASES.get(name, name), A2aBinding.GRPC, None)
+    name = _GRPC_ALIASES.get(match.group(1), match.group(1))
+    if name in CARRIES_PUSH_URL and request.body_truncated:
+        return _truncated()
+    urls = push_urls_in_grpc(name, request.body)
+    return urls if isinstance(urls, Malformed) else (name, A2aBinding.GRPC, None, urls)
 
 
 def _match_rest(method: str, subpath: str) -> str | None:
@@ -225,9 +255,7 @@ def _segment_matches(pattern: str, segment: str) -> bool:
 
 def _parse_jsonrpc(request: HttpRequest) -> _Operation | Malformed:
     if request.body_truncated:
-        return Malformed(
-            "body_truncated", "request body was truncated before authorization", INVALID_REQUEST
-        )
+        return _truncated()
     doc: Any = parse_json(request.body)
     if isinstance(doc, Malformed):
         return doc
@@ -254,4 +282,8 @@ def _parse_jsonrpc(request: HttpRequest) -> _Operation | Malformed:
         )
     if "params" in doc and not isinstance(doc["params"], dict):
         return Malformed("invalid_params", "params must be an object", INVALID_PARAMS, request_id)
-    return (_JSONRPC_ALIASES.get(name, name), A2aBinding.JSONRPC, request_id)
+    name = _JSONRPC_ALIASES.get(name, name)
+    urls = push_urls_in_json(name, doc.get("params"))
+    if isinstance(urls, Malformed):
+        return Malformed(urls.reason, urls.message, INVALID_PARAMS, request_id)
+    return (name, A2aBinding.JSONRPC, request_id, urls)

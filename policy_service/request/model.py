@@ -102,6 +102,7 @@ class A2aRequest:
     binding: A2aBinding
     request_id: JsonRpcId = None
     version: str = "0.3"  # A2A-Version; absent means 0.3 (A2A v1.0 section 3.6)
+    push_urls: tuple[str, ...] = ()  # webhook URLs the request hands the agent
 
 
 @dataclass(frozen=True, slots=True)

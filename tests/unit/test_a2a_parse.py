@@ -281,10 +281,23 @@ def test_rest_path_edge_cases(subpath: str, expected: str) -> None:
     assert _ok(_request("GET", subpath)).method == expected
 
 
-def test_rest_ignores_the_body() -> None:
+def test_rest_ignores_the_body_of_operations_that_carry_no_webhook() -> None:
     # The operation is in the path; the body is the agent's to validate.
-    result = _ok(_request("POST", "/message:send", raw=b"{not json", truncated=True))
-    assert result.method == "SendMessage"
+    result = _ok(_request("POST", "/tasks/t1:cancel", raw=b"{not json", truncated=True))
+    assert result.method == "CancelTask"
+
+
+@pytest.mark.parametrize(
+    ("raw", "truncated", "reason"),
+    [(b"{not json", False, "invalid_json"), (b'{"message": {}}', True, "body_truncated")],
+)
+def test_rest_reads_the_body_of_operations_that_may_carry_a_webhook(
+    raw: bytes, truncated: bool, reason: str
+) -> None:
+    # SendMessage's body may name a URL the agent will call: it must be readable.
+    result = parse_a2a(*_request("POST", "/message:send", raw=raw, truncated=truncated))
+    assert isinstance(result, Malformed)
+    assert result.reason == reason
 
 
 def test_rest_post_with_jsonrpc_body_is_still_the_rest_operation() -> None:
@@ -341,9 +354,9 @@ def test_post_to_a_non_rest_path_is_read_as_jsonrpc() -> None:
     ],
 )
 def test_grpc_paths(path: str, expected: str) -> None:
-    args = _request(
-        "POST", "/", path=path, headers={"content-type": "application/grpc"}, raw=b"\x00\x00"
-    )
+    # One empty, uncompressed message: a frame the parser can read for any method.
+    empty = b"\x00\x00\x00\x00\x00"
+    args = _request("POST", "/", path=path, headers={"content-type": "application/grpc"}, raw=empty)
     assert _ok(args) == A2aRequest(expected, A2aBinding.GRPC, None, "0.3")
 
 

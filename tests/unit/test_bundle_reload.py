@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -394,13 +395,15 @@ async def test_keys_fetched_before_a_reload_verify_after_it(
     assert await url_rig.reloader.reload() is ReloadOutcome.LOADED
     assert url_rig.gateway.state.bundle.revision == "G-1"
 
+    # Minted at the fake clock's time: a token issued after "now" would be refused.
+    issued = int(clock.now())
     verified = await url_rig.gateway.state.jwt.verify(
-        url_rig.bundle.token("fininfo:read"), (FININFO_RESOURCE,)
+        url_rig.bundle.token("fininfo:read", iat=issued), (FININFO_RESOURCE,)
     )
     assert isinstance(verified, Principal)
     await url_rig.reloader.stop()  # closes the replaced verifier: the keys are not its alone
     verified = await url_rig.gateway.state.jwt.verify(
-        url_rig.bundle.token("fininfo:read", subject="bob"), (FININFO_RESOURCE,)
+        url_rig.bundle.token("fininfo:read", subject="bob", iat=issued), (FININFO_RESOURCE,)
     )
     assert isinstance(verified, Principal)
     assert fetcher.count() == 1  # nothing was refetched
@@ -437,7 +440,7 @@ async def test_a_successor_shares_sources_and_the_last_to_close_closes_them(
     bundle = write_test_bundle(tmp_path)
     fetcher.documents[JWKS_URL] = bundle.key.jwks()
     issuers = issuer_config(bundle, tmp_path).issuers
-    old = JwtVerifier(issuers, fetcher=fetcher, clock=FakeClock())
+    old = JwtVerifier(issuers, fetcher=fetcher, clock=FakeClock(now=time.time()))
     await old.start()
     new = old.successor(issuers)
     await new.start()
@@ -459,7 +462,7 @@ async def test_a_refused_successor_hands_its_sources_back(
     bundle = write_test_bundle(tmp_path)
     fetcher.documents[JWKS_URL] = bundle.key.jwks()
     issuers = issuer_config(bundle, tmp_path).issuers
-    serving = JwtVerifier(issuers, fetcher=fetcher, clock=FakeClock())
+    serving = JwtVerifier(issuers, fetcher=fetcher, clock=FakeClock(now=time.time()))
     await serving.start()
     refused = serving.successor(issuers)
     await refused.aclose()  # the bundle it was for failed to load

@@ -159,7 +159,9 @@ async def test_hs256_with_another_secret_is_a_bad_signature(build: Build) -> Non
 @pytest.mark.parametrize(
     ("extra", "scopes"),
     [
-        ({"scope": "a b  c"}, {"a", "b", "c"}),
+        ({"scope": "a b c"}, {"a", "b", "c"}),
+        ({"scope": ""}, set()),
+        ({"scp": []}, set()),
         ({"scp": ["a", "b"]}, {"a", "b"}),
         ({"scp": "a b"}, {"a", "b"}),
         ({"scope": "a", "scp": ["b"]}, {"a"}),  # `scope` wins when both are present

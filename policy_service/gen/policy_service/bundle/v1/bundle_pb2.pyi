@@ -87,7 +87,7 @@ class ClientList(_message.Message):
     def __init__(self, allow: _Optional[_Iterable[str]] = ..., deny: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Upstream(_message.Message):
-    __slots__ = ("name", "path_prefix", "protocol", "resource", "denial_style", "required_scopes", "allowed_origins", "clients", "rules", "backend", "authorization_servers")
+    __slots__ = ("name", "path_prefix", "protocol", "resource", "denial_style", "required_scopes", "allowed_origins", "clients", "rules", "backend", "authorization_servers", "push_notifications")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PATH_PREFIX_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +99,7 @@ class Upstream(_message.Message):
     RULES_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     AUTHORIZATION_SERVERS_FIELD_NUMBER: _ClassVar[int]
+    PUSH_NOTIFICATIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     path_prefix: str
     protocol: str
@@ -110,7 +111,18 @@ class Upstream(_message.Message):
     rules: _containers.RepeatedCompositeFieldContainer[Rule]
     backend: str
     authorization_servers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., path_prefix: _Optional[str] = ..., protocol: _Optional[str] = ..., resource: _Optional[str] = ..., denial_style: _Optional[str] = ..., required_scopes: _Optional[_Iterable[str]] = ..., allowed_origins: _Optional[_Iterable[str]] = ..., clients: _Optional[_Union[ClientList, _Mapping]] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., backend: _Optional[str] = ..., authorization_servers: _Optional[_Iterable[str]] = ...) -> None: ...
+    push_notifications: PushNotifications
+    def __init__(self, name: _Optional[str] = ..., path_prefix: _Optional[str] = ..., protocol: _Optional[str] = ..., resource: _Optional[str] = ..., denial_style: _Optional[str] = ..., required_scopes: _Optional[_Iterable[str]] = ..., allowed_origins: _Optional[_Iterable[str]] = ..., clients: _Optional[_Union[ClientList, _Mapping]] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., backend: _Optional[str] = ..., authorization_servers: _Optional[_Iterable[str]] = ..., push_notifications: _Optional[_Union[PushNotifications, _Mapping]] = ...) -> None: ...
+
+class PushNotifications(_message.Message):
+    __slots__ = ("allow_http", "allow_private", "hosts")
+    ALLOW_HTTP_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PRIVATE_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    allow_http: bool
+    allow_private: bool
+    hosts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, allow_http: _Optional[bool] = ..., allow_private: _Optional[bool] = ..., hosts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Rule(_message.Message):
     __slots__ = ("name", "tools", "resources", "prompts", "methods", "a2a_methods", "scopes", "clients", "effect", "when", "dry_run")
