@@ -190,7 +190,11 @@ class Gateway:
 
         is_jsonrpc = upstream.protocol is not UpstreamProtocol.HTTP and request.method == "POST"
         origin = request.headers.get("origin")
-        if origin is not None and origin.lower() not in upstream.allowed_origins:
+        # ASCII only: str.lower() folds the Kelvin sign to "k", so a non-ASCII Origin could
+        # lower-case into an allowed one. Browsers send origins in ASCII (punycode).
+        if origin is not None and not (
+            origin.isascii() and origin.lower() in upstream.allowed_origins
+        ):
             # MCP transports: an Origin that is present and not allowed MUST get 403. The
             # body is read only on this path, to echo the id as every other denial does.
             return Deny(

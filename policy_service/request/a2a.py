@@ -156,7 +156,9 @@ def parse_a2a(request: HttpRequest, subpath: str) -> A2aRequest | Malformed:
 
 
 def _rest_operation(request: HttpRequest, name: str) -> _Operation | Malformed:
-    if name not in CARRIES_PUSH_URL or not (request.body.strip() or request.body_truncated):
+    if name not in CARRIES_PUSH_URL or not (
+        request.body.strip(b" \t\r\n") or request.body_truncated
+    ):
         return (name, A2aBinding.REST, None, ())  # no body, no webhook
     # Its body may name a webhook the agent will call: read it as strictly as JSON-RPC.
     if request.body_truncated:

@@ -159,20 +159,17 @@ class Background:
             time.sleep(0.1)
 
     def terminate(self, timeout: float = 60) -> int:
-        """SIGTERM to the whole group, as a supervisor stops it; SIGKILL if it lingers."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        return self.process.returncode
+        """SIGTERM to the whole group, as a supervisor stops it. Returns the exit status."""
+        return self._stop(signal.SIGTERM, timeout)
 
     def interrupt(self, timeout: float = 60) -> int:
-        """Ctrl-C, then wait; SIGKILL if it does not stop. Returns the exit status."""
+        """Ctrl-C (SIGINT to the whole group), then wait. Returns the exit status."""
+        return self._stop(signal.SIGINT, timeout)
+
+    def _stop(self, signum: signal.Signals, timeout: float) -> int:
+        # SIGKILL if it lingers: a test never leaves a process holding a documented port.
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)
+            os.killpg(self.process.pid, signum)
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:

@@ -320,6 +320,27 @@ async def test_a_get_without_a_body_is_not_refused_for_one(
     assert decision.reason != "unexpected_body"
 
 
+async def test_an_origin_that_only_lower_cases_into_an_allowed_one_is_refused(
+    tmp_path: Path,
+) -> None:
+    # str.lower() turns the Kelvin sign into "k": a non-ASCII Origin must not lower-case
+    # its way into the allowed http://kite.test.example.
+    kite = write_test_bundle(tmp_path, gateway="http://kite.test.example")
+    state = GatewayState.from_bundle(kite.bundle)
+    await state.jwt.start()
+    gateway = Gateway(state)
+    token = kite.token("fininfo:read", audience="http://kite.test.example/fininfo/mcp")
+    for origin, allowed in [
+        ("http://kite.test.example", True),
+        ("HTTP://KITE.TEST.EXAMPLE", True),  # ASCII case is not a different origin
+        ("http://\u212aite.test.example", False),
+    ]:
+        decision = await gateway.check(
+            mcp_post(tool_call("get_quote"), token=token, headers={"origin": origin})
+        )
+        assert isinstance(decision, Allow) is allowed, (origin, decision)
+
+
 async def test_same_origin_as_the_resource_is_allowed(
     gateway: Gateway, test_bundle: TestBundle
 ) -> None:
