@@ -23,6 +23,7 @@ upstream splits on SP and decodes each element.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from urllib.parse import quote, unquote_to_bytes
@@ -36,12 +37,17 @@ __all__ = [
 
 # Visible ASCII but "%": what quote() may leave as it is (letters, digits and "_.-~" it never
 # encodes anyway).
+# Every check of an allowed call encodes its principal's values, which repeat from check to
+# check (tokens are cached until they expire): the encodings are remembered, within bounds.
+_CACHED_VALUES = 4096
 _LITERAL = "".join(chr(code) for code in range(0x21, 0x7F) if chr(code) != "%")
 _ALL_LITERAL = re.compile(r"[\x21-\x24\x26-\x7e]*")
 # The only shapes encode_header_value produces: literal characters and upper-case escapes.
+_ALL_LITERAL_LIST = re.compile(r"(?:[\x21-\x24\x26-\x7e]+(?: [\x21-\x24\x26-\x7e]+)*)?")
 _ENCODED = re.compile(r"(?:[\x21-\x24\x26-\x7e]|%[0-9A-F]{2})*")
 
 
+@functools.lru_cache(maxsize=_CACHED_VALUES)
 def encode_header_value(value: str) -> str:
     """``value`` as a header value of visible ASCII only, percent-encoding its UTF-8 bytes
     for ``%``, SP and every character outside %x21-7E. Total over ``str``: a lone surrogate
@@ -78,7 +84,25 @@ def encode_header_list(values: Iterable[str]) -> str:
     string has no encoded form that survives the join, so it is left out: a scope is never
     empty (RFC 6749 scope-tokens have at least one character), so no scope is lost.
     """
-    return " ".join(sorted({encode_header_value(value) for value in values if value}))
+    # A principal's scopes are a frozenset, the same one for every check of a cached token:
+    # encode it once.
+    if isinstance(values, frozenset):
+        return _encode_set(values)
+    return _encode_list(values)
+
+
+@functools.lru_cache(maxsize=_CACHED_VALUES)
+def _encode_set(values: frozenset[str]) -> str:
+    return _encode_list(values)
+
+
+def _encode_list(values: Iterable[str]) -> str:
+    unique = {value for value in values if value}
+    joined = " ".join(sorted(unique))
+    # Literal and space-free values only: "a b" as one value must not pass as two.
+    if joined.count(" ") == len(unique) - 1 and _ALL_LITERAL_LIST.fullmatch(joined) is not None:
+        return joined  # the usual case (scope-tokens without "%"): one check for the list
+    return " ".join(sorted({encode_header_value(value) for value in unique}))
 
 
 def decode_header_list(value: str) -> frozenset[str]:
