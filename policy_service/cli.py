@@ -24,8 +24,8 @@ from policy_service.dev import DEFAULT_STATE_DIR
 from policy_service.errors import BundleError, ConfigError, PolicyServiceError
 
 if TYPE_CHECKING:
-    from policy_service.bundles.model import CompiledBundle
     from policy_service.bundles.sources import BundleSource
+    from policy_service.policy.model import CompiledBundle
     from policy_service.ratelimits.redis_store import RedisSettings
     from policy_service.telemetry.trail import Trail
 

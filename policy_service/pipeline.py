@@ -23,7 +23,6 @@ from policy_service.authorization.policy import (
     Refused,
     authorize,
 )
-from policy_service.bundles.model import CompiledBundle, UpstreamPolicy
 from policy_service.decisions.model import Allow, Decision, Deny, DenyKind, Serve
 from policy_service.decisions.render import rate_limit_code
 from policy_service.identity.apikeys import ApiKeyVerifier
@@ -37,6 +36,7 @@ from policy_service.identity.credentials import (
 from policy_service.identity.header_encoding import encode_header_list, encode_header_value
 from policy_service.identity.jwt import JwtVerifier
 from policy_service.identity.principal import IdentityFailure, Principal
+from policy_service.policy.model import CompiledBundle, UpstreamPolicy
 from policy_service.ratelimits.headers import ratelimit_headers, retry_after_seconds
 from policy_service.ratelimits.keys import claims_for
 from policy_service.ratelimits.limiter import (

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from policy_service.authorization.conditions import ConditionFailure, ConditionInputs
-from policy_service.bundles.model import CompiledRule, Effect, UpstreamPolicy
 from policy_service.identity.principal import Principal
+from policy_service.policy.conditions import ConditionFailure, ConditionInputs
+from policy_service.policy.model import CompiledRule, Effect, UpstreamPolicy
 from policy_service.request.model import (
     A2aRequest,
     CallTarget,

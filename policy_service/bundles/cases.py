@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from policy_service.bundles.loader import parse_yaml
-from policy_service.bundles.model import CompiledBundle, UpstreamPolicy
 from policy_service.bundles.problems import Problems
 from policy_service.bundles.shape import describe
 from policy_service.decisions.model import Allow, Decision, Deny, Serve
@@ -38,6 +37,7 @@ from policy_service.decisions.render import http_status_of
 from policy_service.errors import BundleError, BundleProblem, CaseFileError
 from policy_service.identity.principal import CredentialKind, Principal
 from policy_service.pipeline import Gateway, GatewayState
+from policy_service.policy.model import CompiledBundle, UpstreamPolicy
 from policy_service.request.model import HttpRequest, UpstreamProtocol
 from policy_service.telemetry.record import CheckRecord, DryRunRecord
 

@@ -12,11 +12,26 @@ import re
 from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
-from policy_service.authorization.conditions import ConditionSyntaxError, compile_condition
-from policy_service.authorization.webhooks import WebhookPolicy, valid_host_pattern
 from policy_service.bundles.files import BundleFileError, BundleFiles
 from policy_service.bundles.limits import compile_limits
-from policy_service.bundles.model import (
+from policy_service.bundles.problems import (
+    MCP_TARGET_KEYS,
+    NAME,
+    Problems,
+    check_target_names,
+)
+from policy_service.errors import BundleError, KeySourceError
+from policy_service.gen.policy_service.bundle.v1 import bundle_pb2
+from policy_service.identity.config import (
+    ASYMMETRIC_ALGORITHMS,
+    SYMMETRIC_ALGORITHMS,
+    ApiKeyEntry,
+    IssuerConfig,
+)
+from policy_service.identity.jwks import parse_jwks
+from policy_service.identity.jwt import canonical_audience, is_scope_token
+from policy_service.policy.conditions import ConditionSyntaxError, compile_condition
+from policy_service.policy.model import (
     BUILT_IN_REDACT_KEYS,
     DEFAULT_API_KEY_HEADER,
     DEFAULT_IDENTITY_HEADER_PREFIX,
@@ -29,23 +44,8 @@ from policy_service.bundles.model import (
     Effect,
     UpstreamPolicy,
 )
-from policy_service.bundles.problems import (
-    MCP_TARGET_KEYS,
-    NAME,
-    Problems,
-    check_target_names,
-)
-from policy_service.bundles.targets import CallTargets
-from policy_service.errors import BundleError, KeySourceError
-from policy_service.gen.policy_service.bundle.v1 import bundle_pb2
-from policy_service.identity.config import (
-    ASYMMETRIC_ALGORITHMS,
-    SYMMETRIC_ALGORITHMS,
-    ApiKeyEntry,
-    IssuerConfig,
-)
-from policy_service.identity.jwks import parse_jwks
-from policy_service.identity.jwt import canonical_audience, is_scope_token
+from policy_service.policy.targets import CallTargets
+from policy_service.policy.webhooks import WebhookPolicy, valid_host_pattern
 from policy_service.request.model import UpstreamProtocol
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")

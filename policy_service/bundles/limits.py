@@ -9,22 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from policy_service.bundles.model import Effect, UpstreamPolicy
 from policy_service.bundles.problems import (
     MCP_TARGET_KEYS,
     NAME,
     Problems,
     check_target_names,
 )
-from policy_service.bundles.targets import CallTargets
 from policy_service.gen.policy_service.bundle.v1 import bundle_pb2
-from policy_service.ratelimits.model import (
+from policy_service.policy.limits import (
     CompiledLimit,
     KeyDimension,
     KeyPart,
     StoreFailureMode,
 )
-from policy_service.ratelimits.rates import RateSyntaxError, parse_rate
+from policy_service.policy.model import Effect, UpstreamPolicy
+from policy_service.policy.rates import RateSyntaxError, parse_rate
+from policy_service.policy.targets import CallTargets
 from policy_service.request.model import CallTarget, TargetKind, UpstreamProtocol
 
 MAX_BURST = 1_000_000_000

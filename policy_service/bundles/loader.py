@@ -18,10 +18,10 @@ from google.protobuf.descriptor import Descriptor
 
 from policy_service.bundles.compile import compile_bundle
 from policy_service.bundles.files import BundleFileError, BundleFiles, read_bundle_path
-from policy_service.bundles.model import CompiledBundle
 from policy_service.bundles.shape import check_shape
 from policy_service.errors import BundleError, BundleProblem
 from policy_service.gen.policy_service.bundle.v1 import bundle_pb2
+from policy_service.policy.model import CompiledBundle
 
 # The generated module's descriptor is the C implementation; it is the same API.
 _BUNDLE_DESCRIPTOR = cast("Descriptor", bundle_pb2.Bundle.DESCRIPTOR)

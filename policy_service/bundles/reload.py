@@ -27,12 +27,12 @@ import time
 from collections.abc import Callable, Mapping
 
 from policy_service.bundles.files import BundleFiles
-from policy_service.bundles.model import CompiledBundle
 from policy_service.bundles.signing import BundleVerificationKey, load_signed_bundle
 from policy_service.bundles.sources import BundleSource
 from policy_service.errors import BundleError, PolicyServiceError
 from policy_service.identity.jwt import JwtVerifier
 from policy_service.pipeline import Gateway, GatewayState
+from policy_service.policy.model import CompiledBundle
 
 __all__ = ["RETIRE_AFTER_SECONDS", "BundleLoad", "BundleReloader", "ReloadOutcome", "bundle_loader"]
 

@@ -40,8 +40,8 @@ from jwt.exceptions import InvalidSignatureError, PyJWTError
 
 from policy_service.bundles.files import SIGNATURE_SUFFIX, BundleFileError, BundleFiles
 from policy_service.bundles.loader import load_bundle_files
-from policy_service.bundles.model import CompiledBundle
 from policy_service.errors import BundleError, BundleProblem, ConfigError
+from policy_service.policy.model import CompiledBundle
 
 __all__ = [
     "KEY_ALGORITHMS",

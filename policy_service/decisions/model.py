@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from policy_service.bundles.model import UpstreamPolicy
 from policy_service.identity.principal import Principal
+from policy_service.policy.model import UpstreamPolicy
 from policy_service.request.model import JsonRpcId
 
 

@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from policy_service.bundles.model import DenialStyle
 from policy_service.decisions.model import Deny, DenyKind, Serve
+from policy_service.policy.model import DenialStyle
 
 # Application error codes for JSON-RPC bodies. JSON-RPC reserves -32768..-32000 and MCP
 # 2026-07-28 forbids unknown codes in -32020..-32099, so gateway refusals use the HTTP

@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from policy_service.ratelimits.model import BucketReading, TakeResult
+from policy_service.policy.limits import BucketReading, TakeResult
 
 
 @dataclass(frozen=True, slots=True)

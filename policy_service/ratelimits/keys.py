@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 
 from policy_service.identity.principal import Principal
-from policy_service.ratelimits.model import BucketClaim, CompiledLimit, KeyDimension, KeyPart
+from policy_service.policy.limits import BucketClaim, CompiledLimit, KeyDimension, KeyPart
 from policy_service.request.model import CallTarget, TargetKind
 
 _NAMED_TARGETS = (TargetKind.TOOL, TargetKind.RESOURCE, TargetKind.PROMPT)

@@ -14,14 +14,14 @@ from enum import StrEnum
 
 from opentelemetry import trace
 
-from policy_service.ratelimits.breaker import CircuitBreaker
-from policy_service.ratelimits.bucket import BucketSpec
-from policy_service.ratelimits.model import (
+from policy_service.policy.limits import (
     BucketClaim,
     BucketReading,
     CompiledLimit,
     StoreFailureMode,
 )
+from policy_service.ratelimits.breaker import CircuitBreaker
+from policy_service.ratelimits.bucket import BucketSpec
 from policy_service.ratelimits.redis_store import RedisSettings, RedisStore
 from policy_service.ratelimits.store import BucketStore, InProcessStore, StoreUnavailableError
 

@@ -35,8 +35,8 @@ from opentelemetry.util.types import AttributeValue
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from policy_service.policy.limits import BucketReading, TakeResult
 from policy_service.ratelimits.bucket import BucketSpec
-from policy_service.ratelimits.model import BucketReading, TakeResult
 from policy_service.ratelimits.store import StoreUnavailableError
 from policy_service.telemetry.tracing import phase_span
 

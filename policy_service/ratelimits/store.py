@@ -14,8 +14,8 @@ from typing import Protocol
 
 from policy_service.clock import SYSTEM_CLOCK, Clock
 from policy_service.errors import PolicyServiceError
+from policy_service.policy.limits import TakeResult
 from policy_service.ratelimits.bucket import BucketSpec, BucketState, idle_expiry_ms, take
-from policy_service.ratelimits.model import TakeResult
 
 
 class StoreUnavailableError(PolicyServiceError):

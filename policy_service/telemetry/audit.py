@@ -22,9 +22,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from policy_service.bundles.model import AuditPolicy
 from policy_service.decisions.model import Allow, Decision, Deny
 from policy_service.decisions.render import http_status_of
+from policy_service.policy.model import AuditPolicy
 from policy_service.ratelimits.limiter import RateLimitResult
 from policy_service.request.model import A2aRequest, HttpRequest, JsonRpcCall, McpRequest
 from policy_service.telemetry.record import CheckRecord, DryRunRecord

@@ -20,9 +20,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from policy_service.bundles.model import CompiledBundle
-from policy_service.bundles.targets import CallTargets
 from policy_service.decisions.model import Decision
+from policy_service.policy.model import CompiledBundle
+from policy_service.policy.targets import CallTargets
 from policy_service.ratelimits.breaker import BreakerState
 from policy_service.ratelimits.limiter import Verdict
 from policy_service.ratelimits.redis_store import RedisStore

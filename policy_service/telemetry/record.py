@@ -10,8 +10,8 @@ import os
 import time
 from dataclasses import dataclass
 
-from policy_service.bundles.model import CompiledBundle, UpstreamPolicy
 from policy_service.identity.principal import Principal
+from policy_service.policy.model import CompiledBundle, UpstreamPolicy
 from policy_service.ratelimits.limiter import RateLimitResult
 from policy_service.request.model import A2aRequest, McpRequest
 

@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from policy_service.dev.redis_server import RedisCluster, RedisServer
+from policy_service.policy.limits import BucketReading
 from policy_service.ratelimits.bucket import BucketSpec
-from policy_service.ratelimits.model import BucketReading
 from policy_service.ratelimits.redis_store import RedisSettings, RedisStore
 from policy_service.ratelimits.store import BucketStore, InProcessStore
 

@@ -21,13 +21,13 @@ import grpc
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 
-from policy_service.bundles.targets import CallTargets
 from policy_service.dev.redis_server import RedisServer
 from policy_service.pipeline import Gateway, GatewayState
+from policy_service.policy.limits import BucketClaim, CompiledLimit, StoreFailureMode
+from policy_service.policy.rates import Rate
+from policy_service.policy.targets import CallTargets
 from policy_service.ratelimits.breaker import BreakerState, CircuitBreaker
 from policy_service.ratelimits.limiter import RateLimiter, Verdict
-from policy_service.ratelimits.model import BucketClaim, CompiledLimit, StoreFailureMode
-from policy_service.ratelimits.rates import Rate
 from policy_service.ratelimits.redis_store import RedisSettings, RedisStore
 from policy_service.server import PolicyServer, ServerSettings
 from tests.support.bundles import write_test_bundle

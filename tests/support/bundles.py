@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from policy_service.bundles.loader import load_bundle
-from policy_service.bundles.model import CompiledBundle
 from policy_service.identity.apikeys import hash_api_key
 from policy_service.identity.signing import SigningKey
+from policy_service.policy.model import CompiledBundle
 
 ISSUER = "https://idp.test.example"
 GATEWAY = "http://gateway.test.example"

@@ -22,7 +22,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from policy_service.bundles.files import BundleFiles
 from policy_service.bundles.loader import load_bundle_files
-from policy_service.bundles.model import CompiledBundle
 from policy_service.bundles.reload import BundleReloader, ReloadOutcome, bundle_loader
 from policy_service.decisions.model import Allow, Deny
 from policy_service.errors import BundleError, BundleProblem
@@ -30,6 +29,7 @@ from policy_service.identity.jwks import UrlKeySource
 from policy_service.identity.jwt import JwtVerifier
 from policy_service.identity.principal import Principal
 from policy_service.pipeline import Gateway, GatewayState
+from policy_service.policy.model import CompiledBundle
 from policy_service.request.model import HttpRequest
 from policy_service.telemetry.metrics import CheckMetrics
 from policy_service.testing import FakeClock, FakeJwksFetcher

@@ -29,7 +29,7 @@ from policy_service.bundles.loader import load_bundle, parse_yaml
 from policy_service.bundles.schema import bundle_schema_text
 from policy_service.errors import BundleError
 from policy_service.gen.policy_service.bundle.v1 import bundle_pb2
-from policy_service.ratelimits.rates import parse_rate
+from policy_service.policy.rates import parse_rate
 from tests.support.bundles import write_test_bundle
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from policy_service.authorization.conditions import (
+from policy_service.policy.conditions import (
     CONDITION_VARIABLES,
     MAX_CONDITION_LENGTH,
     Condition,

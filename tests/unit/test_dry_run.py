@@ -8,10 +8,10 @@ from google.protobuf import json_format
 
 from policy_service.bundles.cases import Call, Caller, http_request_for, principal_for
 from policy_service.bundles.loader import load_bundle
-from policy_service.bundles.model import CompiledBundle
 from policy_service.decisions.model import Allow, Deny
 from policy_service.gen.policy_service.audit.v1 import audit_pb2
 from policy_service.pipeline import Gateway, GatewayState
+from policy_service.policy.model import CompiledBundle
 from policy_service.ratelimits.limiter import RateLimiter
 from policy_service.ratelimits.store import InProcessStore
 from policy_service.telemetry.audit import audit_event

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from policy_service.identity.principal import CredentialKind, Principal
+from policy_service.policy.limits import CompiledLimit
 from policy_service.ratelimits.keys import claims_for
-from policy_service.ratelimits.model import CompiledLimit
 from policy_service.request.model import CallTarget, TargetKind, call_targets
 from tests.support.bundles import write_test_bundle
 

@@ -7,16 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from policy_service.bundles.targets import CallTargets
-from policy_service.ratelimits.breaker import BreakerState, CircuitBreaker
-from policy_service.ratelimits.bucket import BucketSpec
-from policy_service.ratelimits.limiter import (
-    NOTHING_MATCHED,
-    RateLimiter,
-    Verdict,
-    build_limiter,
-)
-from policy_service.ratelimits.model import (
+from policy_service.policy.limits import (
     BucketClaim,
     BucketReading,
     CompiledLimit,
@@ -25,7 +16,16 @@ from policy_service.ratelimits.model import (
     StoreFailureMode,
     TakeResult,
 )
-from policy_service.ratelimits.rates import parse_rate
+from policy_service.policy.rates import parse_rate
+from policy_service.policy.targets import CallTargets
+from policy_service.ratelimits.breaker import BreakerState, CircuitBreaker
+from policy_service.ratelimits.bucket import BucketSpec
+from policy_service.ratelimits.limiter import (
+    NOTHING_MATCHED,
+    RateLimiter,
+    Verdict,
+    build_limiter,
+)
 from policy_service.ratelimits.store import InProcessStore, StoreUnavailableError
 from policy_service.testing import FakeClock
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from policy_service.bundles.targets import CallTargets
-from policy_service.ratelimits.headers import ratelimit_headers, reset_seconds, retry_after_seconds
-from policy_service.ratelimits.limiter import LimitState
-from policy_service.ratelimits.model import (
+from policy_service.policy.limits import (
     CompiledLimit,
     KeyDimension,
     KeyPart,
     StoreFailureMode,
 )
-from policy_service.ratelimits.rates import parse_rate
+from policy_service.policy.rates import parse_rate
+from policy_service.policy.targets import CallTargets
+from policy_service.ratelimits.headers import ratelimit_headers, reset_seconds, retry_after_seconds
+from policy_service.ratelimits.limiter import LimitState
 
 
 def make_limit(name: str, rate: str, *, shadow: bool = False) -> CompiledLimit:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from policy_service.ratelimits.rates import MAX_WINDOW_SECONDS, Rate, RateSyntaxError, parse_rate
+from policy_service.policy.rates import MAX_WINDOW_SECONDS, Rate, RateSyntaxError, parse_rate
 
 
 @pytest.mark.parametrize(

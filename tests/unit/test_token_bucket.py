@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from policy_service.policy.limits import BucketReading, TakeResult
 from policy_service.ratelimits.bucket import (
     BucketSpec,
     BucketState,
@@ -15,7 +16,6 @@ from policy_service.ratelimits.bucket import (
     refill,
     take,
 )
-from policy_service.ratelimits.model import BucketReading, TakeResult
 from policy_service.ratelimits.store import InProcessStore
 from policy_service.testing import FakeClock
 

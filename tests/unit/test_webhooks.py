@@ -11,7 +11,7 @@ from a2a.types import a2a_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policy_service.authorization.webhooks import WebhookPolicy, valid_host_pattern
+from policy_service.policy.webhooks import WebhookPolicy, valid_host_pattern
 from policy_service.request.model import Malformed
 from policy_service.request.push_urls import push_urls_in_grpc, push_urls_in_json
 

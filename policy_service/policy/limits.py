@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from policy_service.bundles.targets import CallTargets
-from policy_service.ratelimits.rates import Rate
+from policy_service.policy.rates import Rate
+from policy_service.policy.targets import CallTargets
 
 
 class KeyPart(StrEnum):

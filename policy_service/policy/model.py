@@ -11,12 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from policy_service.authorization.conditions import Condition
-from policy_service.authorization.webhooks import WebhookPolicy
-from policy_service.bundles.targets import CallTargets
 from policy_service.identity.config import ApiKeyEntry, IssuerConfig
 from policy_service.identity.principal import Principal
-from policy_service.ratelimits.model import CompiledLimit
+from policy_service.policy.conditions import Condition
+from policy_service.policy.limits import CompiledLimit
+from policy_service.policy.targets import CallTargets
+from policy_service.policy.webhooks import WebhookPolicy
 from policy_service.request.model import UpstreamProtocol
 
 DEFAULT_IDENTITY_HEADER_PREFIX = "x-gateway-"
