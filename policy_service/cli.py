@@ -158,8 +158,8 @@ def trail_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Tra
     """Audit sink and failure mode from the flags; tracing from the OTEL_* variables."""
     from opentelemetry import trace
 
+    from policy_service.otel.provider import setup_tracing
     from policy_service.telemetry.audit import AuditFailureMode, Auditor, FileSink
-    from policy_service.telemetry.tracing import setup_tracing
     from policy_service.telemetry.trail import Trail
 
     provider = setup_tracing(environ)

@@ -36,6 +36,7 @@ from policy_service.identity.credentials import (
 from policy_service.identity.header_encoding import encode_header_list, encode_header_value
 from policy_service.identity.jwt import JwtVerifier
 from policy_service.identity.principal import IdentityFailure, Principal
+from policy_service.otel.spans import phase_span
 from policy_service.policy.model import CompiledBundle, UpstreamPolicy
 from policy_service.ratelimits.headers import ratelimit_headers, retry_after_seconds
 from policy_service.ratelimits.keys import claims_for
@@ -59,7 +60,6 @@ from policy_service.request.model import (
 )
 from policy_service.telemetry.record import CheckRecord, DryRunRecord
 from policy_service.telemetry.tracing import (
-    phase_span,
     set_identity_attributes,
     set_limit_attributes,
     set_policy_attributes,

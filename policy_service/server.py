@@ -25,12 +25,12 @@ from policy_service.bundles.reload import BundleReloader
 from policy_service.decisions.model import Decision, Deny, DenyKind
 from policy_service.edge.envoy_in import to_http_request
 from policy_service.edge.envoy_out import to_check_response
+from policy_service.otel.spans import mark_internal_error, parent_context
 from policy_service.pipeline import Gateway
 from policy_service.ratelimits.redis_store import RedisStore
 from policy_service.request.model import HttpRequest
 from policy_service.telemetry.metrics import CheckMetrics, MetricsServer
 from policy_service.telemetry.record import CheckRecord
-from policy_service.telemetry.tracing import mark_internal_error, parent_context
 from policy_service.telemetry.trail import Trail
 
 log = logging.getLogger("policy_service.server")

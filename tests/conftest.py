@@ -1,6 +1,6 @@
 """Before any test imports them: opentelemetry-proto's modules, not xds-protos' old copy.
 
-The service repairs the clash itself when tracing is on (policy_service.telemetry.otel_protos);
+The service repairs the clash itself when tracing is on (policy_service.otel.protos);
 the tests' own OTLP receiver imports the modules directly, so the suite repairs it first,
 the same way, and the README's test command needs no step of its own.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from policy_service.telemetry.otel_protos import ensure_otel_protos
+from policy_service.otel.protos import ensure_otel_protos
 
 
 def pytest_configure(config: pytest.Config) -> None:

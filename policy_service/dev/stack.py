@@ -37,12 +37,12 @@ from policy_service.gateway.envoy_config import (
 )
 from policy_service.gateway.envoy_process import EnvoyProcess
 from policy_service.identity.apikeys import hash_api_key
+from policy_service.otel.provider import otlp_endpoint, setup_tracing
 from policy_service.pipeline import Gateway, GatewayState
 from policy_service.ratelimits.limiter import build_limiter
 from policy_service.ratelimits.redis_store import RedisSettings
 from policy_service.server import PolicyServer, ServerSettings
 from policy_service.telemetry.audit import AuditFailureMode, Auditor, FileSink
-from policy_service.telemetry.tracing import otlp_endpoint, setup_tracing
 from policy_service.telemetry.trail import Trail
 
 log = logging.getLogger("policy_service.dev")

@@ -35,10 +35,10 @@ from opentelemetry.util.types import AttributeValue
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from policy_service.otel.spans import phase_span
 from policy_service.policy.limits import BucketReading, TakeResult
 from policy_service.ratelimits.bucket import BucketSpec
 from policy_service.ratelimits.store import StoreUnavailableError
-from policy_service.telemetry.tracing import phase_span
 
 log = logging.getLogger("policy_service.ratelimits")
 

@@ -1,4 +1,7 @@
-"""Spans: one per Check, continuing Envoy's trace, with a child per phase.
+"""What a check's spans say: the Check span's and the phase spans' attributes.
+
+The plumbing (provider, propagation, phase spans) is ``policy_service.otel``; this module is
+the domain side, read by the servicer's trail and the pipeline's phases.
 
 Envoy's ext_authz client opens an egress span for the Check call and sends its context in
 the gRPC metadata; the Check span is its child. Without that, the request's own headers
@@ -19,34 +22,22 @@ otherwise); export runs in a background thread and drops spans rather than wait.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from opentelemetry import propagate, trace
-from opentelemetry.context import Context
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
 
 from policy_service.authorization.policy import Granted, PolicyOutcome
 from policy_service.decisions.model import Allow, Decision, Deny, Serve
-from policy_service.errors import ConfigError
 from policy_service.identity.principal import Principal
+from policy_service.ratelimits.limiter import RateLimitResult
 from policy_service.request.model import A2aRequest, CallKind, HttpRequest, McpRequest
-from policy_service.telemetry.otel_protos import ensure_otel_protos
 
 if TYPE_CHECKING:
-    # The limiter's Redis store opens spans through this module: types only, no cycle.
-    from policy_service.ratelimits.limiter import RateLimitResult
     from policy_service.telemetry.record import CheckRecord
 
 CHECK_SPAN_NAME = "envoy.service.auth.v3.Authorization/Check"
-TRACER_NAME = "policy_service"
-DEFAULT_SERVICE_NAME = "policy-service"
 
 # The policy's own attributes.
 DECISION = "policy_service.decision"
@@ -70,94 +61,6 @@ CHECK_ATTRIBUTES: Mapping[str, AttributeValue] = {
     "rpc.service": "envoy.service.auth.v3.Authorization",
     "rpc.method": "Check",
 }
-_W3C = TraceContextTextMapPropagator()
-
-
-def setup_tracing(environ: Mapping[str, str]) -> TracerProvider | None:
-    """A tracer provider as the ``OTEL_*`` variables describe, or None when tracing is off.
-
-    ``OTEL_TRACES_EXPORTER`` (otlp, console, none) and ``OTEL_EXPORTER_OTLP_ENDPOINT``
-    turn it on; the OTLP exporter, the batch processor and the sampler read the rest of
-    the standard variables themselves.
-    """
-    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return None
-    names = environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
-    if not names:
-        if not otlp_endpoint(environ):
-            return None
-        names = "otlp"
-    chosen = [_exporter(name.strip(), environ) for name in names.split(",") if name.strip()]
-    exporters = [exporter for exporter in chosen if exporter is not None]
-    if not exporters:
-        return None
-    attributes = {} if environ.get("OTEL_SERVICE_NAME") else {"service.name": DEFAULT_SERVICE_NAME}
-    provider = TracerProvider(resource=Resource.create(attributes))
-    for exporter in exporters:
-        provider.add_span_processor(BatchSpanProcessor(exporter))
-    return provider
-
-
-def otlp_endpoint(environ: Mapping[str, str]) -> str | None:
-    """Where OTLP trace export goes: the traces-specific variable first, as the SDK reads it."""
-    return environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
-        "OTEL_EXPORTER_OTLP_ENDPOINT"
-    )
-
-
-def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter | None:
-    if name == "none":
-        return None
-    if name == "console":
-        return ConsoleSpanExporter()
-    if name != "otlp":
-        raise ConfigError(f"OTEL_TRACES_EXPORTER: '{name}' is not one of otlp, console, none")
-    protocol = environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get(
-        "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"
-    )
-    if protocol.strip() != "grpc":
-        raise ConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL: only grpc is supported, not '{protocol}'")
-    # xds-protos installs an old copy of the OTel protos over opentelemetry-proto's: put
-    # them back (and say so) before the exporter imports them.
-    ensure_otel_protos()
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-    return OTLPSpanExporter()
-
-
-def parent_context(metadata: Mapping[str, str], headers: Mapping[str, str]) -> Context:
-    """The Check span's parent: Envoy's ext_authz span from the gRPC metadata, else the
-    request's own trace headers (propagators as ``OTEL_PROPAGATORS`` configures)."""
-    context = propagate.extract(metadata)
-    if trace.get_current_span(context).get_span_context().is_valid:
-        return context
-    return propagate.extract(headers)
-
-
-def link_to(traceparent: str | None) -> Link | None:
-    """A link to the agent's span named in an MCP body's ``_meta.traceparent``, if valid."""
-    if traceparent is None:
-        return None
-    context = _W3C.extract({"traceparent": traceparent})
-    span_context = trace.get_current_span(context).get_span_context()
-    return Link(span_context) if span_context.is_valid else None
-
-
-@contextmanager
-def phase_span(
-    tracer: trace.Tracer,
-    name: str,
-    *,
-    kind: SpanKind = SpanKind.INTERNAL,
-    attributes: Mapping[str, AttributeValue] | None = None,
-) -> Iterator[trace.Span]:
-    """A child of the current span, or nothing at all when the check is not being traced
-    (an unsampled or untraced check pays for no spans)."""
-    if not trace.get_current_span().is_recording():
-        yield trace.INVALID_SPAN
-        return
-    with tracer.start_as_current_span(name, kind=kind, attributes=attributes) as span:
-        yield span
 
 
 def set_identity_attributes(span: trace.Span, result: Principal | Deny) -> None:
@@ -267,10 +170,6 @@ def set_check_attributes(
         if parsed.request_id is not None:
             attributes["jsonrpc.request.id"] = str(parsed.request_id)
     span.set_attributes(attributes)
-
-
-def mark_internal_error(span: trace.Span) -> None:
-    span.set_status(Status(StatusCode.ERROR, "internal_error"))
 
 
 def decision_name(decision: Decision) -> str:

@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind, format_span_id, format_trace_id
 
 from policy_service.decisions.model import Decision, Deny, DenyKind
+from policy_service.otel.spans import TRACER_NAME, link_to
 from policy_service.request.model import (
     HttpRequest,
     McpRequest,
@@ -32,8 +33,6 @@ from policy_service.telemetry.record import CheckRecord
 from policy_service.telemetry.tracing import (
     CHECK_ATTRIBUTES,
     CHECK_SPAN_NAME,
-    TRACER_NAME,
-    link_to,
     set_check_attributes,
 )
 

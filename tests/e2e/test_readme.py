@@ -148,7 +148,7 @@ def test_the_tracing_command_traces_envoy_and_the_service_in_one_trace(
     assert endpoint is not None, command
     # A fresh `pip install` leaves xds-protos' copy of the OTel modules; the service must
     # put opentelemetry-proto's back by itself, with no step of the user's.
-    check = run_block(".venv/bin/python -m policy_service.telemetry.otel_protos --check", clone)
+    check = run_block(".venv/bin/python -m policy_service.otel.protos --check", clone)
     clobbered = check.returncode == 1
     with OtlpReceiver(port=int(endpoint.group(1))) as receiver:
         stack = Background(command, clone, tmp_path / "dev.log")

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import pytest
 
 from policy_service.errors import ConfigError
-from policy_service.telemetry import otel_protos
-from policy_service.telemetry.otel_protos import ensure_otel_protos, main, otel_protos_intact
+from policy_service.otel import protos as otel_protos
+from policy_service.otel.protos import ensure_otel_protos, main, otel_protos_intact
 
 
 def test_the_otlp_exporter_and_receiver_see_current_otel_protos() -> None:
@@ -75,7 +75,7 @@ def test_overwritten_modules_are_reinstalled_at_the_installed_version_and_logged
 
 
 def test_a_failed_reinstall_says_what_to_run(broken: dict[str, bool]) -> None:
-    with pytest.raises(ConfigError, match=r"run python -m policy_service.telemetry.otel_protos"):
+    with pytest.raises(ConfigError, match=r"run python -m policy_service.otel.protos"):
         ensure_otel_protos(FakePip(broken, status=1))
 
 

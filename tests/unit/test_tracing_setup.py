@@ -6,7 +6,8 @@ import pytest
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from policy_service.errors import ConfigError
-from policy_service.telemetry.tracing import link_to, parent_context, setup_tracing
+from policy_service.otel.provider import setup_tracing
+from policy_service.otel.spans import link_to, parent_context
 
 
 def test_nothing_configured_means_no_tracing() -> None:

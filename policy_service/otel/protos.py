@@ -11,8 +11,8 @@ anywhere else, so the service repairs the install itself when tracing is turned 
 it reinstalls opentelemetry-proto at its installed version, before any of those modules is
 imported, and logs that it did. Envoy's own protos only use messages both copies have.
 
-    python -m policy_service.telemetry.otel_protos          # repair if needed (images, CI)
-    python -m policy_service.telemetry.otel_protos --check  # exit 1 if broken
+    python -m policy_service.otel.protos          # repair if needed (images, CI)
+    python -m policy_service.otel.protos --check  # exit 1 if broken
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from policy_service.errors import ConfigError
 
 log = logging.getLogger("policy_service.telemetry")
 
-REPAIR_COMMAND = "python -m policy_service.telemetry.otel_protos"
+REPAIR_COMMAND = "python -m policy_service.otel.protos"
 
 # A module of each copy, and what only opentelemetry-proto's has.
 _MARKERS = {
@@ -100,7 +100,7 @@ def ensure_otel_protos(install: Installer = _pip) -> bool:
         )
     log.warning(
         "reinstalled %s: xds-protos had overwritten its modules, which the OTLP exporter "
-        "needs (a known clash between the two wheels; see policy_service.telemetry.otel_protos)",
+        "needs (a known clash between the two wheels; see policy_service.otel.protos)",
         requirement,
     )
     return True
