@@ -14,17 +14,18 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from policy_service.decisions.model import Decision
+from policy_service.identity.jwt import JwtVerifier
 from policy_service.policy.model import CompiledBundle
 from policy_service.policy.targets import CallTargets
 from policy_service.ratelimits.breaker import BreakerState
-from policy_service.ratelimits.limiter import Verdict
+from policy_service.ratelimits.limiter import RateLimiter, Verdict
 from policy_service.ratelimits.redis_store import RedisStore
 from policy_service.request.a2a import A2A_METHODS
 from policy_service.request.model import A2aRequest, CallKind, McpRequest
@@ -32,8 +33,40 @@ from policy_service.telemetry.record import CheckRecord
 from policy_service.telemetry.tracing import decision_name
 
 if TYPE_CHECKING:
-    from policy_service.pipeline import Gateway
     from policy_service.telemetry.audit import Auditor
+
+
+class LoadCounts(Protocol):
+    """Bundles put into service and reloads refused, as the pipeline counts them."""
+
+    @property
+    def ok(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+    @property
+    def loaded_at(self) -> float: ...
+    @property
+    def failed_at(self) -> float | None: ...
+
+
+class ServedBundle(Protocol):
+    @property
+    def bundle(self) -> CompiledBundle: ...
+    @property
+    def jwt(self) -> JwtVerifier: ...
+
+
+class Served(Protocol):
+    """What /metrics reads at scrape time about what is serving checks: the pipeline's
+    object satisfies it, and metrics never import the pipeline (it sits below it)."""
+
+    @property
+    def state(self) -> ServedBundle: ...
+    @property
+    def loads(self) -> LoadCounts: ...
+    @property
+    def limiter(self) -> RateLimiter: ...
+
 
 OTHER = "other"  # a name the bundle does not mention
 NONE = "none"  # the request named no upstream, method or tool
@@ -194,7 +227,7 @@ class CheckMetrics:
             cached = self._vocabulary = (bundle, _Vocabulary.of(bundle))
         return cached[1]
 
-    def watch(self, gateway: Gateway, auditor: Auditor | None = None) -> None:
+    def watch(self, gateway: Served, auditor: Auditor | None = None) -> None:
         """Report the gateway's own counters at scrape time."""
         self.registry.register(_GatewayCollector(gateway, auditor))
 
@@ -218,7 +251,7 @@ def route_tag_label(tag: str | None) -> str:
 
 
 class _GatewayCollector(Collector):
-    def __init__(self, gateway: Gateway, auditor: Auditor | None) -> None:
+    def __init__(self, gateway: Served, auditor: Auditor | None) -> None:
         self._gateway = gateway
         self._auditor = auditor
 
