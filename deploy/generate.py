@@ -14,7 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from policy_service.cli import main as policy_service
+from policy_service.cli.main import main as policy_service
 
 DEPLOY = Path(__file__).resolve().parent
 ENVOY_YAML = DEPLOY / "envoy.yaml"

@@ -1,5 +1,5 @@
 import sys
 
-from policy_service.cli import main
+from policy_service.cli.main import main
 
 sys.exit(main())

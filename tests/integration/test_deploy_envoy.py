@@ -30,7 +30,7 @@ import redis
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from policy_service.cli import REDIS_URL_ENV_VAR
+from policy_service.cli.flags import REDIS_URL_ENV_VAR
 from policy_service.dev.redis_server import RedisServer
 from tests.support.envoy import EnvoyProcess, find_envoy_binary, free_port, validate_config
 from tests.support.peers import GatewayDenied, a2a_send_message, mcp_call_tool, tool_text

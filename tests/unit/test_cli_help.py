@@ -9,7 +9,7 @@ from contextlib import redirect_stdout
 
 import pytest
 
-from policy_service.cli import build_parser, main
+from policy_service.cli.main import build_parser, main
 
 
 def commands() -> Iterator[tuple[str, argparse.ArgumentParser, str]]:

@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from policy_service.bundles.loader import load_bundle
-from policy_service.cli import REDIS_URL_ENV_VAR, build_parser
+from policy_service.cli.flags import REDIS_URL_ENV_VAR
+from policy_service.cli.main import build_parser
 from policy_service.dev.peers import DEFAULT_PORTS
 from policy_service.gateway.envoy_config import AUTHZ_CLUSTER, OTEL_COLLECTOR_CLUSTER
 from policy_service.identity.apikeys import hash_api_key

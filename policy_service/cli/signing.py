@@ -11,11 +11,15 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from policy_service.bundles.files import BundleFiles
 from policy_service.errors import BundleError, ConfigError
 
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
+
+if TYPE_CHECKING:
+    from policy_service.cli.flags import Commands
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
@@ -131,7 +135,7 @@ def _read_any_bundle(path: Path) -> BundleFiles:
     return unpack_bundle(data, str(path))
 
 
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(commands: Commands) -> None:
     from policy_service.bundles.signing import KEY_ALGORITHMS
 
     keygen = commands.add_parser("keygen", help="make a key pair for signing bundles")

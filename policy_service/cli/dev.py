@@ -1,14 +1,19 @@
-"""The `dev` and `envoy-config` commands (kept apart: they pull in the dev and Envoy parts)."""
+"""`dev`, `token` and `envoy-config`: the dev stack, its tokens, and Envoy configs for bundles."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from policy_service.cli.flags import add_redis_arguments, redis_settings_from_args
 from policy_service.dev import DEFAULT_STATE_DIR
 from policy_service.errors import ConfigError
+
+if TYPE_CHECKING:
+    from policy_service.cli.flags import Commands
 
 
 def _port_list(text: str) -> list[int]:
@@ -31,8 +36,6 @@ def _cmd_dev(args: argparse.Namespace) -> int:
         agent=args.peer_ports[2],
         metrics=args.metrics_port,
     )
-    from policy_service.cli import redis_settings_from_args
-
     asyncio.run(run_dev_stack(Path(args.state_dir), ports, redis_settings_from_args(args)))
     return 0
 
@@ -90,8 +93,27 @@ def _cmd_envoy_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from policy_service.cli import add_redis_arguments
+def register(commands: Commands) -> None:
+    token = commands.add_parser("token", help="mint a token from the dev stack's issuer")
+    token.add_argument("--scope", action="append", default=[], help="a scope to grant (repeatable)")
+    token.add_argument("--sub", default="dev-user", help="the token's subject")
+    token.add_argument("--client-id", default="dev-client", help="the token's client_id claim")
+    token.add_argument("--upstream", default="fininfo", help="whose resource URI is the audience")
+    token.add_argument("--aud", help="explicit audience (overrides --upstream)")
+    token.add_argument(
+        "--lifetime",
+        type=int,
+        default=3600,
+        help="seconds until exp; the dev bundle allows 30 s of clock skew (an issuer's "
+        "leeway_seconds), so a token is still "
+        "accepted up to 30 s after exp (and from 30 s before nbf)",
+    )
+    token.add_argument(
+        "--state-dir",
+        default=DEFAULT_STATE_DIR,
+        help="the dev stack's state directory, where its issuer key is",
+    )
+    token.set_defaults(run=_cmd_token)
 
     dev = commands.add_parser(
         "dev",
@@ -154,3 +176,19 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="send Envoy's spans to this OTLP/gRPC collector (http:// and https:// URLs work too)",
     )
     envoy.set_defaults(run=_cmd_envoy_config)
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from policy_service.dev.issuer import DevIssuer
+
+    issuer = DevIssuer.load(Path(args.state_dir))
+    audience = args.aud or issuer.audience_for(args.upstream)
+    token = issuer.mint(
+        subject=args.sub,
+        scopes=args.scope,
+        audience=audience,
+        client_id=args.client_id,
+        lifetime_seconds=args.lifetime,
+    )
+    print(token)
+    return 0

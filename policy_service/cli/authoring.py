@@ -1,4 +1,4 @@
-"""Commands for the people who write policy: ``test``, ``explain`` and ``schema``.
+"""For the people who write policy: ``lint``, ``test``, ``explain``, ``schema``, ``hash-key``.
 
 policy-service test BUNDLE [CASES ...]     run policy tests; non-zero exit on any failure
 policy-service explain BUNDLE --upstream U --tool T [--scope S ...]   why one request is
@@ -19,12 +19,22 @@ from typing import TYPE_CHECKING, Any
 from policy_service.errors import BundleError, ConfigError
 
 if TYPE_CHECKING:
+    from policy_service.cli.flags import Commands
     from policy_service.ratelimits.limiter import RateLimiter
 
 CASES_SUFFIX = ".cases.yaml"
 
 
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(commands: Commands) -> None:
+    lint = commands.add_parser("lint", help="validate bundles; non-zero exit on any problem")
+    lint.add_argument("bundles", nargs="+", help="bundle files or directories")
+    lint.set_defaults(run=_cmd_lint)
+
+    hash_key = commands.add_parser(
+        "hash-key", help="print the SHA-256 of an API key read from stdin"
+    )
+    hash_key.set_defaults(run=_cmd_hash_key)
+
     test = commands.add_parser(
         "test",
         help="run a bundle's policy tests; non-zero exit when any case fails",
@@ -217,4 +227,36 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     from policy_service.bundles.schema import bundle_schema_text
 
     sys.stdout.write(bundle_schema_text())
+    return 0
+
+
+def _cmd_lint(args: argparse.Namespace) -> int:
+    from policy_service.bundles.loader import load_bundle
+
+    failed = False
+    for path in args.bundles:
+        try:
+            bundle = load_bundle(path)
+        except BundleError as exc:
+            failed = True
+            print(exc, file=sys.stderr)
+            continue
+        rules = sum(len(upstream.rules) for upstream in bundle.upstreams)
+        print(
+            f"{path}: ok (revision {bundle.revision}; {len(bundle.upstreams)} upstreams, "
+            f"{rules} rules, {len(bundle.limits)} limits, {len(bundle.issuers)} issuers, "
+            f"{len(bundle.api_keys)} api keys)"
+        )
+    return 1 if failed else 0
+
+
+def _cmd_hash_key(args: argparse.Namespace) -> int:
+    from policy_service.identity.apikeys import hash_api_key
+
+    # From stdin, so the key never lands in shell history or the process list.
+    key = sys.stdin.readline().strip()
+    if not key:
+        print("hash-key: give the API key on standard input", file=sys.stderr)
+        return 2
+    print(hash_api_key(key))
     return 0

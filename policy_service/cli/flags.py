@@ -1,0 +1,155 @@
+"""Flags and settings several commands share: Redis, telemetry, help formatting."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
+
+from policy_service.errors import ConfigError
+
+if TYPE_CHECKING:
+    from policy_service.ratelimits.redis_store import RedisSettings
+    from policy_service.telemetry.trail import Trail
+
+REDIS_URL_ENV_VAR = "POLICY_SERVICE_REDIS_URL"
+
+if TYPE_CHECKING:
+    Commands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def add_redis_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "rate limits", "buckets live in process unless a Redis URL is given"
+    )
+    group.add_argument(
+        "--redis-url", help=f"redis://host:port/db (or set ${REDIS_URL_ENV_VAR}, for passwords)"
+    )
+    group.add_argument("--redis-cluster", action="store_true", help="the URL names a Cluster node")
+    group.add_argument(
+        "--redis-timeout", type=float, default=0.1, help="seconds a check waits for Redis"
+    )
+    group.add_argument(
+        "--redis-max-connections", type=int, default=64, help="Redis connections per process"
+    )
+    group.add_argument(
+        "--redis-key-prefix", default="policy-service", help="hash tag of every bucket key"
+    )
+    group.add_argument(
+        "--redis-pipeline",
+        action="store_true",
+        help="send checks that arrive together in one round trip (not on a Cluster)",
+    )
+
+
+def add_telemetry_arguments(parser: argparse.ArgumentParser, audit_log: str = "-") -> None:
+    group = parser.add_argument_group(
+        "telemetry",
+        "spans go where the standard OTEL_* variables say (OTEL_EXPORTER_OTLP_ENDPOINT, "
+        "OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER ...); without them no spans are made",
+    )
+    group.add_argument(
+        "--audit-log",
+        default=audit_log,
+        help="file to append one JSON audit event per decision to; - for stdout, off for none",
+    )
+    group.add_argument(
+        "--audit-failure",
+        choices=("closed", "open"),
+        default="closed",
+        help="when an audit event cannot be written: refuse the call (closed) or let it "
+        "through and count it (open)",
+    )
+    group.add_argument("--metrics-listen", help="HOST:PORT for the Prometheus /metrics endpoint")
+
+
+def redis_settings_from_args(args: argparse.Namespace) -> RedisSettings | None:
+    from policy_service.ratelimits.redis_store import RedisSettings
+
+    # The URL may carry a password: the environment keeps it out of the process list.
+    url = args.redis_url or os.environ.get(REDIS_URL_ENV_VAR)
+    if not url:
+        return None
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{REDIS_URL_ENV_VAR} / --redis-url must be a redis:// or rediss:// URL")
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", args.redis_key_prefix):
+        raise ConfigError("--redis-key-prefix: letters, digits and _ . : - only (it is a hash tag)")
+    if not 0 < args.redis_timeout <= 10:
+        raise ConfigError("--redis-timeout must be between 0 and 10 seconds")
+    return RedisSettings(
+        url=url,
+        cluster=args.redis_cluster,
+        timeout_seconds=args.redis_timeout,
+        max_connections=args.redis_max_connections,
+        key_prefix=args.redis_key_prefix,
+        pipeline=args.redis_pipeline,
+    )
+
+
+def trail_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Trail:
+    """Audit sink and failure mode from the flags; tracing from the OTEL_* variables."""
+    from opentelemetry import trace
+
+    from policy_service.otel.provider import setup_tracing
+    from policy_service.telemetry.audit import AuditFailureMode, Auditor, FileSink
+    from policy_service.telemetry.trail import Trail
+
+    provider = setup_tracing(environ)
+    if provider is not None:
+        trace.set_tracer_provider(provider)  # libraries that trace share our exporter
+    sink: FileSink | None
+    if args.audit_log == "off":
+        logging.getLogger("policy_service.audit").warning(
+            "audit events are off (--audit-log off): decisions leave no audit trail"
+        )
+        sink = None
+    elif args.audit_log == "-":
+        sink = FileSink.stdout()
+    else:
+        try:
+            sink = FileSink.open(Path(args.audit_log))
+        except OSError as exc:
+            raise ConfigError(f"--audit-log {args.audit_log}: {exc.strerror}") from None
+    # Metrics come with --metrics-listen: the server builds them when it has an endpoint.
+    return Trail(
+        tracer_provider=provider, auditor=Auditor(sink, AuditFailureMode(args.audit_failure))
+    )
+
+
+def metrics_address(args: argparse.Namespace) -> tuple[str, int] | None:
+    if not args.metrics_listen:
+        return None
+    host, _, port = args.metrics_listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"--metrics-listen wants HOST:PORT, got '{args.metrics_listen}'")
+    return host.strip("[]"), int(port)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or not action.option_strings:
+            return text
+        if action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def finish_help(parser: argparse.ArgumentParser) -> None:
+    """Defaults shown everywhere, and each command's one-line help heading its own --help."""
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        summaries = {choice.dest: choice.help for choice in action._choices_actions}
+        for name, sub in action.choices.items():
+            summary = summaries.get(name) or ""
+            if sub.description is None:
+                sub.description = summary[:1].upper() + summary[1:] + "."
+            finish_help(sub)
