@@ -1,10 +1,35 @@
 """Envoy ext_authz policy service for MCP and A2A traffic.
 
-Data flows one way, each arrow a pure function or a small phase:
+One check, in real names (``pipeline.Gateway.check`` runs the phases in between):
 
-    CheckRequest --edge.envoy_in--> HttpRequest --request.parse--> RequestTarget
-        --identity--> Principal --authorization--> PolicyOutcome
-        --decisions--> Decision --edge.envoy_out--> CheckResponse
+    CheckRequest --edge.envoy_in.to_http_request--> HttpRequest
+        --request.mcp.parse_mcp / request.a2a.parse_a2a--> McpRequest | A2aRequest
+        --identity.credentials.extract_credential + identity.jwt.JwtVerifier--> Principal
+        --authorization.policy.authorize--> Granted | Refused
+        --ratelimits.limiter.RateLimiter.check--> RateLimitResult
+        --> decisions.model.Allow | Deny | Serve
+        --edge.envoy_out.to_check_response--> CheckResponse
+    and after it, telemetry.trail.Trail.conclude: the audit event, the metrics, the span.
+
+Layers, lowest first. A module imports only from its own layer or lower ones, never from a
+higher one, and there are no import cycles; tests/unit/test_layers.py reads this table and
+walks every import to keep it so.
+
+    layer  errors, clock, binaries, fetching, testing, gen    shared base
+    layer  gateway                                           Envoy configs, certificates, process
+    layer  otel                                              OpenTelemetry plumbing, no domain
+    layer  request                                           what is called: HTTP, MCP, A2A
+    layer  identity                                          who calls: credentials, JWT, keys
+    layer  policy                                            the compiled bundle every phase reads
+    layer  authorization, decisions, ratelimits              the phases' decisions
+    layer  edge, telemetry                                   Envoy protos in and out; the trail
+    layer  pipeline                                          one check, phase by phase
+    layer  bundles                                           bytes to compiled policy; reload
+    layer  server                                            the gRPC service
+    layer  authoring                                         policy tests and explain
+    layer  dev                                               the dev stack and demo peers
+    layer  cli                                               the command line
+    layer  __main__                                          python -m policy_service
 """
 
 __version__ = "0.1.0"

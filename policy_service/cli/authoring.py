@@ -93,7 +93,7 @@ def register(commands: Commands) -> None:
 
 
 def _cmd_test(args: argparse.Namespace) -> int:
-    from policy_service.bundles.cases import check_case_targets, load_cases, report, run_cases
+    from policy_service.authoring.cases import check_case_targets, load_cases, report, run_cases
     from policy_service.bundles.loader import load_bundle
 
     bundle_path = Path(args.bundle)
@@ -130,8 +130,8 @@ def _cases_beside(bundle: Path) -> list[Path]:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from policy_service.bundles.cases import check_case_targets, load_cases, parse_cases
-    from policy_service.bundles.explain import explain, render
+    from policy_service.authoring.cases import check_case_targets, load_cases, parse_cases
+    from policy_service.authoring.explain import explain, render
     from policy_service.bundles.loader import load_bundle
 
     bundle = load_bundle(args.bundle)

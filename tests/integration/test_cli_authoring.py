@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from policy_service.bundles.cases import Caller, principal_for
+from policy_service.authoring.cases import Caller, principal_for
 from policy_service.bundles.loader import load_bundle
 from policy_service.dev.redis_server import RedisServer
 from policy_service.ratelimits.keys import claims_for

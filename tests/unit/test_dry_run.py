@@ -6,7 +6,7 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
-from policy_service.bundles.cases import Call, Caller, http_request_for, principal_for
+from policy_service.authoring.cases import Call, Caller, http_request_for, principal_for
 from policy_service.bundles.loader import load_bundle
 from policy_service.decisions.model import Allow, Deny
 from policy_service.gen.policy_service.audit.v1 import audit_pb2

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from policy_service.bundles.cases import (
+from policy_service.authoring.cases import (
     check_case_targets,
     load_cases,
     parse_cases,
