@@ -31,6 +31,61 @@ class DenyKind(StrEnum):
     INTERNAL = "internal"  # 503: our own fault; fail closed
 
 
+class Challenge(StrEnum):
+    """The ``WWW-Authenticate`` a denial carries (RFC 6750 section 3)."""
+
+    NONE = "none"  # no challenge: the credential is not what is wrong
+    BEARER = "bearer"  # no error code: no credential was sent
+    INVALID_TOKEN = "invalid_token"  # noqa: S105 (an RFC 6750 error code, not a secret)
+    INVALID_REQUEST = "invalid_request"
+    INSUFFICIENT_SCOPE = "insufficient_scope"
+
+
+class GrpcStatus(StrEnum):
+    """The CheckResponse status Envoy sees (it only tells allow from deny; logs read it)."""
+
+    UNAUTHENTICATED = "unauthenticated"
+    PERMISSION_DENIED = "permission_denied"
+
+
+@dataclass(frozen=True, slots=True)
+class KindAnswer:
+    """How one kind of denial reaches the client and Envoy."""
+
+    http_status: int
+    grpc_status: GrpcStatus
+    # JSON-RPC error code. JSON-RPC reserves -32768..-32000 and MCP 2026-07-28 forbids
+    # unknown codes in -32020..-32099, so gateway refusals use the HTTP status as the code:
+    # outside the reserved range and legal in every revision. A parser's own code (-32700,
+    # -32600, ...) or a revision's rate-limit code overrides it per denial.
+    jsonrpc_code: int
+    challenge: Challenge
+
+
+_DENIED = GrpcStatus.PERMISSION_DENIED
+# One row per kind: status, gRPC status, JSON-RPC code and challenge, decided here only.
+ANSWERS: Mapping[DenyKind, KindAnswer] = {
+    DenyKind.MISSING_CREDENTIAL: KindAnswer(401, GrpcStatus.UNAUTHENTICATED, 401, Challenge.BEARER),
+    DenyKind.INVALID_CREDENTIAL: KindAnswer(
+        401, GrpcStatus.UNAUTHENTICATED, 401, Challenge.INVALID_TOKEN
+    ),
+    DenyKind.INVALID_REQUEST: KindAnswer(400, _DENIED, -32600, Challenge.INVALID_REQUEST),
+    DenyKind.INSUFFICIENT_SCOPE: KindAnswer(403, _DENIED, 403, Challenge.INSUFFICIENT_SCOPE),
+    DenyKind.FORBIDDEN: KindAnswer(403, _DENIED, 403, Challenge.NONE),
+    DenyKind.MALFORMED: KindAnswer(400, _DENIED, 403, Challenge.NONE),
+    DenyKind.BAD_ORIGIN: KindAnswer(403, _DENIED, 403, Challenge.NONE),
+    DenyKind.NO_UPSTREAM: KindAnswer(404, _DENIED, 404, Challenge.NONE),
+    # The operator's Envoy routes and bundle disagree (typically a route deployed before the
+    # bundle that names its upstream): a fault of the gateway, not of the request, and one
+    # that a retry after the rollout fixes. A 404 would tell clients the endpoint is gone,
+    # and MCP clients read a 404 as "session expired, start over".
+    DenyKind.UNKNOWN_UPSTREAM: KindAnswer(503, _DENIED, 503, Challenge.NONE),
+    DenyKind.RATE_LIMITED: KindAnswer(429, _DENIED, 429, Challenge.NONE),
+    DenyKind.LIMIT_STORE_UNAVAILABLE: KindAnswer(503, _DENIED, 503, Challenge.NONE),
+    DenyKind.INTERNAL: KindAnswer(503, _DENIED, 503, Challenge.NONE),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Allow:
     upstream: UpstreamPolicy

@@ -10,41 +10,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from policy_service.decisions.model import Deny, DenyKind, Serve
+from policy_service.decisions.model import ANSWERS, Challenge, Deny, DenyKind, Serve
 from policy_service.policy.model import DenialStyle
 
-# Application error codes for JSON-RPC bodies. JSON-RPC reserves -32768..-32000 and MCP
-# 2026-07-28 forbids unknown codes in -32020..-32099, so gateway refusals use the HTTP
-# status as the code: outside the reserved range and legal in every revision.
-_CODE_UNAUTHENTICATED = 401
-_CODE_FORBIDDEN = 403
-_CODE_NOT_FOUND = 404
-_CODE_RATE_LIMITED = 429
-_CODE_INTERNAL = 503
 # Before 2026-07-28 MCP let implementations use -32000..-32099, and -32029 is what MCP-land
 # gateways answer a rate limit with; from 2026-07-28 that band is the spec's own, so the
 # HTTP status is used as an application code instead (as ToolHive did).
 _CODE_RATE_LIMITED_LEGACY = -32029
 _FIRST_REVISION_WITHOUT_LEGACY_CODES = "2026-07-28"
-
-_STATUS = {
-    DenyKind.MISSING_CREDENTIAL: 401,
-    DenyKind.INVALID_CREDENTIAL: 401,
-    DenyKind.INVALID_REQUEST: 400,
-    DenyKind.INSUFFICIENT_SCOPE: 403,
-    DenyKind.FORBIDDEN: 403,
-    DenyKind.MALFORMED: 400,
-    DenyKind.BAD_ORIGIN: 403,
-    DenyKind.NO_UPSTREAM: 404,
-    # The operator's Envoy routes and bundle disagree (typically a route deployed before the
-    # bundle that names its upstream): a fault of the gateway, not of the request, and one
-    # that a retry after the rollout fixes. A 404 would tell clients the endpoint is gone,
-    # and MCP clients read a 404 as "session expired, start over".
-    DenyKind.UNKNOWN_UPSTREAM: 503,
-    DenyKind.RATE_LIMITED: 429,
-    DenyKind.LIMIT_STORE_UNAVAILABLE: 503,
-    DenyKind.INTERNAL: 503,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +57,7 @@ def http_status_of(answer: Deny | Serve) -> int:
         return 200
     if answer.kind is DenyKind.MALFORMED and answer.http_status:
         return answer.http_status
-    return _STATUS[answer.kind]
+    return ANSWERS[answer.kind].http_status
 
 
 def _answers_in_band(deny: Deny) -> bool:
@@ -103,17 +76,14 @@ def _quote(value: str) -> str:
 
 
 def _challenge(deny: Deny) -> str | None:
-    params: list[tuple[str, str]] = []
-    if deny.kind is DenyKind.MISSING_CREDENTIAL:
-        pass  # RFC 6750 section 3: no error code when no credential was sent
-    elif deny.kind is DenyKind.INVALID_CREDENTIAL:
-        params += [("error", "invalid_token"), ("error_description", deny.reason)]
-    elif deny.kind is DenyKind.INVALID_REQUEST:
-        params += [("error", "invalid_request"), ("error_description", deny.reason)]
-    elif deny.kind is DenyKind.INSUFFICIENT_SCOPE:
-        params += [("error", "insufficient_scope"), ("scope", " ".join(deny.required_scopes))]
-    else:
+    challenge = ANSWERS[deny.kind].challenge
+    if challenge is Challenge.NONE:
         return None
+    params: list[tuple[str, str]] = []
+    if challenge is Challenge.INSUFFICIENT_SCOPE:
+        params += [("error", "insufficient_scope"), ("scope", " ".join(deny.required_scopes))]
+    elif challenge is not Challenge.BEARER:  # RFC 6750 3: no error code without a credential
+        params += [("error", challenge.value), ("error_description", deny.reason)]
     if deny.upstream is not None:
         if deny.kind is DenyKind.MISSING_CREDENTIAL and deny.upstream.required_scopes:
             params.append(("scope", " ".join(sorted(deny.upstream.required_scopes))))
@@ -127,27 +97,13 @@ def rate_limit_code(mcp_protocol_version: str | None) -> int:
     """The JSON-RPC code of a rate-limit answer for this MCP revision (None: not MCP)."""
     if mcp_protocol_version and mcp_protocol_version < _FIRST_REVISION_WITHOUT_LEGACY_CODES:
         return _CODE_RATE_LIMITED_LEGACY
-    return _CODE_RATE_LIMITED
+    return ANSWERS[DenyKind.RATE_LIMITED].jsonrpc_code
 
 
 def _code(deny: Deny) -> int:
     if deny.jsonrpc_code is not None:
         return deny.jsonrpc_code
-    if deny.kind in (DenyKind.MISSING_CREDENTIAL, DenyKind.INVALID_CREDENTIAL):
-        return _CODE_UNAUTHENTICATED
-    if deny.kind is DenyKind.INVALID_REQUEST:
-        return -32600
-    if deny.kind is DenyKind.NO_UPSTREAM:
-        return _CODE_NOT_FOUND
-    if deny.kind is DenyKind.RATE_LIMITED:
-        return _CODE_RATE_LIMITED
-    if deny.kind in (
-        DenyKind.INTERNAL,
-        DenyKind.LIMIT_STORE_UNAVAILABLE,
-        DenyKind.UNKNOWN_UPSTREAM,
-    ):
-        return _CODE_INTERNAL
-    return _CODE_FORBIDDEN
+    return ANSWERS[deny.kind].jsonrpc_code
 
 
 def _data(deny: Deny) -> dict[str, Any]:

@@ -13,13 +13,16 @@ from envoy.service.auth.v3 import external_auth_pb2
 from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 
-from policy_service.decisions.model import Allow, Decision, DenyKind, Serve
+from policy_service.decisions.model import ANSWERS, Allow, Decision, GrpcStatus, Serve
 from policy_service.decisions.render import HttpAnswer, render_deny, render_serve
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _OK = status_pb2.Status(code=code_pb2.OK)
 _PERMISSION_DENIED = status_pb2.Status(code=code_pb2.PERMISSION_DENIED)
-_UNAUTHENTICATED = status_pb2.Status(code=code_pb2.UNAUTHENTICATED)
+_GRPC_STATUS = {
+    GrpcStatus.UNAUTHENTICATED: status_pb2.Status(code=code_pb2.UNAUTHENTICATED),
+    GrpcStatus.PERMISSION_DENIED: _PERMISSION_DENIED,
+}
 DECISION_ID_HEADER = "x-decision-id"
 
 
@@ -29,11 +32,7 @@ def to_check_response(decision: Decision, decision_id: str = "") -> external_aut
     elif isinstance(decision, Serve):
         response = _deny(render_serve(decision), _PERMISSION_DENIED, decision_id)
     else:
-        status = (
-            _UNAUTHENTICATED
-            if decision.kind in (DenyKind.MISSING_CREDENTIAL, DenyKind.INVALID_CREDENTIAL)
-            else _PERMISSION_DENIED
-        )
+        status = _GRPC_STATUS[ANSWERS[decision.kind].grpc_status]
         response = _deny(render_deny(decision), status, decision_id)
     if decision_id:
         metadata = response.dynamic_metadata

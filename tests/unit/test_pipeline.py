@@ -410,3 +410,9 @@ async def test_a2a_send_message_needs_its_scope(
     assert isinstance(denied, Deny)
     assert denied.required_scopes == ("agent:chat",)
     assert json.loads(render_deny(denied).body)["id"] == "m1"
+
+
+def test_every_denial_kind_has_one_row_in_the_answer_table() -> None:
+    from policy_service.decisions.model import ANSWERS
+
+    assert set(ANSWERS) == set(DenyKind)
