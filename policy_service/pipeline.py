@@ -23,7 +23,7 @@ from policy_service.authorization.policy import (
     Refused,
     authorize,
 )
-from policy_service.decisions.model import Allow, Decision, Deny, DenyKind, Serve
+from policy_service.decisions.model import Allow, Decision, DenialContext, Deny, DenyKind, Serve
 from policy_service.decisions.render import rate_limit_code
 from policy_service.identity.apikeys import ApiKeyVerifier
 from policy_service.identity.credentials import (
@@ -65,6 +65,7 @@ from policy_service.telemetry.tracing import (
     set_policy_attributes,
 )
 
+_NO_CONTEXT = DenialContext()  # before the upstream is known: a plain JSON problem
 # Dry-run evaluations make no spans: only the enforced decision is traced.
 _SILENT_TRACER = trace.NoOpTracer()
 
@@ -180,15 +181,18 @@ class Gateway:
             tag = request.context_extensions.get("upstream")
             if tag is not None:
                 record.route_tag = tag
-                return Deny(
+                return _NO_CONTEXT.deny(
                     DenyKind.UNKNOWN_UPSTREAM,
                     "unknown_upstream",
                     "this route's upstream is not in the gateway's policy",
                 )
-            return Deny(DenyKind.NO_UPSTREAM, "no_upstream", "no upstream serves this path")
+            return _NO_CONTEXT.deny(
+                DenyKind.NO_UPSTREAM, "no_upstream", "no upstream serves this path"
+            )
         record.upstream = upstream
 
         is_jsonrpc = upstream.protocol is not UpstreamProtocol.HTTP and request.method == "POST"
+        context = DenialContext(upstream, None, is_jsonrpc)
         origin = request.headers.get("origin")
         # ASCII only: str.lower() folds the Kelvin sign to "k", so a non-ASCII Origin could
         # lower-case into an allowed one. Browsers send origins in ASCII (punycode).
@@ -197,13 +201,11 @@ class Gateway:
         ):
             # MCP transports: an Origin that is present and not allowed MUST get 403. The
             # body is read only on this path, to echo the id as every other denial does.
-            return Deny(
+            return context.deny(
                 DenyKind.BAD_ORIGIN,
                 "origin_not_allowed",
                 "this Origin is not allowed",
-                upstream=upstream,
                 request_id=readable_id(parse_json(request.body)) if is_jsonrpc else None,
-                jsonrpc=is_jsonrpc,
             )
         if (
             upstream.protocol is not UpstreamProtocol.HTTP
@@ -213,11 +215,10 @@ class Gateway:
             # Only POST carries a body in MCP's and A2A's HTTP bindings, so nothing here
             # parses one; an upstream that reads it anyway would run what the policy never
             # saw (a tools/call inside a GET).
-            return Deny(
+            return context.deny(
                 DenyKind.MALFORMED,
                 "unexpected_body",
                 f"a {request.method} request to this endpoint must not carry a body",
-                upstream=upstream,
             )
 
         subpath = (
@@ -239,22 +240,20 @@ class Gateway:
 
         parsed = _parse(upstream, request, subpath)
         if isinstance(parsed, Malformed):
-            return Deny(
+            return context.deny(
                 DenyKind.MALFORMED,
                 parsed.reason,
                 parsed.message,
-                upstream=upstream,
                 request_id=parsed.request_id,
-                jsonrpc=is_jsonrpc,
                 jsonrpc_code=parsed.jsonrpc_code,
                 http_status=parsed.http_status,
             )
         record.parsed = parsed
-        request_id = request_id_of(parsed)
+        context = DenialContext(upstream, request_id_of(parsed), is_jsonrpc)
 
         with phase_span(tracer, "identity") as span:
             principal_or_deny = given_principal or await _identify(
-                state, upstream, request, request_id, is_jsonrpc
+                state, upstream, request, context
             )
             set_identity_attributes(span, principal_or_deny)
         if isinstance(principal_or_deny, Deny):
@@ -267,10 +266,10 @@ class Gateway:
                 record.dry_runs = _rule_dry_runs(upstream, principal, parsed, request, outcome)
             set_policy_attributes(span, outcome)
         if isinstance(outcome, Refused):
-            return _refusal(outcome, upstream, is_jsonrpc)
+            return _refusal(outcome, context)
         assert isinstance(outcome, Granted)
         if isinstance(parsed, A2aRequest) and parsed.push_urls:
-            webhook_refused = _webhook_refusal(upstream, parsed, is_jsonrpc)
+            webhook_refused = _webhook_refusal(upstream, parsed, context)
             if webhook_refused is not None:
                 return webhook_refused
 
@@ -281,9 +280,9 @@ class Gateway:
                 limited = record.limits = await self.limiter.check(claims)
                 set_limit_attributes(span, limited)
             if limited.verdict is Verdict.EXCEEDED:
-                return _rate_limited(limited, upstream, parsed, is_jsonrpc)
+                return _rate_limited(limited, parsed, context)
             if limited.verdict is Verdict.FAILED_CLOSED:
-                return _store_unavailable(self.limiter, upstream, parsed, is_jsonrpc)
+                return _store_unavailable(self.limiter, context)
 
         identity = _identity_headers(principal, bundle.identity_header_prefix, record.decision_id)
         return Allow(
@@ -344,14 +343,9 @@ async def _identify(
     state: GatewayState,
     upstream: UpstreamPolicy,
     request: HttpRequest,
-    request_id: str | int | None,
-    is_jsonrpc: bool,
+    context: DenialContext,
 ) -> Principal | Deny:
-    def deny(kind: DenyKind, reason: str, message: str) -> Deny:
-        return Deny(
-            kind, reason, message, upstream=upstream, request_id=request_id, jsonrpc=is_jsonrpc
-        )
-
+    deny = context.deny
     credential = extract_credential(request, state.bundle.api_key_header)
     if credential is None:
         return deny(DenyKind.MISSING_CREDENTIAL, "missing_credential", "authentication required")
@@ -373,19 +367,17 @@ async def _verify(
     return state.api_keys.verify(credential.secret)
 
 
-def _refusal(outcome: Refused, upstream: UpstreamPolicy, is_jsonrpc: bool) -> Deny:
+def _refusal(outcome: Refused, context: DenialContext) -> Deny:
     kind = (
         DenyKind.INSUFFICIENT_SCOPE
         if outcome.reason is RefusalReason.INSUFFICIENT_SCOPE
         else DenyKind.FORBIDDEN
     )
-    return Deny(
+    return context.deny(
         kind,
         outcome.reason.value,
         _REFUSAL_MESSAGES[outcome.reason],
-        upstream=upstream,
-        request_id=outcome.request_id,
-        jsonrpc=is_jsonrpc,
+        request_id=outcome.request_id,  # in a batch, the element the policy refused
         required_scopes=outcome.required_scopes,
         missing_scopes=outcome.missing_scopes,
         rule=outcome.rule,
@@ -393,22 +385,16 @@ def _refusal(outcome: Refused, upstream: UpstreamPolicy, is_jsonrpc: bool) -> De
 
 
 def _rate_limited(
-    limited: RateLimitResult,
-    upstream: UpstreamPolicy,
-    parsed: McpRequest | A2aRequest | None,
-    is_jsonrpc: bool,
+    limited: RateLimitResult, parsed: McpRequest | A2aRequest | None, context: DenialContext
 ) -> Deny:
     blocking = limited.blocking
     assert blocking is not None
     limit = blocking.limit
     retry_after = retry_after_seconds(blocking.retry_after_ms)
-    return Deny(
+    return context.deny(
         DenyKind.RATE_LIMITED,
         "rate_limited",
         f"rate limit '{limit.name}' exceeded; retry in {retry_after}s",
-        upstream=upstream,
-        request_id=request_id_of(parsed),
-        jsonrpc=is_jsonrpc,
         jsonrpc_code=rate_limit_code(_mcp_version(parsed)),
         headers=(("retry-after", str(retry_after)), *ratelimit_headers(limited.states)),
         details={
@@ -421,38 +407,27 @@ def _rate_limited(
     )
 
 
-def _store_unavailable(
-    limiter: RateLimiter,
-    upstream: UpstreamPolicy,
-    parsed: McpRequest | A2aRequest | None,
-    is_jsonrpc: bool,
-) -> Deny:
+def _store_unavailable(limiter: RateLimiter, context: DenialContext) -> Deny:
     retry_after = retry_after_seconds(limiter.breaker.retry_after_seconds * 1000)
-    return Deny(
+    return context.deny(
         DenyKind.LIMIT_STORE_UNAVAILABLE,
         "rate_limit_unavailable",
         "rate limits cannot be checked right now; the call was refused",
-        upstream=upstream,
-        request_id=request_id_of(parsed),
-        jsonrpc=is_jsonrpc,
         headers=(("retry-after", str(retry_after)),),
     )
 
 
-def _webhook_refusal(upstream: UpstreamPolicy, parsed: A2aRequest, is_jsonrpc: bool) -> Deny | None:
+def _webhook_refusal(
+    upstream: UpstreamPolicy, parsed: A2aRequest, context: DenialContext
+) -> Deny | None:
     """A refusal when a webhook URL the call hands the agent is not one the bundle allows."""
     for url in parsed.push_urls:
         why = upstream.webhooks.refusal(url)
         if why is not None:
             # The URL is the caller's own input: the reason names the rule it broke, and
             # the URL itself stays out of the answer and the logs.
-            return Deny(
-                DenyKind.FORBIDDEN,
-                "push_url_not_allowed",
-                f"the push notification URL {why}",
-                upstream=upstream,
-                request_id=parsed.request_id,
-                jsonrpc=is_jsonrpc,
+            return context.deny(
+                DenyKind.FORBIDDEN, "push_url_not_allowed", f"the push notification URL {why}"
             )
     return None
 

@@ -124,3 +124,24 @@ class Serve:
 
 
 Decision = Allow | Deny | Serve
+
+
+@dataclass(frozen=True, slots=True)
+class DenialContext:
+    """What every denial of one check shares, derived once per check: the upstream, the
+    request id to echo, and whether the answer is a JSON-RPC error."""
+
+    upstream: UpstreamPolicy | None = None
+    request_id: JsonRpcId = None
+    jsonrpc: bool = False
+
+    def deny(self, kind: DenyKind, reason: str, message: str, **fields: Any) -> Deny:
+        return Deny(
+            kind,
+            reason,
+            message,
+            upstream=self.upstream,
+            request_id=fields.pop("request_id", self.request_id),
+            jsonrpc=self.jsonrpc,
+            **fields,
+        )
