@@ -28,7 +28,8 @@ from policy_service.edge.envoy_out import to_check_response
 from policy_service.otel.spans import mark_internal_error, parent_context
 from policy_service.pipeline import Gateway
 from policy_service.ratelimits.redis_store import RedisStore
-from policy_service.request.model import HttpRequest
+from policy_service.request.model import HttpRequest, UpstreamProtocol, request_id_of
+from policy_service.telemetry.audit import AuditFailureMode
 from policy_service.telemetry.metrics import CheckMetrics, MetricsServer
 from policy_service.telemetry.record import CheckRecord
 from policy_service.telemetry.trail import Trail
@@ -67,9 +68,11 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
             parent = parent_context(metadata, http.headers)
             with self._trail.check_span(parent) as span:
                 decision = await self._decide(http, record, span)
-                decision = self._trail.conclude(
-                    span, parent, http, decision, record, time.perf_counter() - started
-                )
+                seconds = time.perf_counter() - started
+                audited = self._trail.audit(span, parent, http, decision, record, seconds)
+                if not audited and self._trail.auditor.failure_mode is AuditFailureMode.CLOSED:
+                    decision = _unaudited(http, decision, record)
+                self._trail.describe(span, http, decision, record, seconds)
             return to_check_response(decision, record.decision_id)
         except Exception:
             # Fail closed. The traceback names code, never request content or credentials.
@@ -252,3 +255,22 @@ async def serve_until_signalled(server: PolicyServer) -> None:
     await stop.wait()
     log.info("signal received; draining in-flight checks")
     await server.stop()
+
+
+def _unaudited(http: HttpRequest, decision: Decision, record: CheckRecord) -> Decision:
+    """Fail closed on the audit trail: a call nobody can account for does not go through.
+
+    A denial stays the denial it was (refusing it again would tell the client less)."""
+    if isinstance(decision, Deny):
+        return decision
+    upstream = record.upstream
+    return Deny(
+        DenyKind.INTERNAL,
+        "audit_unavailable",
+        "the decision could not be recorded; the request was refused",
+        upstream=upstream,
+        request_id=request_id_of(record.parsed),
+        jsonrpc=upstream is not None
+        and upstream.protocol is not UpstreamProtocol.HTTP
+        and http.method == "POST",
+    )

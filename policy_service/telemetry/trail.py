@@ -1,10 +1,10 @@
 """After each decision: the audit event, the metrics and the Check span's attributes.
 
 ``Trail`` is what the gRPC servicer holds. It opens the Check span (continuing Envoy's
-trace), and once the pipeline has decided, ``conclude`` writes exactly one audit event,
-counts the check and describes the decision on the span. When the audit sink fails and
-the failure mode is "closed", ``conclude`` turns the decision into a 503 refusal: a call
-nobody can account for does not go through.
+trace); once the pipeline has decided, ``audit`` writes exactly one audit event and says
+whether the sink took it, and ``describe`` counts the decision sent and describes it on the
+span. What an unwritten event means for the call (the failure mode) is the servicer's
+choice, next to its other fail-closed ones.
 """
 
 from __future__ import annotations
@@ -19,13 +19,11 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind, format_span_id, format_trace_id
 
-from policy_service.decisions.model import Decision, Deny, DenyKind
+from policy_service.decisions.model import Decision
 from policy_service.otel.spans import TRACER_NAME, link_to
 from policy_service.request.model import (
     HttpRequest,
     McpRequest,
-    UpstreamProtocol,
-    request_id_of,
 )
 from policy_service.telemetry.audit import AuditFailureMode, Auditor, audit_event
 from policy_service.telemetry.metrics import CheckMetrics
@@ -73,7 +71,7 @@ class Trail:
         ) as span:
             yield span
 
-    def conclude(
+    def audit(
         self,
         span: trace.Span,
         parent: Context,
@@ -81,25 +79,31 @@ class Trail:
         decision: Decision,
         record: CheckRecord,
         seconds: float,
-    ) -> Decision:
-        """Audit, count and describe one decision; returns the decision to send."""
+    ) -> bool:
+        """Write the decision's audit event; False when the sink could not take it (the
+        servicer decides what that means for the call: the failure mode is its choice)."""
+        if not self.auditor.enabled:
+            return True
         trace_id, span_id = _trace_ids(span, parent)
-        if self.auditor.enabled:
-            event = audit_event(
-                request,
-                decision,
-                record,
-                latency_seconds=seconds,
-                trace_id=trace_id,
-                span_id=span_id,
-            )
-            written = self.auditor.write(event)
-            if (
-                not written
-                and self.auditor.failure_mode is AuditFailureMode.CLOSED
-                and not isinstance(decision, Deny)
-            ):
-                decision = _unaudited(request, record)
+        event = audit_event(
+            request,
+            decision,
+            record,
+            latency_seconds=seconds,
+            trace_id=trace_id,
+            span_id=span_id,
+        )
+        return self.auditor.write(event)
+
+    def describe(
+        self,
+        span: trace.Span,
+        request: HttpRequest,
+        decision: Decision,
+        record: CheckRecord,
+        seconds: float,
+    ) -> None:
+        """Count the decision sent and describe it on the Check span."""
         if self.metrics is not None:
             self.metrics.observe(decision, record, seconds)
         if record.route_tag is not None:
@@ -110,7 +114,6 @@ class Trail:
                 link = link_to(record.parsed.trace_parent)
                 if link is not None:
                     span.add_link(link.context, {"policy_service.link": "mcp_meta_traceparent"})
-        return decision
 
     def _log_unknown_route_tag(self, record: CheckRecord) -> None:
         # Every check on such a route is refused, so one line a minute per tag: enough to
@@ -148,17 +151,3 @@ def _trace_ids(span: trace.Span, parent: Context) -> tuple[str, str]:
     if inherited.is_valid:
         return format_trace_id(inherited.trace_id), ""
     return "", ""
-
-
-def _unaudited(request: HttpRequest, record: CheckRecord) -> Deny:
-    upstream = record.upstream
-    return Deny(
-        DenyKind.INTERNAL,
-        "audit_unavailable",
-        "the decision could not be recorded; the request was refused",
-        upstream=upstream,
-        request_id=request_id_of(record.parsed),
-        jsonrpc=upstream is not None
-        and upstream.protocol is not UpstreamProtocol.HTTP
-        and request.method == "POST",
-    )
