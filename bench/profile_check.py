@@ -47,14 +47,16 @@ from run import (  # noqa: E402
 
 def build_requests(workdir: Path, tokens: int) -> tuple[Any, Any, list[Any]]:
     """The servicer and gateway for a fresh test bundle, and one CheckRequest per token."""
-    from policy_service.pipeline import Gateway, GatewayState
-    from policy_service.server import AuthorizationService
+    from policy_service.app import build_gateway, build_servicer, build_trail
     from tests.support.bundles import write_test_bundle
     from tests.support.checks import check_request
 
     bundle = write_test_bundle(workdir, limits=BENCH_LIMITS)
-    gateway = Gateway(GatewayState.from_bundle(bundle.bundle))
-    service = AuthorizationService(gateway)
+    # The service as it ships, built by the composition root: no spans (no OTEL_* here),
+    # no audit sink, no metrics, so the profile shows the request path itself.
+    trail = build_trail({})
+    gateway = build_gateway(bundle.bundle, trail)
+    service = build_servicer(gateway, trail)
     requests = []
     for _ in range(tokens):
         # Roughly what Envoy's ext_authz sends with encode_raw_headers for wrk's request.
@@ -80,11 +82,21 @@ def build_requests(workdir: Path, tokens: int) -> tuple[Any, Any, list[Any]]:
     return service, gateway, requests
 
 
+class EnvoyCallContext:
+    """The servicer reads only the call's metadata: what Envoy sends with an untraced check."""
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("x-envoy-internal", "true"),)
+
+
+CONTEXT = EnvoyCallContext()
+
+
 async def run_checks(service: Any, requests: Sequence[Any], iterations: int) -> None:
     check = service.Check
     count = len(requests)
     for i in range(iterations):
-        await check(requests[i % count], None)
+        await check(requests[i % count], CONTEXT)
 
 
 async def measure(
@@ -93,7 +105,7 @@ async def measure(
     """Microseconds per check without a profiler, and a cProfile of the same loop."""
     await gateway.state.jwt.start()  # loads the issuer's keys, as the server does at start
     try:
-        answer = await service.Check(requests[0], None)
+        answer = await service.Check(requests[0], CONTEXT)
         if answer.status.code != 0:
             raise SystemExit(f"the benchmark request was not allowed:\n{answer}")
         # Warm up (fills the verified-token cache when it can hold every token), then time.

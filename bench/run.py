@@ -549,7 +549,7 @@ def running_envoy(
 
 @contextlib.contextmanager
 def bare_envoy(args: argparse.Namespace, fixture: Fixture) -> Iterator[Target]:
-    from policy_service.gateway.envoy_config import render_bare_baseline_config
+    from policy_service.gateway.baselines import render_bare_baseline_config
 
     port = _free_port()
     config = render_bare_baseline_config(port, 0, body=DIRECT_RESPONSE_BODY, access_log=False)
@@ -560,7 +560,7 @@ def bare_envoy(args: argparse.Namespace, fixture: Fixture) -> Iterator[Target]:
 
 @contextlib.contextmanager
 def native_envoy(args: argparse.Namespace, fixture: Fixture) -> Iterator[Target]:
-    from policy_service.gateway.envoy_config import render_native_baseline_config
+    from policy_service.gateway.baselines import render_native_baseline_config
 
     port = _free_port()
     config = render_native_baseline_config(
@@ -590,12 +590,8 @@ def service_envoy(
 ) -> Iterator[Target]:
     """Envoy + ``workers`` service processes (appended to ``services``, whose logs the
     caller reads once they have stopped); for (r) and (p) their buckets live in ``redis``."""
-    from policy_service.gateway.envoy_config import (
-        AuthzEndpoint,
-        EnvoyLayout,
-        UpstreamRoute,
-        render_envoy_config,
-    )
+    from policy_service.gateway.bootstrap import render_envoy_config
+    from policy_service.gateway.layout import AuthzEndpoint, EnvoyLayout, UpstreamRoute
 
     extra_args: list[str] = []
     if redis is not None:

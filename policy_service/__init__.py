@@ -26,6 +26,7 @@ walks every import to keep it so.
     layer  pipeline                                          one check, phase by phase
     layer  bundles                                           bytes to compiled policy; reload
     layer  server                                            the gRPC service
+    layer  app                                               the one place that builds it
     layer  authoring                                         policy tests and explain
     layer  dev                                               the dev stack and demo peers
     layer  cli                                               the command line

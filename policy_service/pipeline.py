@@ -101,38 +101,59 @@ class BundleLoads:
     failed_at: float | None = None
 
 
-class Gateway:
-    def __init__(
-        self,
-        state: GatewayState,
-        limiter: RateLimiter | None = None,
-        tracer: trace.Tracer | None = None,
-    ) -> None:
-        self._state = state
-        # The limiter outlives bundles: buckets keep counting across a reload.
-        self.limiter = limiter or RateLimiter(InProcessStore())
-        self.tracer = tracer or trace.get_tracer("policy_service")
+class ServingBundles:
+    """The bundle serving checks, the one in dry run beside it, and their load counts.
+
+    Reload swaps them and metrics read them; the pipeline only reads the current one, once
+    per check. A swap is one reference assignment, so a check always sees one bundle."""
+
+    def __init__(self, state: GatewayState) -> None:
+        self._current = state
+        self._dry_run: GatewayState | None = None
         self.loads = BundleLoads()
-        self._dry_run_state: GatewayState | None = None
+
+    @property
+    def current(self) -> GatewayState:
+        return self._current
 
     @property
     def state(self) -> GatewayState:
-        return self._state
+        """The current bundle (what ``telemetry.metrics.Served`` reads)."""
+        return self._current
+
+    @property
+    def dry_run(self) -> GatewayState | None:
+        return self._dry_run
 
     def swap(self, state: GatewayState) -> GatewayState:
-        previous, self._state = self._state, state
+        previous, self._current = self._current, state
         self.loads.ok += 1
         self.loads.loaded_at = time.time()
         return previous
 
-    @property
-    def dry_run_state(self) -> GatewayState | None:
-        return self._dry_run_state
-
     def swap_dry_run(self, state: GatewayState | None) -> GatewayState | None:
         """Put a bundle in dry run beside the enforced one (None takes it out)."""
-        previous, self._dry_run_state = self._dry_run_state, state
+        previous, self._dry_run = self._dry_run, state
         return previous
+
+
+class Gateway:
+    """Runs checks: one pipeline of phases over whatever bundle ``bundles`` serves."""
+
+    def __init__(
+        self,
+        state: GatewayState | ServingBundles,
+        limiter: RateLimiter | None = None,
+        tracer: trace.Tracer | None = None,
+    ) -> None:
+        self.bundles = state if isinstance(state, ServingBundles) else ServingBundles(state)
+        # The limiter outlives bundles: buckets keep counting across a reload.
+        self.limiter = limiter or RateLimiter(InProcessStore())
+        self.tracer = tracer or trace.get_tracer("policy_service")
+
+    @property
+    def state(self) -> GatewayState:
+        return self.bundles.current
 
     async def check(
         self,
@@ -147,9 +168,10 @@ class Gateway:
         ``explain`` decide for given claims with the same code the service runs.
         """
         record = record or CheckRecord.new()
-        state = self._state  # one bundle for the whole check, whatever reloads meanwhile
+        bundles = self.bundles
+        state = bundles.current  # one bundle for the whole check, whatever reloads meanwhile
         decision = await self._decide(state, request, record, principal, self.tracer)
-        dry_run_state = self._dry_run_state
+        dry_run_state = bundles.dry_run
         if dry_run_state is not None and not isinstance(decision, Serve):
             shadow = CheckRecord(record.decision_id)
             # No spans and no bucket takes: the dry-run bundle must not change what it

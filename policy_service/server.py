@@ -30,7 +30,7 @@ from policy_service.pipeline import Gateway
 from policy_service.ratelimits.redis_store import RedisStore
 from policy_service.request.model import HttpRequest, UpstreamProtocol, request_id_of
 from policy_service.telemetry.audit import AuditFailureMode
-from policy_service.telemetry.metrics import CheckMetrics, MetricsServer
+from policy_service.telemetry.metrics import MetricsServer
 from policy_service.telemetry.record import CheckRecord
 from policy_service.telemetry.trail import Trail
 
@@ -46,8 +46,8 @@ _INTERNAL = to_check_response(_INTERNAL_DENY)
 # xds-protos ships no type stubs, so the generated servicer base is Any to mypy.
 class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
     def __init__(self, gateway: Gateway, trail: Trail) -> None:
-        self._gateway = gateway
-        self._trail = trail
+        self.gateway = gateway
+        self.trail = trail
 
     async def Check(
         self,
@@ -66,13 +66,13 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
                 if isinstance(value, str)  # "-bin" keys carry bytes; no trace context there
             }
             parent = parent_context(metadata, http.headers)
-            with self._trail.check_span(parent) as span:
+            with self.trail.check_span(parent) as span:
                 decision = await self._decide(http, record, span)
                 seconds = time.perf_counter() - started
-                audited = self._trail.audit(span, parent, http, decision, record, seconds)
-                if not audited and self._trail.auditor.failure_mode is AuditFailureMode.CLOSED:
+                audited = self.trail.audit(span, parent, http, decision, record, seconds)
+                if not audited and self.trail.auditor.failure_mode is AuditFailureMode.CLOSED:
                     decision = _unaudited(http, decision, record)
-                self._trail.describe(span, http, decision, record, seconds)
+                self.trail.describe(span, http, decision, record, seconds)
             return to_check_response(decision, record.decision_id)
         except Exception:
             # Fail closed. The traceback names code, never request content or credentials.
@@ -81,7 +81,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
 
     async def _decide(self, http: HttpRequest, record: CheckRecord, span: Span) -> Decision:
         try:
-            return await self._gateway.check(http, record)
+            return await self.gateway.check(http, record)
         except Exception:
             # Still a decision, so it is audited and counted like any other.
             log.exception("check failed; refusing the request")
@@ -106,23 +106,21 @@ class ServerSettings:
 
 
 class PolicyServer:
+    """A built servicer behind a gRPC server (``policy_service.app`` builds both)."""
+
     def __init__(
         self,
-        gateway: Gateway,
+        servicer: AuthorizationService,
         settings: ServerSettings,
-        trail: Trail | None = None,
         reloaders: Sequence[BundleReloader] = (),
     ) -> None:
-        self.gateway = gateway
+        self.gateway = servicer.gateway
+        self.trail = servicer.trail
+        if settings.metrics_listen is not None and self.trail.metrics is None:
+            raise ValueError("metrics_listen needs a trail with metrics (app.build_trail)")
         # Hot reload of the gateway's bundle (and of a dry-run bundle), started once serving.
         self.reloaders = tuple(reloaders)
         self.settings = settings
-        self.trail = trail or Trail()
-        if settings.metrics_listen is not None and self.trail.metrics is None:
-            self.trail.metrics = CheckMetrics()
-        if self.trail.metrics is not None:
-            # The gateway's own counters (Redis, JWKS, bundle, audit) are read at scrape time.
-            self.trail.metrics.watch(gateway, self.trail.auditor)
         self.metrics_server: MetricsServer | None = None
         # grpcio-health-checking's aio submodule is missing from its type hints.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -136,9 +134,7 @@ class PolicyServer:
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
             ]
         )
-        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-            AuthorizationService(gateway, self.trail), self._server
-        )
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         if settings.reflection:
             names = (AUTHORIZATION_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
@@ -156,8 +152,8 @@ class PolicyServer:
     async def start(self) -> None:
         await self._server.start()
         await self.gateway.state.jwt.start()
-        if self.gateway.dry_run_state is not None:
-            await self.gateway.dry_run_state.jwt.start()
+        if self.gateway.bundles.dry_run is not None:
+            await self.gateway.bundles.dry_run.jwt.start()
         await _report_store(self.gateway)
         if self.settings.metrics_listen is not None:
             assert self.trail.metrics is not None
@@ -188,8 +184,8 @@ class PolicyServer:
             # After the drain: replaced bundles' verifiers may serve checks until then.
             await reloader.stop()
         await self.gateway.state.jwt.aclose()
-        if self.gateway.dry_run_state is not None:
-            await self.gateway.dry_run_state.jwt.aclose()
+        if self.gateway.bundles.dry_run is not None:
+            await self.gateway.bundles.dry_run.jwt.aclose()
         await self.gateway.limiter.aclose()
         _report_limiter_stats(self.gateway)
         if self.metrics_server is not None:

@@ -1,5 +1,5 @@
-"""Regenerate the Python code for the project's protos, and the bundle's JSON Schema
-(``bundle_schema.py``), into policy_service/gen/.
+"""Regenerate the Python code for the project's protos, and the JSON Schemas of the bundle
+and of the policy test case file (``json_schema.py``), into policy_service/gen/.
 
 Run from the repository root: ``python protos/generate.py``. The generated files are
 committed and never edited by hand; a test checks they match what this script writes.
@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import grpc_tools
-from bundle_schema import write_bundle_schema  # protos/ is on sys.path: this runs as a script
 from grpc_tools import protoc
+from json_schema import write_schemas  # protos/ is on sys.path: this runs as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
@@ -37,8 +37,9 @@ def generate(out: Path = OUT) -> None:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    # The JSON Schema editors validate bundles with; it ships beside bundle_pb2.
-    write_bundle_schema(out)
+    # The JSON Schemas editors validate bundles and case files with; each ships beside its
+    # generated module (bundle_pb2, cases_pb2).
+    write_schemas(out)
     # Generated modules live in plain packages so setuptools ships them.
     for directory in [out, *(p for p in out.rglob("*") if p.is_dir())]:
         if directory.name != "__pycache__":

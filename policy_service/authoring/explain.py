@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from policy_service.authoring.cases import Call, Caller, Outcome, http_request_for, outcome_of
-from policy_service.authoring.cases import principal_for as case_principal
+from policy_service.authoring.cases import Call, Caller
+from policy_service.authoring.runner import Outcome, http_request_for, outcome_of
+from policy_service.authoring.runner import principal_for as case_principal
 from policy_service.authorization.policy import RuleStep, authorize
 from policy_service.identity.principal import Principal
 from policy_service.pipeline import Gateway, GatewayState

@@ -7,7 +7,7 @@ does one reference swap put it into service. Checks read the state once, so each
 old bundle or the new one, never a mix.
 
 Anything that goes wrong on the way refuses the new bundle: the last good one keeps
-serving, one ERROR line gives the reason, and ``gateway.loads.failed`` counts it. A refused
+serving, one ERROR line gives the reason, and ``bundles.loads.failed`` counts it. A refused
 bundle is not retried: a path offers it again only when its files change, a URL when its
 ETag does (a bundle server that cannot be reached is asked again, and refused, each poll).
 
@@ -31,7 +31,7 @@ from policy_service.bundles.signing import BundleVerificationKey, load_signed_bu
 from policy_service.bundles.sources import BundleSource
 from policy_service.errors import BundleError, PolicyServiceError
 from policy_service.identity.jwt import JwtVerifier
-from policy_service.pipeline import Gateway, GatewayState
+from policy_service.pipeline import GatewayState, ServingBundles
 from policy_service.policy.model import CompiledBundle
 
 __all__ = ["RETIRE_AFTER_SECONDS", "BundleLoad", "BundleReloader", "ReloadOutcome", "bundle_loader"]
@@ -66,7 +66,7 @@ def bundle_loader(
 class BundleReloader:
     def __init__(
         self,
-        gateway: Gateway,
+        bundles: ServingBundles,
         source: BundleSource,
         *,
         load: BundleLoad | None = None,
@@ -79,7 +79,7 @@ class BundleReloader:
         to the source's own (a second for a path, 30 for a URL). ``dry_run``: this source
         feeds the bundle the gateway evaluates beside the enforced one, never enforcing it;
         its refusals are logged, and not counted with the enforced bundle's loads."""
-        self._gateway = gateway
+        self._bundles = bundles
         self._dry_run = dry_run
         self._what = "dry-run bundle" if dry_run else "bundle"
         self._source = source
@@ -155,9 +155,9 @@ class BundleReloader:
             self._refuse(current.bundle.revision, exc)
             return ReloadOutcome.REFUSED
         if self._dry_run:
-            previous = self._gateway.swap_dry_run(state) or current
+            previous = self._bundles.swap_dry_run(state) or current
         else:
-            previous = self._gateway.swap(state)
+            previous = self._bundles.swap(state)
         self._source.accepted(files)
         self._retire(previous.jwt)
         log.info(
@@ -171,10 +171,10 @@ class BundleReloader:
 
     def _serving(self) -> GatewayState:
         if self._dry_run:
-            state = self._gateway.dry_run_state
+            state = self._bundles.dry_run
             assert state is not None, "a dry-run reloader starts after its first bundle"
             return state
-        return self._gateway.state
+        return self._bundles.current
 
     async def _build(self, files: BundleFiles, serving_jwt: JwtVerifier) -> GatewayState:
         # Compiling is pure Python, milliseconds for a large bundle: a worker thread keeps
@@ -190,7 +190,7 @@ class BundleReloader:
 
     def _refuse(self, serving: str, exc: Exception) -> None:
         if not self._dry_run:
-            loads = self._gateway.loads
+            loads = self._bundles.loads
             loads.failed += 1
             loads.failed_at = time.time()
         unexpected = not isinstance(exc, PolicyServiceError)

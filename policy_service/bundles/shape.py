@@ -1,10 +1,13 @@
-"""Check a parsed YAML document against the bundle schema (the proto in protos/).
+"""Check a parsed YAML document against a proto message (bundle.proto, cases.proto).
 
 This is the first of two validation passes: it looks only at shape (known keys, value
-types) and reports every problem at once, each with the path where it is. Meaning
-(unknown issuer names, duplicate prefixes...) is checked afterwards by ``semantics``.
-Walking the descriptor instead of hand-writing the shape keeps the published schema and
-the checks from drifting apart.
+types, at most one field of a oneof) and reports every problem at once, each with the path
+where it is. Meaning (unknown issuer names, duplicate prefixes...) is checked afterwards, by
+the bundle compiler or the case reader. Walking the descriptor instead of hand-writing the
+shape keeps the published schemas and the checks from drifting apart.
+
+A ``google.protobuf.Struct`` reads as the proto JSON mapping says: any mapping with string
+keys that holds only JSON values. A ``map<string, V>`` is a mapping whose values are ``V``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from policy_service.errors import BundleProblem
 
+# The one well-known type read as free-form JSON (claims, arguments); protos/json_schema.py
+# knows the same one.
+STRUCT = "google.protobuf.Struct"
 _TYPE_NAMES = {
     FieldDescriptor.TYPE_STRING: "a string",
     FieldDescriptor.TYPE_BOOL: "true or false",
@@ -88,6 +94,16 @@ def _check_message(
             )
             continue
         _check_field(item, field, file, _join(path, key), problems)
+    for oneof in descriptor.oneofs:
+        # A proto3 `optional` is a oneof of one field, so only real oneofs can trip this.
+        given = [field.name for field in oneof.fields if field.name in value]
+        if len(given) > 1:
+            members = ", ".join(field.name for field in oneof.fields)
+            problems.append(
+                BundleProblem(
+                    file, path, f"expected at most one of: {members}; got {', '.join(given)}"
+                )
+            )
 
 
 def _unknown_key_message(key: str, fields: Mapping[str, FieldDescriptor]) -> str:
@@ -102,6 +118,9 @@ def _check_field(
     if value is None:
         problems.append(BundleProblem(file, path, "has no value; remove the key or give it one"))
         return
+    if _is_map(field):
+        _check_map(value, field, file, path, problems)
+        return
     if field.is_repeated:
         if not isinstance(value, list):
             problems.append(BundleProblem(file, path, f"expected a list, got {describe(value)}"))
@@ -115,6 +134,9 @@ def _check_field(
 def _check_single(
     value: Any, field: FieldDescriptor, file: str, path: str, problems: list[BundleProblem]
 ) -> None:
+    if field.message_type is not None and field.message_type.full_name == STRUCT:
+        _check_struct(value, file, path, problems)
+        return
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         if not isinstance(value, Mapping):
             problems.append(BundleProblem(file, path, f"expected a mapping, got {describe(value)}"))
@@ -143,3 +165,51 @@ def _scalar_matches(value: Any, field_type: int) -> bool:
     if field_type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
         return isinstance(value, int | float) and not isinstance(value, bool)
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_map(field: FieldDescriptor) -> bool:
+    entry = field.message_type
+    return entry is not None and entry.GetOptions().map_entry
+
+
+def _check_map(
+    value: Any, field: FieldDescriptor, file: str, path: str, problems: list[BundleProblem]
+) -> None:
+    if not isinstance(value, Mapping):
+        problems.append(BundleProblem(file, path, f"expected a mapping, got {describe(value)}"))
+        return
+    assert field.message_type is not None  # map fields always have an entry type
+    entry_value = field.message_type.fields_by_name["value"]
+    for key, item in value.items():
+        if not isinstance(key, str):
+            problems.append(BundleProblem(file, path, f"keys must be strings, got {describe(key)}"))
+            continue
+        _check_field(item, entry_value, file, _join(path, key), problems)
+
+
+def _check_struct(value: Any, file: str, path: str, problems: list[BundleProblem]) -> None:
+    if not isinstance(value, Mapping):
+        problems.append(BundleProblem(file, path, f"expected a mapping, got {describe(value)}"))
+        return
+    _check_json(value, file, path, problems)
+
+
+def _check_json(value: Any, file: str, path: str, problems: list[BundleProblem]) -> None:
+    # YAML reads more than JSON holds (dates, binary): such a value would break later, when
+    # it is sent as a request body, instead of here with its path.
+    if value is None or isinstance(value, str | bool | int | float):
+        return
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json(item, file, f"{path}[{index}]", problems)
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                problems.append(
+                    BundleProblem(file, path, f"keys must be strings, got {describe(key)}")
+                )
+                continue
+            _check_json(item, file, _join(path, key), problems)
+        return
+    problems.append(BundleProblem(file, path, f"expected a JSON value, got {describe(value)}"))

@@ -3,7 +3,8 @@
 policy-service test BUNDLE [CASES ...]     run policy tests; non-zero exit on any failure
 policy-service explain BUNDLE --upstream U --tool T [--scope S ...]   why one request is
                                            decided the way it is
-policy-service schema                      print the bundle format's JSON Schema
+policy-service schema [--cases]            print the JSON Schema of the bundle format, or of
+                                           the policy test case file
 """
 
 from __future__ import annotations
@@ -88,12 +89,21 @@ def register(commands: Commands) -> None:
     )
     explain.set_defaults(run=_cmd_explain)
 
-    schema = commands.add_parser("schema", help="print the JSON Schema of the bundle format")
+    schema = commands.add_parser(
+        "schema",
+        help="print the JSON Schema of the bundle format (or, with --cases, of case files)",
+    )
+    schema.add_argument(
+        "--cases",
+        action="store_true",
+        help=f"the schema of policy test case files (*{CASES_SUFFIX}) instead",
+    )
     schema.set_defaults(run=_cmd_schema)
 
 
 def _cmd_test(args: argparse.Namespace) -> int:
-    from policy_service.authoring.cases import check_case_targets, load_cases, report, run_cases
+    from policy_service.authoring.cases import check_case_targets, load_cases
+    from policy_service.authoring.runner import report, run_cases
     from policy_service.bundles.loader import load_bundle
 
     bundle_path = Path(args.bundle)
@@ -144,12 +154,14 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         case = by_name[args.name]
     else:
         # The flags make a one-case file, so they are checked exactly as a case file is.
-        document = {
+        document: dict[str, Any] = {
             "name": "explain",
-            "caller": _caller_from_flags(args),
             "call": _call_from_flags(args),
             "expect": {"decision": "allow"},  # unused: explain reports, it does not judge
         }
+        caller = _caller_from_flags(args)
+        if caller is not None:  # no caller flags: an anonymous call, as in a case file
+            document["caller"] = caller
         case = parse_cases({"cases": [document]}, "command line", os.environ)[0]
     check_case_targets(bundle, [case], args.case or "command line")
 
@@ -224,6 +236,11 @@ def _live_limiter(args: argparse.Namespace) -> RateLimiter:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
+    if args.cases:
+        from policy_service.authoring.cases import cases_schema_text
+
+        sys.stdout.write(cases_schema_text())
+        return 0
     from policy_service.bundles.schema import bundle_schema_text
 
     sys.stdout.write(bundle_schema_text())

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from policy_service.cli.flags import add_redis_arguments, redis_settings_from_args
 from policy_service.dev import DEFAULT_STATE_DIR
 from policy_service.errors import ConfigError
+from policy_service.gateway.demo_topology import DEMO_UPSTREAMS
 
 if TYPE_CHECKING:
     from policy_service.cli.flags import Commands
@@ -42,11 +43,11 @@ def _cmd_dev(args: argparse.Namespace) -> int:
 
 def _cmd_envoy_config(args: argparse.Namespace) -> int:
     from policy_service.bundles.loader import load_bundle
-    from policy_service.gateway.envoy_config import (
+    from policy_service.gateway.envoy_yaml import dump_envoy_yaml
+    from policy_service.gateway.layout import (
         AuthzEndpoint,
         EnvoyLayout,
         UpstreamRoute,
-        dump_envoy_yaml,
         otlp_collector_from_endpoint,
     )
 
@@ -137,7 +138,7 @@ def register(commands: Commands) -> None:
     dev.add_argument(
         "--peer-ports",
         type=_port_list,
-        default="9101,9102,9103",
+        default=",".join(str(u.port) for u in DEMO_UPSTREAMS),
         metavar="FININFO,CURRENTTIME,AGENT",
         help="the demo MCP servers and A2A agent",
     )

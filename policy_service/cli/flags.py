@@ -92,15 +92,9 @@ def redis_settings_from_args(args: argparse.Namespace) -> RedisSettings | None:
 
 def trail_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Trail:
     """Audit sink and failure mode from the flags; tracing from the OTEL_* variables."""
-    from opentelemetry import trace
+    from policy_service.app import build_trail
+    from policy_service.telemetry.audit import AuditFailureMode, FileSink
 
-    from policy_service.otel.provider import setup_tracing
-    from policy_service.telemetry.audit import AuditFailureMode, Auditor, FileSink
-    from policy_service.telemetry.trail import Trail
-
-    provider = setup_tracing(environ)
-    if provider is not None:
-        trace.set_tracer_provider(provider)  # libraries that trace share our exporter
     sink: FileSink | None
     if args.audit_log == "off":
         logging.getLogger("policy_service.audit").warning(
@@ -114,9 +108,12 @@ def trail_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Tra
             sink = FileSink.open(Path(args.audit_log))
         except OSError as exc:
             raise ConfigError(f"--audit-log {args.audit_log}: {exc.strerror}") from None
-    # Metrics come with --metrics-listen: the server builds them when it has an endpoint.
-    return Trail(
-        tracer_provider=provider, auditor=Auditor(sink, AuditFailureMode(args.audit_failure))
+    # Metrics come with --metrics-listen: the server's builder adds them when it has one.
+    return build_trail(
+        environ,
+        audit_sink=sink,
+        audit_failure=AuditFailureMode(args.audit_failure),
+        global_tracer=True,  # this process is the service: libraries share our exporter
     )
 
 

@@ -74,17 +74,11 @@ def register(commands: Commands) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from policy_service.bundles.reload import BundleReloader, bundle_loader
+    from policy_service.app import BundleWatch, ServiceSettings, build_server
+    from policy_service.bundles.reload import bundle_loader
     from policy_service.bundles.signing import load_verification_key
     from policy_service.bundles.sources import source_for
-    from policy_service.pipeline import Gateway, GatewayState
-    from policy_service.ratelimits.limiter import build_limiter
-    from policy_service.server import (
-        PolicyServer,
-        ServerSettings,
-        TlsSettings,
-        serve_until_signalled,
-    )
+    from policy_service.server import ServerSettings, TlsSettings, serve_until_signalled
 
     if args.poll_interval is not None and not args.poll_interval > 0:
         raise ConfigError("--poll-interval must be a positive number of seconds")
@@ -121,32 +115,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         metrics_listen=metrics_address(args),
     )
 
-    redis_settings = redis_settings_from_args(args)
+    service = ServiceSettings(settings, redis_settings_from_args(args))
     trail = trail_from_args(args, os.environ)
 
+    def watched(source: BundleSource) -> BundleWatch:
+        return BundleWatch(source, load, watch=args.watch, interval_seconds=args.poll_interval)
+
     async def run() -> None:
-        # grpc.aio binds the server to the loop that exists when it is built, and the
-        # Redis client to the loop it first runs on.
-        limiter = build_limiter(redis_settings, trail.tracer)
-        gateway = Gateway(GatewayState.from_bundle(bundle), limiter, trail.tracer)
-        reloaders = [
-            BundleReloader(
-                gateway, source, load=load, watch=args.watch, interval_seconds=args.poll_interval
-            )
-        ]
-        if dry_run_source is not None and dry_run_bundle is not None:
-            gateway.swap_dry_run(GatewayState.from_bundle(dry_run_bundle))
-            reloaders.append(
-                BundleReloader(
-                    gateway,
-                    dry_run_source,
-                    load=load,
-                    watch=args.watch,
-                    interval_seconds=args.poll_interval,
-                    dry_run=True,
-                )
-            )
-        await serve_until_signalled(PolicyServer(gateway, settings, trail, reloaders))
+        # Built on the loop that serves: grpc.aio and the Redis client bind to it.
+        server = build_server(
+            bundle,
+            service,
+            trail,
+            watch=watched(source),
+            dry_run=(
+                (dry_run_bundle, watched(dry_run_source))
+                if dry_run_source is not None and dry_run_bundle is not None
+                else None
+            ),
+        )
+        await serve_until_signalled(server)
 
     asyncio.run(run())
     return 0

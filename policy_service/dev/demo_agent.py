@@ -43,6 +43,7 @@ from a2a.utils.constants import PROTOCOL_VERSION_CURRENT, TransportProtocol
 from starlette.applications import Starlette
 
 from policy_service.dev.header_recorder import HeaderRecorder
+from policy_service.gateway.demo_topology import HELPER
 
 AGENT_NAME: Final = "helper"
 REPLY_PREFIX: Final = "helper says: "
@@ -148,7 +149,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9103)
+    parser.add_argument("--port", type=int, default=HELPER.port)
     parser.add_argument("--url", help="public base URL for the card (default: the direct URL)")
     args = parser.parse_args()
     url = args.url or f"http://{args.host}:{args.port}/"

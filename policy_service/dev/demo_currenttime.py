@@ -23,6 +23,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from policy_service.dev import serving
 from policy_service.dev.header_recorder import HeaderRecorder
 from policy_service.dev.serving import recorded_mcp_app, run_standalone
+from policy_service.gateway.demo_topology import CURRENTTIME
 
 MCP_PATH: Final = serving.MCP_PATH
 
@@ -83,7 +84,7 @@ def build_app(*, clock: Clock = system_clock, maxlen: int = 50) -> HeaderRecorde
 
 
 def main() -> None:
-    run_standalone(build_app, description=__doc__.splitlines()[0], default_port=9102)
+    run_standalone(build_app, description=__doc__.splitlines()[0], default_port=CURRENTTIME.port)
 
 
 if __name__ == "__main__":

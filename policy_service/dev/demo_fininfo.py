@@ -24,6 +24,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from policy_service.dev import serving
 from policy_service.dev.header_recorder import HeaderRecorder
 from policy_service.dev.serving import recorded_mcp_app, run_standalone
+from policy_service.gateway.demo_topology import FININFO
 
 MCP_PATH: Final = serving.MCP_PATH
 
@@ -115,7 +116,7 @@ def build_app(*, maxlen: int = 50) -> HeaderRecorder:
 
 
 def main() -> None:
-    run_standalone(build_app, description=__doc__.splitlines()[0], default_port=9101)
+    run_standalone(build_app, description=__doc__.splitlines()[0], default_port=FININFO.port)
 
 
 if __name__ == "__main__":

@@ -36,9 +36,11 @@ from starlette.types import ASGIApp
 
 from policy_service.dev import demo_agent, demo_currenttime, demo_fininfo
 from policy_service.dev.header_recorder import DEBUG_PATH, HeaderRecorder
+from policy_service.gateway.demo_topology import DEMO_UPSTREAMS, default_peer_ports
 
-PEER_NAMES: Final[tuple[str, ...]] = ("fininfo", "currenttime", "agent")
-DEFAULT_PORTS: Final[Mapping[str, int]] = {"fininfo": 9101, "currenttime": 9102, "agent": 9103}
+# One peer per upstream of the demo topology, on the port the reference config routes to.
+PEER_NAMES: Final[tuple[str, ...]] = tuple(upstream.peer for upstream in DEMO_UPSTREAMS)
+DEFAULT_PORTS: Final[Mapping[str, int]] = default_peer_ports()
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +212,11 @@ class DemoPeers:
     @property
     def agent(self) -> RunningPeer:
         return self._peer("agent")
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """The port each running peer listens on, by peer name (port 0 resolved)."""
+        return {name: peer.port for name, peer in self._peers.items()}
 
     @property
     def agent_public_url(self) -> str:

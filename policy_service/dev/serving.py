@@ -10,8 +10,9 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp
 
 from policy_service.dev.header_recorder import HeaderRecorder
+from policy_service.gateway.demo_topology import MCP_ENDPOINT
 
-MCP_PATH = "/mcp"
+MCP_PATH = f"/{MCP_ENDPOINT}"
 
 
 def recorded_mcp_app(server: MCPServer, *, maxlen: int = 50) -> HeaderRecorder:

@@ -57,15 +57,13 @@ class ServedBundle(Protocol):
 
 
 class Served(Protocol):
-    """What /metrics reads at scrape time about what is serving checks: the pipeline's
-    object satisfies it, and metrics never import the pipeline (it sits below it)."""
+    """What /metrics reads at scrape time about the bundles serving checks: the pipeline's
+    holder satisfies it, and metrics never import the pipeline (it sits below it)."""
 
     @property
     def state(self) -> ServedBundle: ...
     @property
     def loads(self) -> LoadCounts: ...
-    @property
-    def limiter(self) -> RateLimiter: ...
 
 
 OTHER = "other"  # a name the bundle does not mention
@@ -227,9 +225,9 @@ class CheckMetrics:
             cached = self._vocabulary = (bundle, _Vocabulary.of(bundle))
         return cached[1]
 
-    def watch(self, gateway: Served, auditor: Auditor | None = None) -> None:
+    def watch(self, bundles: Served, limiter: RateLimiter, auditor: Auditor | None = None) -> None:
         """Report the gateway's own counters at scrape time."""
-        self.registry.register(_GatewayCollector(gateway, auditor))
+        self.registry.register(_GatewayCollector(bundles, limiter, auditor))
 
 
 def _bounded(value: str, allowed: frozenset[str]) -> str:
@@ -251,8 +249,9 @@ def route_tag_label(tag: str | None) -> str:
 
 
 class _GatewayCollector(Collector):
-    def __init__(self, gateway: Served, auditor: Auditor | None) -> None:
-        self._gateway = gateway
+    def __init__(self, bundles: Served, limiter: RateLimiter, auditor: Auditor | None) -> None:
+        self._gateway = bundles
+        self._limiter = limiter
         self._auditor = auditor
 
     def collect(self) -> Iterable[Metric]:
@@ -306,7 +305,7 @@ class _GatewayCollector(Collector):
             yield events
 
     def _limiter_metrics(self) -> Iterator[Metric]:
-        limiter = self._gateway.limiter
+        limiter = self._limiter
         errors = CounterMetricFamily(
             "policy_service_ratelimit_store_errors",
             "Times the bucket store did not answer, by reason "

@@ -20,18 +20,12 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from policy_service.dev.peers import DemoPeers
-from policy_service.gateway.envoy_config import (
-    AuthzEndpoint,
-    EnvoyLayout,
-    OtlpCollector,
-    UpstreamRoute,
-    render_envoy_config,
-)
-from policy_service.pipeline import Gateway, GatewayState
-from policy_service.ratelimits.limiter import RateLimiter
-from policy_service.ratelimits.redis_store import RedisSettings, RedisStore
-from policy_service.ratelimits.store import InProcessStore
+from policy_service.app import ServiceSettings, build_server
+from policy_service.dev.peers import PEER_NAMES, DemoPeers
+from policy_service.gateway.bootstrap import render_envoy_config
+from policy_service.gateway.demo_topology import FININFO, HELPER, demo_routes
+from policy_service.gateway.layout import AuthzEndpoint, EnvoyLayout, OtlpCollector
+from policy_service.ratelimits.redis_store import RedisSettings
 from policy_service.server import PolicyServer, ServerSettings
 from policy_service.telemetry.audit import AuditFailureMode, Auditor, FileSink
 from policy_service.telemetry.metrics import CheckMetrics
@@ -72,11 +66,11 @@ class Stack:
 
     @property
     def fininfo_url(self) -> str:
-        return f"{self.url}/fininfo/mcp"
+        return FININFO.url(self.url)
 
     @property
     def helper_url(self) -> str:
-        return f"{self.url}/agents/helper/"
+        return HELPER.url(self.url)
 
     def bearer(self, *scopes: str, **kwargs: Any) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.bundle.token(*scopes, **kwargs)}"}
@@ -102,35 +96,30 @@ def start_stack(
     background = BackgroundLoop()
     peers = DemoPeers(
         "127.0.0.1",
-        {"fininfo": 0, "currenttime": 0, "agent": 0},
-        public_base_url=f"{url}/agents/helper/",
+        dict.fromkeys(PEER_NAMES, 0),
+        public_base_url=HELPER.url(url),
     )
     background.run(peers.start)
     bundle = write_test_bundle(
         tmp,
         gateway=url,
         denial_style=denial_style,
-        fininfo_port=peers.fininfo.port,
-        currenttime_port=peers.currenttime.port,
-        helper_port=peers.agent.port,
+        peer_ports=peers.ports,
         limits=limits,
     )
 
     async def make_server() -> PolicyServer:
         # Built on the background loop: the Redis client belongs to the loop it runs on.
         trail = _trail(otlp, audit_log, metrics)
-        store = (
-            InProcessStore()
-            if redis_url is None
-            else RedisStore(RedisSettings(redis_url), tracer=trail.tracer)
-        )
-        gateway = Gateway(GatewayState.from_bundle(bundle.bundle), RateLimiter(store), trail.tracer)
-        server = PolicyServer(
-            gateway,
-            ServerSettings(
-                listen=("127.0.0.1:0",),
-                grace_seconds=2,
-                metrics_listen=("127.0.0.1", 0) if metrics else None,
+        server = build_server(
+            bundle.bundle,
+            ServiceSettings(
+                ServerSettings(
+                    listen=("127.0.0.1:0",),
+                    grace_seconds=2,
+                    metrics_listen=("127.0.0.1", 0) if metrics else None,
+                ),
+                None if redis_url is None else RedisSettings(redis_url),
             ),
             trail,
         )
@@ -139,13 +128,7 @@ def start_stack(
 
     server = background.run(make_server)
     layout = EnvoyLayout(
-        upstreams=(
-            UpstreamRoute("fininfo", "/fininfo/", "127.0.0.1", peers.fininfo.port),
-            UpstreamRoute("currenttime", "/currenttime/", "127.0.0.1", peers.currenttime.port),
-            UpstreamRoute(
-                "helper", "/agents/helper/", "127.0.0.1", peers.agent.port, protocol="a2a"
-            ),
-        ),
+        upstreams=demo_routes(peers.ports),
         authz=(AuthzEndpoint("127.0.0.1", server.ports[0]),),
         plain_port=http_port,
         tls_port=None,

@@ -47,14 +47,10 @@ from typing import Any
 import pytest
 
 from policy_service.binaries import terminate
-from policy_service.gateway.envoy_config import (
-    AUTHZ_CLUSTER,
-    EXT_AUTHZ_FILTER,
-    AuthzEndpoint,
-    EnvoyLayout,
-    UpstreamRoute,
-    render_envoy_config,
-)
+from policy_service.gateway.bootstrap import render_envoy_config
+from policy_service.gateway.clusters import AUTHZ_CLUSTER
+from policy_service.gateway.filters import EXT_AUTHZ_FILTER
+from policy_service.gateway.layout import AuthzEndpoint, EnvoyLayout, UpstreamRoute
 from policy_service.identity.apikeys import hash_api_key
 from tests.support.envoy import EnvoyProcess, free_port
 from tests.support.serve import serve_command, serving

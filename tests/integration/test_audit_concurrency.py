@@ -19,6 +19,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.protobuf import json_format
 from prometheus_client.parser import text_string_to_metric_families
 
+from policy_service.app import build_servicer
 from policy_service.gen.policy_service.audit.v1 import audit_pb2
 from policy_service.pipeline import Gateway, GatewayState
 from policy_service.server import PolicyServer, ServerSettings
@@ -115,9 +116,8 @@ async def test_concurrent_checks_each_leave_exactly_one_event(tmp_path: Path) ->
     )
     gateway = Gateway(GatewayState.from_bundle(bundle.bundle))
     server = PolicyServer(
-        gateway,
+        build_servicer(gateway, trail),
         ServerSettings(listen=("127.0.0.1:0",), metrics_listen=("127.0.0.1", 0)),
-        trail,
     )
     await server.start()
     try:

@@ -6,7 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from policy_service.authoring.cases import Caller, principal_for
+from policy_service.authoring.cases import Caller
+from policy_service.authoring.runner import principal_for
 from policy_service.bundles.loader import load_bundle
 from policy_service.dev.redis_server import RedisServer
 from policy_service.ratelimits.keys import claims_for
@@ -133,4 +134,13 @@ def test_schema_prints_the_published_schema() -> None:
     schema = json.loads(result.stdout)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     shipped = ROOT / "policy_service/gen/policy_service/bundle/v1/bundle.schema.json"
+    assert schema == json.loads(shipped.read_text())
+
+
+def test_schema_cases_prints_the_case_file_schema() -> None:
+    result = run("schema", "--cases")
+    assert result.returncode == 0, result.stderr
+    schema = json.loads(result.stdout)
+    assert schema["$id"] == "https://policy-service.dev/schemas/cases/v1/cases.schema.json"
+    shipped = ROOT / "policy_service/gen/policy_service/cases/v1/cases.schema.json"
     assert schema == json.loads(shipped.read_text())

@@ -32,6 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from policy_service.cli.flags import REDIS_URL_ENV_VAR
 from policy_service.dev.redis_server import RedisServer
+from policy_service.gateway.demo_topology import DEMO_UPSTREAMS, HELPER
 from tests.support.envoy import EnvoyProcess, find_envoy_binary, free_port, validate_config
 from tests.support.peers import GatewayDenied, a2a_send_message, mcp_call_tool, tool_text
 
@@ -188,7 +189,7 @@ def stack(
 ) -> Iterator[DeployStack]:
     logs = tmp_path_factory.mktemp("deploy-stack")
     http, authz, metrics = free_port(), free_port(), free_port()
-    peer_ports = {"fininfo": free_port(), "currenttime": free_port(), "agent": free_port()}
+    peer_ports = {u.peer: free_port() for u in DEMO_UPSTREAMS}
     url = f"http://127.0.0.1:{http}"
     processes: list[subprocess.Popen[bytes]] = []
     try:
@@ -199,7 +200,7 @@ def stack(
             {
                 "python": sys.executable,
                 "0.0.0.0": "127.0.0.1",
-                f"{COMPOSE_GATEWAY}/agents/helper/": f"{url}/agents/helper/",
+                HELPER.url(COMPOSE_GATEWAY): HELPER.url(url),
             },
         )
         for name, port in peer_ports.items():
@@ -216,9 +217,7 @@ def stack(
         config = envoy_config_on_loopback(
             {
                 ("policy-service", 9001): authz,
-                ("demo-peers", 9101): peer_ports["fininfo"],
-                ("demo-peers", 9102): peer_ports["currenttime"],
-                ("demo-peers", 9103): peer_ports["agent"],
+                **{("demo-peers", u.port): peer_ports[u.peer] for u in DEMO_UPSTREAMS},
                 ("jaeger", 4317): free_port(),  # nothing listens: spans are best effort
             },
             http,

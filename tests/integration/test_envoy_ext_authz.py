@@ -28,13 +28,9 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from envoy.type.v3 import http_status_pb2
 from google.rpc import status_pb2
 
+from policy_service.gateway.bootstrap import render_envoy_config
 from policy_service.gateway.certs import generate_self_signed
-from policy_service.gateway.envoy_config import (
-    AuthzEndpoint,
-    EnvoyLayout,
-    UpstreamRoute,
-    render_envoy_config,
-)
+from policy_service.gateway.layout import AuthzEndpoint, EnvoyLayout, UpstreamRoute
 from tests.support.envoy import EnvoyProcess, free_port
 
 Decide = Callable[[CheckRequest], CheckResponse]

@@ -32,7 +32,8 @@ import pytest
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
-from policy_service.gateway.envoy_config import otlp_collector_from_endpoint, render_envoy_config
+from policy_service.gateway.bootstrap import render_envoy_config
+from policy_service.gateway.layout import otlp_collector_from_endpoint
 from tests.integration.test_envoy_ext_authz import (
     Backend,
     FakeAuthz,

@@ -16,21 +16,20 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from policy_service.gateway.baselines import (
+    render_bare_baseline_config,
+    render_native_baseline_config,
+)
+from policy_service.gateway.bootstrap import render_envoy_config
 from policy_service.gateway.certs import generate_self_signed
 from policy_service.gateway.envoy_config import (
     REFERENCE_CERT_FILE,
-    AuthzEndpoint,
-    EnvoyLayout,
-    OtlpCollector,
-    UpstreamRoute,
     default_reference_path,
     main,
     reference_layout,
-    render_bare_baseline_config,
-    render_envoy_config,
-    render_native_baseline_config,
     render_reference_yaml,
 )
+from policy_service.gateway.layout import AuthzEndpoint, EnvoyLayout, OtlpCollector, UpstreamRoute
 from tests.support.envoy import (
     EnvoyError,
     EnvoyProcess,

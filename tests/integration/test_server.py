@@ -17,12 +17,14 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from policy_service.app import build_servicer
 from policy_service.decisions.model import Decision
 from policy_service.gateway.certs import generate_self_signed
 from policy_service.pipeline import Gateway, GatewayState
 from policy_service.request.model import HttpRequest
 from policy_service.server import PolicyServer, ServerSettings, TlsSettings
 from policy_service.telemetry.record import CheckRecord
+from policy_service.telemetry.trail import Trail
 from tests.support.bundles import TestBundle, write_test_bundle
 from tests.support.checks import check_request, header_dict
 
@@ -37,7 +39,7 @@ def test_bundle(tmp_path: Path) -> TestBundle:
 @pytest.fixture
 async def server(test_bundle: TestBundle) -> AsyncIterator[PolicyServer]:
     server = PolicyServer(
-        Gateway(GatewayState.from_bundle(test_bundle.bundle)),
+        build_servicer(Gateway(GatewayState.from_bundle(test_bundle.bundle)), Trail()),
         ServerSettings(listen=("127.0.0.1:0",), grace_seconds=5),
     )
     await server.start()
@@ -157,7 +159,9 @@ class SlowGateway(Gateway):
 
 async def test_graceful_stop_finishes_in_flight_checks(test_bundle: TestBundle) -> None:
     gateway = SlowGateway(GatewayState.from_bundle(test_bundle.bundle))
-    server = PolicyServer(gateway, ServerSettings(listen=("127.0.0.1:0",), grace_seconds=10))
+    server = PolicyServer(
+        build_servicer(gateway, Trail()), ServerSettings(listen=("127.0.0.1:0",), grace_seconds=10)
+    )
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.ports[0]}") as channel:
         stub = external_auth_pb2_grpc.AuthorizationStub(channel)
@@ -178,7 +182,7 @@ async def test_graceful_stop_finishes_in_flight_checks(test_bundle: TestBundle) 
 async def test_tls_listener(tmp_path: Path, test_bundle: TestBundle) -> None:
     cert, key = generate_self_signed(tmp_path / "certs")
     server = PolicyServer(
-        Gateway(GatewayState.from_bundle(test_bundle.bundle)),
+        build_servicer(Gateway(GatewayState.from_bundle(test_bundle.bundle)), Trail()),
         ServerSettings(listen=("127.0.0.1:0",), tls=TlsSettings(cert, key)),
     )
     await server.start()
@@ -241,7 +245,7 @@ async def test_mtls_listener_requires_a_client_certificate(
     server_cert, server_key = generate_self_signed(tmp_path / "server")
     client_cert, client_key = generate_self_signed(tmp_path / "client")
     server = PolicyServer(
-        Gateway(GatewayState.from_bundle(test_bundle.bundle)),
+        build_servicer(Gateway(GatewayState.from_bundle(test_bundle.bundle)), Trail()),
         ServerSettings(
             listen=("127.0.0.1:0",), tls=TlsSettings(server_cert, server_key, client_cert)
         ),

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from policy_service.bundles.loader import load_bundle
+from policy_service.gateway.demo_topology import DEMO_UPSTREAMS, FININFO, HELPER, default_peer_ports
 from policy_service.identity.apikeys import hash_api_key
 from policy_service.identity.signing import SigningKey
 from policy_service.policy.model import CompiledBundle
 
 ISSUER = "https://idp.test.example"
 GATEWAY = "http://gateway.test.example"
-FININFO_RESOURCE = f"{GATEWAY}/fininfo/mcp"
-HELPER_RESOURCE = f"{GATEWAY}/agents/helper"
+FININFO_RESOURCE = FININFO.resource(GATEWAY)
+HELPER_RESOURCE = HELPER.resource(GATEWAY)
 CI_BOT_KEY = "ci-bot-key-for-tests-0123456789"
 
+# {fininfo}, {currenttime} and {helper} are each demo upstream's name, path prefix, protocol,
+# resource and backend, from the demo topology; what follows each is this bundle's policy.
 BUNDLE_TEMPLATE = """\
 version: v1
 revision: test-1
@@ -31,12 +35,7 @@ api_keys:
     subject: ci-bot
     scopes: [fininfo:read]
 upstreams:
-  - name: fininfo
-    path_prefix: /fininfo/
-    protocol: mcp
-    resource: {gateway}/fininfo/mcp
-    backend: http://127.0.0.1:{fininfo_port}
-    denial_style: {denial_style}
+{fininfo}    denial_style: {denial_style}
     clients:
       deny: [blocked-client]
     rules:
@@ -54,21 +53,11 @@ upstreams:
         resources: ["fin://*"]
         prompts: [summarize_position]
         scopes: [fininfo:read]
-  - name: currenttime
-    path_prefix: /currenttime/
-    protocol: mcp
-    resource: {gateway}/currenttime/mcp
-    backend: http://127.0.0.1:{currenttime_port}
-    required_scopes: [time:read]
+{currenttime}    required_scopes: [time:read]
     rules:
       - methods: ["*"]
       - tools: ["*"]
-  - name: helper
-    path_prefix: /agents/helper/
-    protocol: a2a
-    resource: {gateway}/agents/helper
-    backend: http://127.0.0.1:{helper_port}
-    rules:
+{helper}    rules:
       - name: chat
         a2a_methods: [SendMessage, SendStreamingMessage, GetTask, CancelTask]
         scopes: [agent:chat]
@@ -108,26 +97,29 @@ def write_test_bundle(
     *,
     denial_style: str = "http",
     gateway: str = GATEWAY,
-    fininfo_port: int = 9101,
-    currenttime_port: int = 9102,
-    helper_port: int = 9103,
+    peer_ports: Mapping[str, int] | None = None,
     key: SigningKey | None = None,
     limits: str = "",
     audit: str = "",
 ) -> TestBundle:
-    """``limits`` and ``audit`` are YAML blocks (without their key) appended to the bundle."""
+    """``limits`` and ``audit`` are YAML blocks (without their key) appended to the bundle.
+
+    The upstreams' backends are the demo peers on loopback, on ``peer_ports`` (by peer name)
+    or their default ports.
+    """
+    ports = default_peer_ports() if peer_ports is None else peer_ports
+    entries = {
+        u.name: u.bundle_entry(gateway, f"http://127.0.0.1:{ports[u.peer]}") for u in DEMO_UPSTREAMS
+    }
     key = key or SigningKey.generate("ES256", kid="test-key-1")
     (directory / "jwks.json").write_text(json.dumps(key.jwks()))
     path = directory / "bundle.yaml"
     path.write_text(
         BUNDLE_TEMPLATE.format(
             issuer=ISSUER,
-            gateway=gateway,
             ci_bot_hash=hash_api_key(CI_BOT_KEY),
             denial_style=denial_style,
-            fininfo_port=fininfo_port,
-            currenttime_port=currenttime_port,
-            helper_port=helper_port,
+            **entries,
         )
         + (f"limits:\n{limits}" if limits else "")
         + (f"audit:\n{audit}" if audit else "")

@@ -119,7 +119,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     await state.jwt.start()
     gateway = Gateway(state)
     source = ScriptedSource()
-    reloader = BundleReloader(gateway, source, load=bundle_loader(None))
+    reloader = BundleReloader(gateway.bundles, source, load=bundle_loader(None))
     yield Rig(bundle, gateway, source, reloader, tmp_path)
     await reloader.stop()
     await gateway.state.jwt.aclose()
@@ -135,7 +135,7 @@ def refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 def loads_total(gateway: Gateway, result: str) -> float:
     metrics = CheckMetrics()
-    metrics.watch(gateway)
+    metrics.watch(gateway.bundles, gateway.limiter)
     text = generate_latest(metrics.registry).decode()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -152,7 +152,7 @@ async def test_nothing_new_changes_nothing(rig: Rig) -> None:
     before = rig.gateway.state
     assert await rig.reloader.reload() is ReloadOutcome.UNCHANGED
     assert rig.gateway.state is before
-    assert rig.gateway.loads.ok == 1
+    assert rig.gateway.bundles.loads.ok == 1
 
 
 async def test_a_good_bundle_is_swapped_in(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
@@ -163,8 +163,8 @@ async def test_a_good_bundle_is_swapped_in(rig: Rig, caplog: pytest.LogCaptureFi
     assert await rig.reloader.reload() is ReloadOutcome.LOADED
     assert rig.gateway.state.bundle.revision == "B-1"
     assert not await rig.allows_get_quote()
-    assert rig.gateway.loads.ok == 2
-    assert rig.gateway.loads.failed == 0
+    assert rig.gateway.bundles.loads.ok == 2
+    assert rig.gateway.bundles.loads.failed == 0
     assert [files.entry for files in rig.source.accepted_files] == ["bundle.yaml"]
     # The snapshot came to hold the JWKS file the bundle names: the source watches it now.
     assert set(rig.source.accepted_files[0].files) == {"bundle.yaml", "jwks.json"}
@@ -183,9 +183,9 @@ async def test_broken_yaml_is_refused_and_the_old_bundle_answers(
     assert await rig.reloader.reload() is ReloadOutcome.REFUSED
     assert rig.gateway.state is before
     assert await rig.allows_get_quote()
-    assert rig.gateway.loads.failed == 1
-    assert rig.gateway.loads.failed_at is not None
-    assert rig.gateway.loads.ok == 1
+    assert rig.gateway.bundles.loads.failed == 1
+    assert rig.gateway.bundles.loads.failed_at is not None
+    assert rig.gateway.bundles.loads.ok == 1
     source = rig.directory / "bundle.yaml"
     assert refusals(caplog) == [
         "bundle reload refused, still serving revision test-1: "
@@ -242,7 +242,7 @@ async def test_a_key_file_the_verifier_cannot_start_with_is_refused(
         )
         return dataclasses.replace(bundle, issuers=(issuer,))
 
-    reloader = BundleReloader(rig.gateway, rig.source, load=load)
+    reloader = BundleReloader(rig.gateway.bundles, rig.source, load=load)
     rig.queue(revised(rig.bundle, "absent-keys-1"))
     assert await reloader.reload() is ReloadOutcome.REFUSED
     assert rig.gateway.state.bundle.revision == "test-1"
@@ -272,7 +272,7 @@ async def test_an_unexpected_error_refuses_too_with_its_traceback(
     def load(files: BundleFiles) -> CompiledBundle:
         raise RuntimeError("a bug, with details that are not for the log line")
 
-    reloader = BundleReloader(rig.gateway, rig.source, load=load)
+    reloader = BundleReloader(rig.gateway.bundles, rig.source, load=load)
     rig.queue(revised(rig.bundle, "any"))
     assert await reloader.reload() is ReloadOutcome.REFUSED
     assert refusals(caplog) == [
@@ -280,7 +280,7 @@ async def test_an_unexpected_error_refuses_too_with_its_traceback(
     ]
     (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert record.exc_info is not None
-    assert rig.gateway.loads.failed == 1
+    assert rig.gateway.bundles.loads.failed == 1
 
 
 async def test_a_refusal_then_a_good_bundle(rig: Rig) -> None:
@@ -289,7 +289,7 @@ async def test_a_refusal_then_a_good_bundle(rig: Rig) -> None:
     assert await rig.reloader.reload() is ReloadOutcome.REFUSED
     assert await rig.reloader.reload() is ReloadOutcome.LOADED
     assert rig.gateway.state.bundle.revision == "C-1"
-    assert (rig.gateway.loads.ok, rig.gateway.loads.failed) == (2, 1)
+    assert (rig.gateway.bundles.loads.ok, rig.gateway.bundles.loads.failed) == (2, 1)
 
 
 # --- the task: interval, SIGHUP's poke, stop --------------------------------------------
@@ -305,7 +305,7 @@ async def wait_for(condition: Callable[[], bool]) -> None:
 
 async def test_the_task_polls_on_its_interval(rig: Rig) -> None:
     rig.queue(revised(rig.bundle, "D-1"))
-    reloader = BundleReloader(rig.gateway, rig.source, interval_seconds=0.01)
+    reloader = BundleReloader(rig.gateway.bundles, rig.source, interval_seconds=0.01)
     reloader.start()
     try:
         await wait_for(lambda: rig.gateway.state.bundle.revision == "D-1")
@@ -314,7 +314,7 @@ async def test_the_task_polls_on_its_interval(rig: Rig) -> None:
 
 
 async def test_unwatched_it_reloads_on_a_poke_only(rig: Rig) -> None:
-    reloader = BundleReloader(rig.gateway, rig.source, watch=False)
+    reloader = BundleReloader(rig.gateway.bundles, rig.source, watch=False)
     assert reloader.interval_seconds is None
     reloader.start()
     try:
@@ -348,7 +348,7 @@ async def test_the_replaced_verifier_is_closed_later_not_at_once(
     await rig.reloader.stop()
     assert closed == [old]
 
-    soon = BundleReloader(rig.gateway, rig.source, retire_after_seconds=0)
+    soon = BundleReloader(rig.gateway.bundles, rig.source, retire_after_seconds=0)
     replaced = rig.gateway.state.jwt
     rig.queue(revised(rig.bundle, "F-2"))
     assert await soon.reload() is ReloadOutcome.LOADED
@@ -379,7 +379,7 @@ async def url_rig(tmp_path: Path, fetcher: FakeJwksFetcher, clock: FakeClock) ->
     await jwt.start()
     gateway = Gateway(GatewayState.from_bundle(compiled, jwt))
     source = ScriptedSource()
-    reloader = BundleReloader(gateway, source)
+    reloader = BundleReloader(gateway.bundles, source)
     yield Rig(bundle, gateway, source, reloader, tmp_path)
     await reloader.stop()
     await gateway.state.jwt.aclose()

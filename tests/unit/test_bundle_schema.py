@@ -1,7 +1,7 @@
 """The bundle's JSON Schema, for editors, says what the loader says.
 
 The schema (policy_service/gen/.../bundle.schema.json) is generated from bundle.proto by
-protos/bundle_schema.py. These tests hold it to the loader: it is never stale, every bundle
+protos/json_schema.py. These tests hold it to the loader: it is never stale, every bundle
 the project ships validates against it, every fixture the loader refuses for its *shape* is
 refused by the schema at the same place, and for every field of the proto the schema and
 the shape check agree on which values are wrong. What only the meaning pass checks (names,
@@ -10,12 +10,10 @@ references, rates, duplicates...) is out of the schema's reach; ``lint`` stays t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -31,6 +29,16 @@ from policy_service.errors import BundleError
 from policy_service.gen.policy_service.bundle.v1 import bundle_pb2
 from policy_service.policy.rates import parse_rate
 from tests.support.bundles import write_test_bundle
+from tests.support.schemas import (
+    SAMPLES,
+    commented_elements,
+    description,
+    field_sites,
+    load_generator,
+    loader_path,
+    place,
+    shape_problems,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "bundles"
@@ -38,32 +46,14 @@ COMMITTED = REPO / "policy_service" / "gen" / "policy_service" / "bundle" / "v1"
 BUNDLE = cast("Descriptor", bundle_pb2.Bundle.DESCRIPTOR)
 
 
-def _load_generator() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "bundle_schema", REPO / "protos" / "bundle_schema.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-GENERATOR = _load_generator()
-SCHEMA: dict[str, Any] = json.loads((COMMITTED / GENERATOR.SCHEMA_NAME).read_text("utf-8"))
+GENERATOR = load_generator()
+SPEC = GENERATOR.BUNDLE
+SCHEMA: dict[str, Any] = json.loads((COMMITTED / SPEC.file_name).read_text("utf-8"))
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 
 
 def schema_errors(document: Any) -> list[jsonschema.ValidationError]:
     return list(VALIDATOR.iter_errors(document))
-
-
-def loader_path(parts: Any) -> str:
-    """A JSON pointer's parts as the loader writes a path: ``upstreams[0].rules``."""
-    path = ""
-    for part in parts:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else part)
-    return path
 
 
 # -- the file -------------------------------------------------------------------------------
@@ -73,16 +63,16 @@ def test_committed_schema_matches_a_fresh_generation(tmp_path: Path) -> None:
     subprocess.run(
         [sys.executable, str(REPO / "protos" / "generate.py"), str(tmp_path)], check=True
     )
-    fresh = GENERATOR.schema_path(tmp_path).read_bytes()
-    assert (COMMITTED / GENERATOR.SCHEMA_NAME).read_bytes() == fresh, (
+    fresh = GENERATOR.schema_path(SPEC, tmp_path).read_bytes()
+    assert (COMMITTED / SPEC.file_name).read_bytes() == fresh, (
         "bundle.schema.json is stale: run `python protos/generate.py`"
     )
     assert fresh.endswith(b"}\n")
-    assert GENERATOR.schema_text() == fresh.decode("utf-8"), "generation is not deterministic"
+    assert GENERATOR.schema_text(SPEC) == fresh.decode("utf-8"), "generation is not deterministic"
 
 
 def test_the_package_ships_the_committed_schema() -> None:
-    assert bundle_schema_text() == (COMMITTED / GENERATOR.SCHEMA_NAME).read_text("utf-8")
+    assert bundle_schema_text() == (COMMITTED / SPEC.file_name).read_text("utf-8")
 
 
 def test_schema_is_a_valid_draft_2020_12_schema() -> None:
@@ -158,28 +148,6 @@ def test_the_test_suites_bundle_validates(tmp_path: Path) -> None:
 
 # -- what the loader refuses for its shape, the schema refuses -------------------------------
 
-_EXPECT = re.compile(r"^# expect: (?:(?P<path>[a-z_][a-z0-9_.\[\]]*): )?(?P<message>.*)$")
-# The shape check's messages (shape.py). Its unknown-key message always lists the known
-# keys; the meaning pass's "unknown key 'clients'" about a limit's `key:` word does not.
-_SHAPE_PREFIXES = ("expected ", "has no value", "keys must be strings")
-
-
-def is_shape_message(message: str) -> bool:
-    return message.startswith(_SHAPE_PREFIXES) or (
-        message.startswith("unknown key '") and "; expected one of: " in message
-    )
-
-
-def shape_problems(fixture: Path) -> list[tuple[str, str]]:
-    """The (path, message) pairs ``fixture`` pins that are shape problems."""
-    pinned = (_EXPECT.match(line) for line in fixture.read_text("utf-8").splitlines())
-    return [
-        (found["path"] or "", found["message"])
-        for found in pinned
-        if found is not None and is_shape_message(found["message"])
-    ]
-
-
 SHAPE_FIXTURES = [
     path for path in sorted((FIXTURES / "invalid").glob("*.yaml")) if shape_problems(path)
 ]
@@ -202,30 +170,6 @@ def test_schema_refuses_what_the_shape_check_refuses_at_the_same_place(fixture: 
 
 # -- field by field, the schema and the shape check agree ------------------------------------
 
-_SAMPLES: list[Any] = [
-    None, True, False, 0, 1, -1, 2**31, 2**32, 2**63, 2**64, 1.5, -0.5,
-    "x", "", [], ["x"], [1], {}, {"x": 1}, {1: "x"},
-]  # fmt: skip
-
-
-def field_sites(
-    descriptor: Descriptor, trail: tuple[FieldDescriptor, ...] = ()
-) -> Iterator[tuple[tuple[FieldDescriptor, ...], FieldDescriptor]]:
-    """Every field reachable from ``descriptor``, with the fields leading to it."""
-    ancestors = {descriptor.full_name} | {f.message_type.full_name for f in trail if f.message_type}
-    for field in descriptor.fields:
-        yield trail, field
-        if field.message_type is not None and field.message_type.full_name not in ancestors:
-            yield from field_sites(field.message_type, (*trail, field))
-
-
-def place(trail: tuple[FieldDescriptor, ...], field: FieldDescriptor, value: Any) -> Any:
-    document: Any = {field.name: value}
-    for parent in reversed(trail):
-        document = {parent.name: [document] if parent.is_repeated else document}
-    return document
-
-
 SITES = list(field_sites(BUNDLE))
 
 
@@ -234,8 +178,8 @@ def test_schema_and_shape_check_agree_on_every_field() -> None:
     for trail, field in SITES:
         owner = trail[-1].message_type if trail else BUNDLE
         assert owner is not None
-        has_enum = f"{owner.name}.{field.name}" in GENERATOR.ENUMS
-        values = _SAMPLES + ([[sample] for sample in _SAMPLES] if field.is_repeated else [])
+        has_enum = f"{owner.name}.{field.name}" in SPEC.enums
+        values = SAMPLES + ([[sample] for sample in SAMPLES] if field.is_repeated else [])
         for value in values:
             document = place(trail, field, value)
             loader_refuses = bool(shape.check_shape(document, BUNDLE, "bundle.yaml"))
@@ -257,46 +201,11 @@ def test_schema_accepts_every_rate_spelling_the_loader_accepts(rate: str) -> Non
 # -- descriptions come from the proto's comments ---------------------------------------------
 
 
-def commented_elements() -> Iterator[tuple[str, str]]:
-    """(``Message`` or ``Message.field``, comment) for every commented message and field,
-    read straight from the descriptor set's source info."""
-    files = GENERATOR.descriptor_set()
-    (file,) = (f for f in files.file if f.name == GENERATOR.BUNDLE_PROTO)
-    locations = {tuple(location.path): location for location in file.source_code_info.location}
-
-    def walk(messages: Any, path: tuple[int, ...], prefix: str) -> Iterator[tuple[str, str]]:
-        for index, message in enumerate(messages):
-            here = (*path, index)
-            name = f"{prefix}{message.name}"
-            yield name, _comment(locations.get(here))
-            for number, field in enumerate(message.field):
-                yield f"{name}.{field.name}", _comment(locations.get((*here, 2, number)))
-            yield from walk(message.nested_type, (*here, 3), f"{name}.")
-
-    for name, comment in walk(file.message_type, (4,), ""):
-        if comment:
-            yield name, comment
-
-
-def _comment(location: Any) -> str:
-    if location is None:
-        return ""
-    return " ".join(f"{location.leading_comments} {location.trailing_comments}".split())
-
-
-def description(element: str) -> str | None:
-    message, _, field = element.rpartition(".") if "." in element else (element, "", "")
-    node = SCHEMA["$defs"][message]
-    if field:
-        node = node["properties"][field]
-    return cast("str | None", node.get("description"))
-
-
 def test_every_comment_in_the_proto_is_a_description() -> None:
-    elements = list(commented_elements())
+    elements = list(commented_elements(GENERATOR, SPEC.proto))
     assert len(elements) >= 50
     for element, comment in elements:
-        found = description(element)
+        found = description(SCHEMA, element)
         assert found is not None, f"{element} has a comment but no description"
         assert " ".join(found.split()) == comment, element
 
@@ -322,7 +231,7 @@ def test_every_comment_in_the_proto_is_a_description() -> None:
     ],
 )
 def test_descriptions_are_the_comments_unwrapped(element: str, text: str) -> None:
-    assert description(element) == text
+    assert description(SCHEMA, element) == text
 
 
 def test_every_message_is_a_closed_object_with_the_protos_fields() -> None:
@@ -337,7 +246,7 @@ def test_every_message_is_a_closed_object_with_the_protos_fields() -> None:
 # -- the enum table -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("element", sorted(GENERATOR.ENUMS))
+@pytest.mark.parametrize("element", sorted(SPEC.enums))
 def test_enum_table_names_a_string_field_of_the_proto(element: str) -> None:
     message, field_name = element.split(".")
     descriptors = {
@@ -385,13 +294,13 @@ def first_instance(document: Any, descriptor: Descriptor, message: str) -> tuple
     return None
 
 
-@pytest.mark.parametrize("element", sorted(GENERATOR.ENUMS))
+@pytest.mark.parametrize("element", sorted(SPEC.enums))
 def test_enum_table_holds_exactly_what_the_loader_accepts(element: str, tmp_path: Path) -> None:
     path = tmp_path / "bundle.yaml"
     path.write_text(_BASE_BUNDLE)
     load_bundle(path, environ={})
     message, field_name = element.split(".")
-    allowed = GENERATOR.ENUMS[element]
+    allowed = SPEC.enums[element]
     for value in [*allowed, "", "not-a-value", allowed[0].upper()]:
         document = yaml.safe_load(_BASE_BUNDLE)
         found = first_instance(document, BUNDLE, message)

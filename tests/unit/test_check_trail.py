@@ -20,12 +20,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_trace_id
 
+from policy_service.app import build_gateway, build_servicer
 from policy_service.gen.policy_service.audit.v1 import audit_pb2
-from policy_service.pipeline import Gateway, GatewayState
-from policy_service.ratelimits.limiter import RateLimiter
-from policy_service.ratelimits.store import InProcessStore
 from policy_service.request.model import HttpRequest
-from policy_service.server import AuthorizationService
 from policy_service.telemetry.audit import AuditFailureMode, Auditor
 from policy_service.telemetry.metrics import CheckMetrics
 from policy_service.telemetry.record import CheckRecord
@@ -85,13 +82,8 @@ class Harness:
             auditor=Auditor(self.sink, failure),
             metrics=self.metrics,
         )
-        self.gateway = Gateway(
-            GatewayState.from_bundle(bundle.bundle),
-            RateLimiter(InProcessStore()),
-            self.trail.tracer,
-        )
-        self.metrics.watch(self.gateway, self.trail.auditor)
-        self.service = AuthorizationService(self.gateway, self.trail)
+        self.gateway = build_gateway(bundle.bundle, self.trail)
+        self.service = build_servicer(self.gateway, self.trail)
         self._started = False
 
     async def check(

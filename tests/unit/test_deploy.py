@@ -21,7 +21,8 @@ from policy_service.bundles.loader import load_bundle
 from policy_service.cli.flags import REDIS_URL_ENV_VAR
 from policy_service.cli.main import build_parser
 from policy_service.dev.peers import DEFAULT_PORTS
-from policy_service.gateway.envoy_config import AUTHZ_CLUSTER, OTEL_COLLECTOR_CLUSTER
+from policy_service.gateway.clusters import AUTHZ_CLUSTER, OTEL_COLLECTOR_CLUSTER
+from policy_service.gateway.demo_topology import DEMO_UPSTREAMS
 from policy_service.identity.apikeys import hash_api_key
 
 REPO = Path(__file__).resolve().parents[2]
@@ -182,25 +183,15 @@ def test_bundle_lints_with_the_three_demo_upstreams() -> None:
     upstreams = {
         u.name: (u.path_prefix, u.protocol.value, u.backend, u.resource) for u in bundle.upstreams
     }
+    # The demo topology, with compose's host name for the peers and Envoy's published port.
     assert upstreams == {
-        "fininfo": (
-            "/fininfo/",
-            "mcp",
-            "http://demo-peers:9101",
-            "http://localhost:8080/fininfo/mcp",
-        ),
-        "currenttime": (
-            "/currenttime/",
-            "mcp",
-            "http://demo-peers:9102",
-            "http://localhost:8080/currenttime/mcp",
-        ),
-        "helper": (
-            "/agents/helper/",
-            "a2a",
-            "http://demo-peers:9103",
-            "http://localhost:8080/agents/helper",
-        ),
+        u.name: (
+            u.path_prefix,
+            u.protocol,
+            f"http://demo-peers:{u.port}",
+            u.resource("http://localhost:8080"),
+        )
+        for u in DEMO_UPSTREAMS
     }
     assert len(bundle.limits) >= 2
 
@@ -220,7 +211,7 @@ def test_the_documented_demo_key_is_the_bundles_only_key() -> None:
 
 
 def test_bundle_backends_are_the_demo_peers_ports() -> None:
-    peers_by_upstream = {"fininfo": "fininfo", "currenttime": "currenttime", "helper": "agent"}
+    peers_by_upstream = {u.name: u.peer for u in DEMO_UPSTREAMS}
     for upstream in load_bundle(BUNDLE).upstreams:
         assert upstream.backend is not None
         backend = urlsplit(upstream.backend)

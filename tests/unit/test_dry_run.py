@@ -6,7 +6,8 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
-from policy_service.authoring.cases import Call, Caller, http_request_for, principal_for
+from policy_service.authoring.cases import Call, Caller
+from policy_service.authoring.runner import http_request_for, principal_for
 from policy_service.bundles.loader import load_bundle
 from policy_service.decisions.model import Allow, Deny
 from policy_service.gen.policy_service.audit.v1 import audit_pb2
@@ -89,7 +90,7 @@ async def test_a_dry_run_bundle_is_decided_beside_the_enforced_one(tmp_path: Pat
     gateway = Gateway(
         GatewayState.from_bundle(live), RateLimiter(store), provider.get_tracer("test")
     )
-    gateway.swap_dry_run(GatewayState.from_bundle(candidate))
+    gateway.bundles.swap_dry_run(GatewayState.from_bundle(candidate))
 
     decision, record = await _check(gateway, live, TRADER, _trade())
     assert isinstance(decision, Allow)
@@ -115,7 +116,7 @@ async def test_a_dry_run_bundle_is_decided_beside_the_enforced_one(tmp_path: Pat
     assert len(store) == buckets_after_one  # per-client bucket already exists; no new ones
     assert len(exporter.get_finished_spans()) == 2 * spans_after_one
 
-    gateway.swap_dry_run(None)
+    gateway.bundles.swap_dry_run(None)
     _, record = await _check(gateway, live, TRADER, _trade())
     assert record.dry_runs == ()
 

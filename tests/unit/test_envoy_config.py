@@ -16,17 +16,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from policy_service.errors import ConfigError
+from policy_service.gateway.baselines import (
+    render_bare_baseline_config,
+    render_native_baseline_config,
+)
+from policy_service.gateway.bootstrap import render_envoy_config
 from policy_service.gateway.certs import generate_self_signed
-from policy_service.gateway.envoy_config import (
+from policy_service.gateway.envoy_yaml import dump_envoy_yaml
+from policy_service.gateway.layout import (
     AuthzEndpoint,
     EnvoyLayout,
     OtlpCollector,
     UpstreamRoute,
-    dump_envoy_yaml,
     otlp_collector_from_endpoint,
-    render_bare_baseline_config,
-    render_envoy_config,
-    render_native_baseline_config,
 )
 
 Config = dict[str, Any]

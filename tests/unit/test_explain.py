@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from policy_service.authoring.cases import load_cases, run_cases
+from policy_service.authoring.cases import load_cases
 from policy_service.authoring.explain import explain, render
+from policy_service.authoring.runner import run_cases
 from policy_service.bundles.loader import load_bundle
 from policy_service.ratelimits.limiter import RateLimiter
 from policy_service.ratelimits.store import InProcessStore
@@ -88,7 +89,7 @@ async def test_live_buckets_are_read_without_spending() -> None:
     )
     live = RateLimiter(InProcessStore())
     # Spend three of the trader's ten trades on the "live" store first.
-    from policy_service.authoring.cases import principal_for
+    from policy_service.authoring.runner import principal_for
     from policy_service.ratelimits.keys import claims_for
     from policy_service.request.model import CallTarget, TargetKind
 

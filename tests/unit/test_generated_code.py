@@ -16,6 +16,10 @@ def test_generated_protos_match_the_schema(tmp_path: Path) -> None:
     committed = ROOT / "policy_service" / "gen"
     fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     assert fresh, "protoc generated nothing"
+    # Each published format: its Python module, and the JSON Schema editors validate with.
+    for module in ("bundle/v1/bundle", "cases/v1/cases"):
+        for suffix in ("_pb2.py", "_pb2.pyi", ".schema.json"):
+            assert Path("policy_service", f"{module}{suffix}") in fresh, f"{module}{suffix}"
     for relative in fresh:
         assert (committed / relative).read_bytes() == (tmp_path / relative).read_bytes(), (
             f"{relative} is stale: run `python protos/generate.py`"

@@ -338,7 +338,7 @@ async def test_buckets_keep_counting_across_a_bundle_reload(
     reloaded = write_test_bundle(reloaded_dir, key=per_client.bundle.key, limits=PER_CLIENT)
     state = GatewayState.from_bundle(reloaded.bundle)
     await state.jwt.start()
-    per_client.gateway.swap(state)
+    per_client.gateway.bundles.swap(state)
     denied(
         await per_client.gateway.check(call_tool("get_quote", token=token)), DenyKind.RATE_LIMITED
     )

@@ -1,8 +1,9 @@
 """``policy-service test``: case files, how they run, and what the report says.
 
 Every case-file error has a fixture in tests/fixtures/cases/invalid/ with its exact message
-pinned, as bundle errors do. The example bundles' own tests run here too: an example that
-stops deciding as its tests say fails the suite.
+pinned, as bundle errors do; tests/fixtures/cases/valid/ holds files that use every field.
+The example bundles' own tests run here too: an example that stops deciding as its tests
+say fails the suite.
 """
 
 from __future__ import annotations
@@ -11,13 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from policy_service.authoring.cases import (
-    check_case_targets,
-    load_cases,
-    parse_cases,
-    report,
-    run_cases,
-)
+from policy_service.authoring.cases import check_case_targets, load_cases, parse_cases
+from policy_service.authoring.runner import report, run_cases
 from policy_service.bundles.loader import load_bundle
 from policy_service.errors import CaseFileError
 from tests.support.bundles import write_test_bundle
@@ -25,6 +21,7 @@ from tests.support.bundles import write_test_bundle
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "cases"
 INVALID = sorted((FIXTURES / "invalid").glob("*.yaml"))
+VALID = sorted((FIXTURES / "valid").glob("*.yaml"))
 EXAMPLES = sorted((ROOT / "examples").glob("*/bundle.yaml"))
 
 
@@ -53,6 +50,28 @@ def test_invalid_case_file_reports_exact_messages(
     reported = [f"{p.path}: {p.message}" if p.path else p.message for p in caught.value.problems]
     assert reported == expected
     assert str(caught.value).startswith("case file is invalid")
+
+
+@pytest.mark.parametrize("fixture", VALID, ids=lambda path: path.stem)
+def test_valid_case_file_loads_and_names_what_the_bundle_has(fixture: Path) -> None:
+    bundle = load_bundle(FIXTURES / "bundle.yaml")
+    cases = load_cases(fixture, {"POLICY_TEST_TOKEN": "x.y.z"})
+    check_case_targets(bundle, cases, str(fixture))
+    assert len(cases) >= 2
+
+
+async def test_the_valid_fixture_with_every_field_passes() -> None:
+    bundle = load_bundle(FIXTURES / "bundle.yaml")
+    cases = load_cases(FIXTURES / "valid" / "every_field.yaml")
+    results = await run_cases(bundle, cases)
+    assert all(result.passed for result in results), report(results)
+    first = cases[0]
+    assert first.call.headers == {"x-request-id": "abc-123"}  # names are not case-sensitive
+    assert first.call.protocol_version == "2025-06-18"
+    assert first.caller is not None
+    assert first.caller.claims["profile"] == {"team": "data"}
+    assert cases[1].caller is not None
+    assert cases[1].caller.subject == "bob"
 
 
 def test_examples_cover_the_common_setups() -> None:

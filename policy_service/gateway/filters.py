@@ -1,0 +1,76 @@
+"""The gateway's HTTP filters: ext_authz (fail closed, with the body) and the router."""
+
+from __future__ import annotations
+
+from policy_service.gateway.clusters import AUTHZ_CLUSTER
+from policy_service.gateway.layout import TYPE_URL, Config, EnvoyLayout
+
+EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
+ROUTER_FILTER = "envoy.filters.http.router"
+
+
+def ext_authz_filter(layout: EnvoyLayout) -> Config:
+    return {
+        "name": EXT_AUTHZ_FILTER,
+        "typed_config": {
+            "@type": TYPE_URL + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "grpc_service": {
+                "envoy_grpc": {"cluster_name": AUTHZ_CLUSTER},
+                "timeout": _duration(layout.authz_timeout_seconds),
+                "retry_policy": _authz_retry_policy(),
+            },
+            "transport_api_version": "V3",
+            # Fail closed: an unreachable, slow or crashing policy service is a 503, never an
+            # allow, and never the 403 a client would take for a policy decision.
+            "failure_mode_allow": False,
+            "status_on_error": {"code": 503},
+            # The body is needed to read the JSON-RPC method and tool. Partial messages go
+            # through (marked by x-envoy-auth-partial-body: true) instead of Envoy's own 413,
+            # so the service can deny a truncated tool call with an error the client can read.
+            # Raw bytes, because Envoy's UTF-8 "body" field would mangle non-UTF-8 input.
+            "with_request_body": {
+                "max_request_bytes": layout.max_request_bytes,
+                "allow_partial_message": True,
+                "pack_as_bytes": True,
+            },
+            "include_peer_certificate": True,
+            # header_map with each header as sent, not the "headers" map whose repeated
+            # values Envoy joins with "," (two Authorization headers must be visible as two).
+            "encode_raw_headers": True,
+            # An invalid header mutation from the service is a 500, not a half-applied one.
+            "validate_mutations": True,
+            "stat_prefix": "policy",
+        },
+    }
+
+
+def _authz_retry_policy() -> Config:
+    # Retry only failures where the check never reached a policy service (no connection, or
+    # the stream refused before processing), and on another process: a check that did run
+    # may have spent rate-limit tokens and must not be sent twice.
+    return {
+        "retry_on": "connect-failure,refused-stream",
+        "num_retries": 1,
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {
+                    "@type": TYPE_URL
+                    + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                },
+            }
+        ],
+        "host_selection_retry_max_attempts": 3,
+    }
+
+
+def router_filter() -> Config:
+    return {
+        "name": ROUTER_FILTER,
+        "typed_config": {"@type": TYPE_URL + "envoy.extensions.filters.http.router.v3.Router"},
+    }
+
+
+def _duration(seconds: float) -> str:
+    text = f"{seconds:.9f}".rstrip("0").rstrip(".")
+    return f"{text}s"
