@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from opentelemetry import trace
 
@@ -28,7 +29,6 @@ from policy_service.decisions.render import rate_limit_code
 from policy_service.identity.apikeys import ApiKeyVerifier
 from policy_service.identity.credentials import (
     AmbiguousCredential,
-    Credential,
     CredentialType,
     UnusableCredential,
     extract_credential,
@@ -137,6 +137,70 @@ class ServingBundles:
         return previous
 
 
+class Identity(Protocol):
+    """Who is calling: one interface for the request path and for the authoring tools."""
+
+    async def identify(
+        self,
+        state: GatewayState,
+        upstream: UpstreamPolicy,
+        request: HttpRequest,
+        context: DenialContext,
+    ) -> Principal | Deny: ...
+
+
+class RequestCredentials:
+    """The request path: the one credential the request carries, verified as a JWT against
+    the upstream's audiences or as an API key of the bundle."""
+
+    async def identify(
+        self,
+        state: GatewayState,
+        upstream: UpstreamPolicy,
+        request: HttpRequest,
+        context: DenialContext,
+    ) -> Principal | Deny:
+        deny = context.deny
+        credential = extract_credential(request, state.bundle.api_key_header)
+        if credential is None:
+            return deny(
+                DenyKind.MISSING_CREDENTIAL, "missing_credential", "authentication required"
+            )
+        if isinstance(credential, AmbiguousCredential):
+            return deny(DenyKind.INVALID_REQUEST, credential.reason, credential.message)
+        if isinstance(credential, UnusableCredential):
+            return deny(DenyKind.INVALID_CREDENTIAL, credential.reason, credential.message)
+        if credential.type is CredentialType.BEARER:
+            result = await state.jwt.verify(credential.secret, upstream.audiences)
+        else:
+            result = state.api_keys.verify(credential.secret)
+        if isinstance(result, IdentityFailure):
+            return deny(
+                DenyKind.INVALID_CREDENTIAL, result.reason, "the credential is not valid here"
+            )
+        return result
+
+
+@dataclass(frozen=True, slots=True)
+class GivenPrincipal:
+    """``policy-service test`` and ``explain``: the caller a case names stands in for the
+    credential check, and every other phase runs as the service runs it."""
+
+    principal: Principal
+
+    async def identify(
+        self,
+        state: GatewayState,
+        upstream: UpstreamPolicy,
+        request: HttpRequest,
+        context: DenialContext,
+    ) -> Principal | Deny:
+        return self.principal
+
+
+REQUEST_CREDENTIALS = RequestCredentials()
+
+
 class Gateway:
     """Runs checks: one pipeline of phases over whatever bundle ``bundles`` serves."""
 
@@ -145,8 +209,10 @@ class Gateway:
         state: GatewayState | ServingBundles,
         limiter: RateLimiter | None = None,
         tracer: trace.Tracer | None = None,
+        identity: Identity = REQUEST_CREDENTIALS,
     ) -> None:
         self.bundles = state if isinstance(state, ServingBundles) else ServingBundles(state)
+        self.identity = identity
         # The limiter outlives bundles: buckets keep counting across a reload.
         self.limiter = limiter or RateLimiter(InProcessStore())
         self.tracer = tracer or trace.get_tracer("policy_service")
@@ -155,29 +221,19 @@ class Gateway:
     def state(self) -> GatewayState:
         return self.bundles.current
 
-    async def check(
-        self,
-        request: HttpRequest,
-        record: CheckRecord | None = None,
-        *,
-        principal: Principal | None = None,
-    ) -> Decision:
-        """Decide on ``request``; ``record`` collects what the telemetry reports about it.
-
-        ``principal`` stands in for the credential check: ``policy-service test`` and
-        ``explain`` decide for given claims with the same code the service runs.
-        """
+    async def check(self, request: HttpRequest, record: CheckRecord | None = None) -> Decision:
+        """Decide on ``request``; ``record`` collects what the telemetry reports about it."""
         record = record or CheckRecord.new()
         bundles = self.bundles
         state = bundles.current  # one bundle for the whole check, whatever reloads meanwhile
-        decision = await self._decide(state, request, record, principal, self.tracer)
+        decision = await self._decide(state, request, record, self.tracer)
         dry_run_state = bundles.dry_run
         if dry_run_state is not None and not isinstance(decision, Serve):
             shadow = CheckRecord(record.decision_id)
             # No spans and no bucket takes: the dry-run bundle must not change what it
             # observes, and its limits would spend the callers' real budget.
             would = await self._decide(
-                dry_run_state, request, shadow, principal, _SILENT_TRACER, enforce_limits=False
+                dry_run_state, request, shadow, _SILENT_TRACER, enforce_limits=False
             )
             record.dry_runs = (*record.dry_runs, _bundle_dry_run(dry_run_state, would, decision))
         return decision
@@ -187,7 +243,6 @@ class Gateway:
         state: GatewayState,
         request: HttpRequest,
         record: CheckRecord,
-        given_principal: Principal | None,
         tracer: trace.Tracer,
         *,
         enforce_limits: bool = True,
@@ -274,9 +329,7 @@ class Gateway:
         context = DenialContext(upstream, request_id_of(parsed), is_jsonrpc)
 
         with phase_span(tracer, "identity") as span:
-            principal_or_deny = given_principal or await _identify(
-                state, upstream, request, context
-            )
+            principal_or_deny = await self.identity.identify(state, upstream, request, context)
             set_identity_attributes(span, principal_or_deny)
         if isinstance(principal_or_deny, Deny):
             return principal_or_deny
@@ -359,34 +412,6 @@ def _parse(
     if upstream.protocol is UpstreamProtocol.A2A:
         return parse_a2a(request, subpath)
     return None
-
-
-async def _identify(
-    state: GatewayState,
-    upstream: UpstreamPolicy,
-    request: HttpRequest,
-    context: DenialContext,
-) -> Principal | Deny:
-    deny = context.deny
-    credential = extract_credential(request, state.bundle.api_key_header)
-    if credential is None:
-        return deny(DenyKind.MISSING_CREDENTIAL, "missing_credential", "authentication required")
-    if isinstance(credential, AmbiguousCredential):
-        return deny(DenyKind.INVALID_REQUEST, credential.reason, credential.message)
-    if isinstance(credential, UnusableCredential):
-        return deny(DenyKind.INVALID_CREDENTIAL, credential.reason, credential.message)
-    result = await _verify(state, upstream, credential)
-    if isinstance(result, IdentityFailure):
-        return deny(DenyKind.INVALID_CREDENTIAL, result.reason, "the credential is not valid here")
-    return result
-
-
-async def _verify(
-    state: GatewayState, upstream: UpstreamPolicy, credential: Credential
-) -> Principal | IdentityFailure:
-    if credential.type is CredentialType.BEARER:
-        return await state.jwt.verify(credential.secret, upstream.audiences)
-    return state.api_keys.verify(credential.secret)
 
 
 def _refusal(outcome: Refused, context: DenialContext) -> Deny:

@@ -16,7 +16,7 @@ from policy_service.authoring.runner import Outcome, http_request_for, outcome_o
 from policy_service.authoring.runner import principal_for as case_principal
 from policy_service.authorization.policy import RuleStep, authorize
 from policy_service.identity.principal import Principal
-from policy_service.pipeline import Gateway, GatewayState
+from policy_service.pipeline import Gateway, GatewayState, GivenPrincipal
 from policy_service.policy.conditions import ConditionFailure
 from policy_service.policy.model import CompiledBundle, CompiledRule, Effect
 from policy_service.ratelimits.keys import claims_for
@@ -61,7 +61,8 @@ async def explain(
         given = case_principal(bundle, caller) if caller is not None else None
         record = CheckRecord.new()
         # Fresh in-process buckets for the decision: the live ones are only ever read.
-        decision = await Gateway(state).check(request, record, principal=given)
+        gateway = Gateway(state, identity=GivenPrincipal(given)) if given else Gateway(state)
+        decision = await gateway.check(request, record)
         outcome = outcome_of(decision, record)
         principal = record.principal
         steps: list[tuple[CallTarget, RuleStep]] = []

@@ -17,7 +17,7 @@ from policy_service.authoring.cases import Call, Caller, Case, Expectation
 from policy_service.decisions.model import Allow, Decision, Deny, Serve
 from policy_service.decisions.render import http_status_of
 from policy_service.identity.principal import CredentialKind, Principal
-from policy_service.pipeline import Gateway, GatewayState
+from policy_service.pipeline import Gateway, GatewayState, GivenPrincipal
 from policy_service.policy.model import CompiledBundle, UpstreamPolicy
 from policy_service.request.model import HttpRequest, UpstreamProtocol
 from policy_service.telemetry.record import CheckRecord, DryRunRecord
@@ -140,14 +140,22 @@ def outcome_of(decision: Decision, record: CheckRecord) -> Outcome:
     )
 
 
+def gateway_for(bundle: CompiledBundle, state: GatewayState, caller: Caller | None) -> Gateway:
+    """A pipeline with fresh buckets (cases do not spend each other's budget), identifying
+    the case's caller as given, or by its real token, or as nobody."""
+    principal = principal_for(bundle, caller) if caller is not None else None
+    if principal is None:
+        return Gateway(state)
+    return Gateway(state, identity=GivenPrincipal(principal))
+
+
 async def decide_case(bundle: CompiledBundle, case: Case, gateway: Gateway) -> Outcome:
     upstream = bundle.by_name[case.call.upstream]
     request = http_request_for(upstream, case.call, case.caller)
-    principal = principal_for(bundle, case.caller) if case.caller is not None else None
     outcome: Outcome | None = None
     for _ in range(case.repeat):
         record = CheckRecord.new()
-        decision = await gateway.check(request, record, principal=principal)
+        decision = await gateway.check(request, record)
         outcome = outcome_of(decision, record)
     assert outcome is not None
     return outcome
@@ -203,8 +211,7 @@ async def run_cases(bundle: CompiledBundle, cases: Sequence[Case]) -> list[CaseR
     results: list[CaseResult] = []
     try:
         for case in cases:
-            gateway = Gateway(state)  # fresh buckets: cases do not spend each other's budget
-            outcome = await decide_case(bundle, case, gateway)
+            outcome = await decide_case(bundle, case, gateway_for(bundle, state, case.caller))
             results.append(CaseResult(case, outcome, mismatches(case.expect, outcome)))
     finally:
         await state.jwt.aclose()

@@ -11,7 +11,7 @@ from policy_service.authoring.runner import http_request_for, principal_for
 from policy_service.bundles.loader import load_bundle
 from policy_service.decisions.model import Allow, Deny
 from policy_service.gen.policy_service.audit.v1 import audit_pb2
-from policy_service.pipeline import Gateway, GatewayState
+from policy_service.pipeline import Gateway, GatewayState, GivenPrincipal
 from policy_service.policy.model import CompiledBundle
 from policy_service.ratelimits.limiter import RateLimiter
 from policy_service.ratelimits.store import InProcessStore
@@ -36,7 +36,9 @@ async def _check(
 ) -> tuple[Allow | Deny, CheckRecord]:
     record = CheckRecord.new()
     request = http_request_for(bundle.by_name[call.upstream], call, caller)
-    decision = await gateway.check(request, record, principal=principal_for(bundle, caller))
+    # The same bundles (and dry-run bundle), with the case's caller standing in for a token.
+    as_caller = Gateway(gateway.bundles, identity=GivenPrincipal(principal_for(bundle, caller)))
+    decision = await as_caller.check(request, record)
     assert isinstance(decision, Allow | Deny)
     return decision, record
 
@@ -123,11 +125,14 @@ async def test_a_dry_run_bundle_is_decided_beside_the_enforced_one(tmp_path: Pat
 
 async def test_dry_runs_reach_the_audit_event_and_the_metrics() -> None:
     bundle = load_bundle(FINANCE)
-    gateway = Gateway(GatewayState.from_bundle(bundle))
+    gateway = Gateway(
+        GatewayState.from_bundle(bundle),
+        identity=GivenPrincipal(principal_for(bundle, _night(TRADER))),
+    )
     call = _trade()
     request = http_request_for(bundle.by_name["fininfo"], call, _night(TRADER))
     record = CheckRecord.new()
-    decision = await gateway.check(request, record, principal=principal_for(bundle, _night(TRADER)))
+    decision = await gateway.check(request, record)
     event = audit_event(request, decision, record, latency_seconds=0.001, trace_id="", span_id="")
     assert event["dry_run"] == [
         {
