@@ -23,7 +23,7 @@ walks every import to keep it so.
     layer  policy                                            the compiled bundle every phase reads
     layer  authorization, decisions, ratelimits              the phases' decisions
     layer  edge, telemetry                                   Envoy protos in and out; the trail
-    layer  pipeline                                          one check, phase by phase
+    layer  state, pipeline                                   the bundles served; one check
     layer  bundles                                           bytes to compiled policy; reload
     layer  server                                            the gRPC service
     layer  app                                               the one place that builds it

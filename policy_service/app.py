@@ -23,11 +23,12 @@ from opentelemetry import trace
 from policy_service.bundles.reload import BundleLoad, BundleReloader
 from policy_service.bundles.sources import BundleSource
 from policy_service.otel.provider import setup_tracing
-from policy_service.pipeline import Gateway, GatewayState
+from policy_service.pipeline import Gateway
 from policy_service.policy.model import CompiledBundle
 from policy_service.ratelimits.limiter import build_limiter
 from policy_service.ratelimits.redis_store import RedisSettings
 from policy_service.server import AuthorizationService, PolicyServer, ServerSettings
+from policy_service.state import GatewayState
 from policy_service.telemetry.audit import AuditFailureMode, Auditor, AuditSink
 from policy_service.telemetry.metrics import CheckMetrics
 from policy_service.telemetry.trail import Trail

@@ -11,8 +11,7 @@ single reference swap and a check always sees one consistent bundle.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from opentelemetry import trace
@@ -26,7 +25,6 @@ from policy_service.authorization.policy import (
 )
 from policy_service.decisions.model import Allow, Decision, DenialContext, Deny, DenyKind, Serve
 from policy_service.decisions.render import rate_limit_code
-from policy_service.identity.apikeys import ApiKeyVerifier
 from policy_service.identity.credentials import (
     AmbiguousCredential,
     CredentialType,
@@ -34,7 +32,6 @@ from policy_service.identity.credentials import (
     extract_credential,
 )
 from policy_service.identity.header_encoding import encode_header_list, encode_header_value
-from policy_service.identity.jwt import JwtVerifier
 from policy_service.identity.principal import IdentityFailure, Principal
 from policy_service.otel.spans import phase_span
 from policy_service.policy.model import CompiledBundle, UpstreamPolicy
@@ -58,6 +55,7 @@ from policy_service.request.model import (
     UpstreamProtocol,
     request_id_of,
 )
+from policy_service.state import GatewayState, ServingBundles
 from policy_service.telemetry.record import CheckRecord, DryRunRecord
 from policy_service.telemetry.tracing import (
     set_identity_attributes,
@@ -76,65 +74,6 @@ _REFUSAL_MESSAGES = {
     RefusalReason.CONDITION_NOT_MET: "a condition of the policy is not met for this call",
     RefusalReason.INSUFFICIENT_SCOPE: "the token lacks a scope this call needs",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class GatewayState:
-    """Everything a check needs from one bundle, swapped as a unit on reload."""
-
-    bundle: CompiledBundle
-    jwt: JwtVerifier
-    api_keys: ApiKeyVerifier
-
-    @classmethod
-    def from_bundle(cls, bundle: CompiledBundle, jwt: JwtVerifier | None = None) -> GatewayState:
-        return cls(bundle, jwt or JwtVerifier(bundle.issuers), ApiKeyVerifier(bundle.api_keys))
-
-
-@dataclass(slots=True)
-class BundleLoads:
-    """Bundles put into service (the first, then each swap), and reloads refused, for metrics."""
-
-    ok: int = 1
-    loaded_at: float = field(default_factory=time.time)
-    failed: int = 0  # new bundles refused by the reloader; the last good one kept serving
-    failed_at: float | None = None
-
-
-class ServingBundles:
-    """The bundle serving checks, the one in dry run beside it, and their load counts.
-
-    Reload swaps them and metrics read them; the pipeline only reads the current one, once
-    per check. A swap is one reference assignment, so a check always sees one bundle."""
-
-    def __init__(self, state: GatewayState) -> None:
-        self._current = state
-        self._dry_run: GatewayState | None = None
-        self.loads = BundleLoads()
-
-    @property
-    def current(self) -> GatewayState:
-        return self._current
-
-    @property
-    def state(self) -> GatewayState:
-        """The current bundle (what ``telemetry.metrics.Served`` reads)."""
-        return self._current
-
-    @property
-    def dry_run(self) -> GatewayState | None:
-        return self._dry_run
-
-    def swap(self, state: GatewayState) -> GatewayState:
-        previous, self._current = self._current, state
-        self.loads.ok += 1
-        self.loads.loaded_at = time.time()
-        return previous
-
-    def swap_dry_run(self, state: GatewayState | None) -> GatewayState | None:
-        """Put a bundle in dry run beside the enforced one (None takes it out)."""
-        previous, self._dry_run = self._dry_run, state
-        return previous
 
 
 class Identity(Protocol):

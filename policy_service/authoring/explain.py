@@ -16,13 +16,14 @@ from policy_service.authoring.runner import Outcome, http_request_for, outcome_o
 from policy_service.authoring.runner import principal_for as case_principal
 from policy_service.authorization.policy import RuleStep, authorize
 from policy_service.identity.principal import Principal
-from policy_service.pipeline import Gateway, GatewayState, GivenPrincipal
+from policy_service.pipeline import Gateway, GivenPrincipal
 from policy_service.policy.conditions import ConditionFailure
 from policy_service.policy.model import CompiledBundle, CompiledRule, Effect
 from policy_service.ratelimits.keys import claims_for
 from policy_service.ratelimits.limiter import LimitState, RateLimiter, Verdict
 from policy_service.ratelimits.store import InProcessStore
 from policy_service.request.model import CallTarget, call_targets
+from policy_service.state import GatewayState
 from policy_service.telemetry.record import CheckRecord
 
 

@@ -17,9 +17,10 @@ from policy_service.authoring.cases import Call, Caller, Case, Expectation
 from policy_service.decisions.model import Allow, Decision, Deny, Serve
 from policy_service.decisions.render import http_status_of
 from policy_service.identity.principal import CredentialKind, Principal
-from policy_service.pipeline import Gateway, GatewayState, GivenPrincipal
+from policy_service.pipeline import Gateway, GivenPrincipal
 from policy_service.policy.model import CompiledBundle, UpstreamPolicy
 from policy_service.request.model import HttpRequest, UpstreamProtocol
+from policy_service.state import GatewayState
 from policy_service.telemetry.record import CheckRecord, DryRunRecord
 
 

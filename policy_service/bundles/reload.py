@@ -31,8 +31,8 @@ from policy_service.bundles.signing import BundleVerificationKey, load_signed_bu
 from policy_service.bundles.sources import BundleSource
 from policy_service.errors import BundleError, PolicyServiceError
 from policy_service.identity.jwt import JwtVerifier
-from policy_service.pipeline import GatewayState, ServingBundles
 from policy_service.policy.model import CompiledBundle
+from policy_service.state import GatewayState, ServingBundles
 
 __all__ = ["RETIRE_AFTER_SECONDS", "BundleLoad", "BundleReloader", "ReloadOutcome", "bundle_loader"]
 

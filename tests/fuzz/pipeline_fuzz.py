@@ -30,7 +30,8 @@ from envoy.service.auth.v3 import external_auth_pb2
 from policy_service.decisions.model import Allow, Deny, Serve
 from policy_service.edge.envoy_in import to_http_request
 from policy_service.edge.envoy_out import to_check_response
-from policy_service.pipeline import Gateway, GatewayState
+from policy_service.pipeline import Gateway
+from policy_service.state import GatewayState
 from tests.support.bundles import CI_BOT_KEY, TestBundle, write_test_bundle
 from tests.support.checks import check_request
 

@@ -21,8 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from policy_service.app import build_servicer
 from policy_service.gen.policy_service.audit.v1 import audit_pb2
-from policy_service.pipeline import Gateway, GatewayState
+from policy_service.pipeline import Gateway
 from policy_service.server import PolicyServer, ServerSettings
+from policy_service.state import GatewayState
 from policy_service.telemetry.audit import AuditFailureMode, Auditor, FileSink
 from policy_service.telemetry.metrics import CheckMetrics
 from policy_service.telemetry.trail import Trail

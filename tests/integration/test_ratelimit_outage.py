@@ -23,7 +23,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 
 from policy_service.app import build_servicer
 from policy_service.dev.redis_server import RedisServer
-from policy_service.pipeline import Gateway, GatewayState
+from policy_service.pipeline import Gateway
 from policy_service.policy.limits import BucketClaim, CompiledLimit, StoreFailureMode
 from policy_service.policy.rates import Rate
 from policy_service.policy.targets import CallTargets
@@ -31,6 +31,7 @@ from policy_service.ratelimits.breaker import BreakerState, CircuitBreaker
 from policy_service.ratelimits.limiter import RateLimiter, Verdict
 from policy_service.ratelimits.redis_store import RedisSettings, RedisStore
 from policy_service.server import PolicyServer, ServerSettings
+from policy_service.state import GatewayState
 from policy_service.telemetry.trail import Trail
 from tests.support.bundles import write_test_bundle
 from tests.support.checks import check_request, header_dict

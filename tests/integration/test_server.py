@@ -20,9 +20,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from policy_service.app import build_servicer
 from policy_service.decisions.model import Decision
 from policy_service.gateway.certs import generate_self_signed
-from policy_service.pipeline import Gateway, GatewayState
+from policy_service.pipeline import Gateway
 from policy_service.request.model import HttpRequest
 from policy_service.server import PolicyServer, ServerSettings, TlsSettings
+from policy_service.state import GatewayState
 from policy_service.telemetry.record import CheckRecord
 from policy_service.telemetry.trail import Trail
 from tests.support.bundles import TestBundle, write_test_bundle

@@ -28,9 +28,10 @@ from policy_service.errors import BundleError, BundleProblem
 from policy_service.identity.jwks import UrlKeySource
 from policy_service.identity.jwt import JwtVerifier
 from policy_service.identity.principal import Principal
-from policy_service.pipeline import Gateway, GatewayState
+from policy_service.pipeline import Gateway
 from policy_service.policy.model import CompiledBundle
 from policy_service.request.model import HttpRequest
+from policy_service.state import GatewayState
 from policy_service.telemetry.metrics import CheckMetrics
 from policy_service.testing import FakeClock, FakeJwksFetcher
 from tests.support.bundles import FININFO_RESOURCE, TestBundle, write_test_bundle

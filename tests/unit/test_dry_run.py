@@ -11,10 +11,11 @@ from policy_service.authoring.runner import http_request_for, principal_for
 from policy_service.bundles.loader import load_bundle
 from policy_service.decisions.model import Allow, Deny
 from policy_service.gen.policy_service.audit.v1 import audit_pb2
-from policy_service.pipeline import Gateway, GatewayState, GivenPrincipal
+from policy_service.pipeline import Gateway, GivenPrincipal
 from policy_service.policy.model import CompiledBundle
 from policy_service.ratelimits.limiter import RateLimiter
 from policy_service.ratelimits.store import InProcessStore
+from policy_service.state import GatewayState
 from policy_service.telemetry.audit import audit_event
 from policy_service.telemetry.metrics import CheckMetrics
 from policy_service.telemetry.record import CheckRecord, DryRunRecord

@@ -28,8 +28,9 @@ from policy_service.decisions.render import render_deny
 from policy_service.identity.config import IssuerConfig
 from policy_service.identity.jwt import JwtVerifier
 from policy_service.identity.principal import IdentityFailure, Principal
-from policy_service.pipeline import Gateway, GatewayState
+from policy_service.pipeline import Gateway
 from policy_service.request.model import HttpRequest
+from policy_service.state import GatewayState
 from policy_service.testing import FakeClock
 from tests.support.bundles import TestBundle, write_test_bundle
 

@@ -10,8 +10,9 @@ import pytest
 
 from policy_service.decisions.model import Allow, Deny, DenyKind, Serve
 from policy_service.decisions.render import render_deny, render_serve
-from policy_service.pipeline import Gateway, GatewayState
+from policy_service.pipeline import Gateway
 from policy_service.request.model import HttpRequest
+from policy_service.state import GatewayState
 from tests.support.bundles import (
     CI_BOT_KEY,
     FININFO_RESOURCE,

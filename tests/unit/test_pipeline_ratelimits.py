@@ -17,13 +17,14 @@ import pytest
 from policy_service.decisions.model import Allow, Decision, Deny, DenyKind
 from policy_service.decisions.render import render_deny
 from policy_service.edge.envoy_out import to_check_response
-from policy_service.pipeline import Gateway, GatewayState
+from policy_service.pipeline import Gateway
 from policy_service.policy.limits import TakeResult
 from policy_service.ratelimits.breaker import CircuitBreaker
 from policy_service.ratelimits.bucket import BucketSpec
 from policy_service.ratelimits.limiter import RateLimiter
 from policy_service.ratelimits.store import BucketStore, InProcessStore, StoreUnavailableError
 from policy_service.request.model import HttpRequest
+from policy_service.state import GatewayState
 from policy_service.testing import FakeClock
 from tests.support.bundles import HELPER_RESOURCE, TestBundle, write_test_bundle
 from tests.support.checks import header_dict

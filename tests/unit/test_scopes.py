@@ -25,8 +25,9 @@ from policy_service.bundles.files import BundleFiles
 from policy_service.bundles.loader import load_bundle_files
 from policy_service.errors import BundleError
 from policy_service.identity.config import IssuerConfig
-from policy_service.identity.jwt import JwtVerifier, is_scope_token, parse_scopes
+from policy_service.identity.jwt import JwtVerifier
 from policy_service.identity.principal import IdentityFailure, Principal
+from policy_service.identity.scopes import is_scope_token, parse_scopes
 from policy_service.testing import FakeClock
 
 ISS = "https://idp.example.com"
