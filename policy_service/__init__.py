@@ -1,6 +1,6 @@
 """Envoy ext_authz policy service for MCP and A2A traffic.
 
-One check, in real names (``pipeline.Gateway.check`` runs the phases in between):
+One check, in real names (``pipeline.CheckPipeline.check`` runs the phases in between):
 
     CheckRequest --edge.envoy_in.to_http_request--> HttpRequest
         --request.mcp.parse_mcp / request.a2a.parse_a2a--> McpRequest | A2aRequest

@@ -23,12 +23,12 @@ from opentelemetry import trace
 from policy_service.bundles.reload import BundleLoad, BundleReloader
 from policy_service.bundles.sources import BundleSource
 from policy_service.otel.provider import setup_tracing
-from policy_service.pipeline import Gateway
+from policy_service.pipeline import CheckPipeline
 from policy_service.policy.model import CompiledBundle
 from policy_service.ratelimits.limiter import build_limiter
 from policy_service.ratelimits.redis_store import RedisSettings
 from policy_service.server import AuthorizationService, PolicyServer, ServerSettings
-from policy_service.state import GatewayState
+from policy_service.state import BundleState
 from policy_service.telemetry.audit import AuditFailureMode, Auditor, AuditSink
 from policy_service.telemetry.metrics import CheckMetrics
 from policy_service.telemetry.trail import Trail
@@ -75,14 +75,14 @@ def build_trail(
 
 def build_gateway(
     bundle: CompiledBundle, trail: Trail, redis: RedisSettings | None = None
-) -> Gateway:
+) -> CheckPipeline:
     """The check pipeline for ``bundle``; its limiter outlives bundles (buckets keep
     counting across reloads)."""
     limiter = build_limiter(redis, trail.tracer)
-    return Gateway(GatewayState.from_bundle(bundle), limiter, trail.tracer)
+    return CheckPipeline(BundleState.from_bundle(bundle), limiter, trail.tracer)
 
 
-def build_servicer(gateway: Gateway, trail: Trail) -> AuthorizationService:
+def build_servicer(gateway: CheckPipeline, trail: Trail) -> AuthorizationService:
     """The Check servicer; with metrics on, /metrics also reads the gateway's own counters
     (bundle, JWKS, Redis, audit) at scrape time."""
     if trail.metrics is not None:
@@ -108,13 +108,15 @@ def build_server(
         reloaders.append(_reloader(gateway, watch))
     if dry_run is not None:
         candidate, candidate_watch = dry_run
-        gateway.bundles.swap_dry_run(GatewayState.from_bundle(candidate))
+        gateway.bundles.swap_dry_run(BundleState.from_bundle(candidate))
         if candidate_watch is not None:
             reloaders.append(_reloader(gateway, candidate_watch, dry_run=True))
     return PolicyServer(build_servicer(gateway, trail), settings.server, reloaders)
 
 
-def _reloader(gateway: Gateway, watch: BundleWatch, *, dry_run: bool = False) -> BundleReloader:
+def _reloader(
+    gateway: CheckPipeline, watch: BundleWatch, *, dry_run: bool = False
+) -> BundleReloader:
     return BundleReloader(
         gateway.bundles,
         watch.source,

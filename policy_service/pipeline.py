@@ -5,7 +5,7 @@
 
 Each phase either hands a value to the next or returns a ``Deny``; nothing raises past
 ``check`` except a programming error, which the server turns into a fail-closed 503.
-All per-bundle state lives in one ``GatewayState`` read once per check, so a reload is a
+All per-bundle state lives in one ``BundleState`` read once per check, so a reload is a
 single reference swap and a check always sees one consistent bundle.
 """
 
@@ -55,7 +55,7 @@ from policy_service.request.model import (
     UpstreamProtocol,
     request_id_of,
 )
-from policy_service.state import GatewayState, ServingBundles
+from policy_service.state import BundleState, ServingBundles
 from policy_service.telemetry.record import CheckRecord, DryRunRecord
 from policy_service.telemetry.tracing import (
     set_identity_attributes,
@@ -81,7 +81,7 @@ class Identity(Protocol):
 
     async def identify(
         self,
-        state: GatewayState,
+        state: BundleState,
         upstream: UpstreamPolicy,
         request: HttpRequest,
         context: DenialContext,
@@ -94,7 +94,7 @@ class RequestCredentials:
 
     async def identify(
         self,
-        state: GatewayState,
+        state: BundleState,
         upstream: UpstreamPolicy,
         request: HttpRequest,
         context: DenialContext,
@@ -129,7 +129,7 @@ class GivenPrincipal:
 
     async def identify(
         self,
-        state: GatewayState,
+        state: BundleState,
         upstream: UpstreamPolicy,
         request: HttpRequest,
         context: DenialContext,
@@ -140,12 +140,12 @@ class GivenPrincipal:
 REQUEST_CREDENTIALS = RequestCredentials()
 
 
-class Gateway:
+class CheckPipeline:
     """Runs checks: one pipeline of phases over whatever bundle ``bundles`` serves."""
 
     def __init__(
         self,
-        state: GatewayState | ServingBundles,
+        state: BundleState | ServingBundles,
         limiter: RateLimiter | None = None,
         tracer: trace.Tracer | None = None,
         identity: Identity = REQUEST_CREDENTIALS,
@@ -157,7 +157,7 @@ class Gateway:
         self.tracer = tracer or trace.get_tracer("policy_service")
 
     @property
-    def state(self) -> GatewayState:
+    def state(self) -> BundleState:
         return self.bundles.current
 
     async def check(self, request: HttpRequest, record: CheckRecord | None = None) -> Decision:
@@ -179,7 +179,7 @@ class Gateway:
 
     async def _decide(
         self,
-        state: GatewayState,
+        state: BundleState,
         request: HttpRequest,
         record: CheckRecord,
         tracer: trace.Tracer,
@@ -336,7 +336,7 @@ def _rule_dry_runs(
     )
 
 
-def _bundle_dry_run(state: GatewayState, would: Decision, enforced: Decision) -> DryRunRecord:
+def _bundle_dry_run(state: BundleState, would: Decision, enforced: Decision) -> DryRunRecord:
     decision = "deny" if isinstance(would, Deny) else "allow"
     agrees = type(would) is type(enforced) and would.reason == enforced.reason
     missing = would.missing_scopes if isinstance(would, Deny) else ()

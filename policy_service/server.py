@@ -26,7 +26,7 @@ from policy_service.decisions.model import Decision, Deny, DenyKind
 from policy_service.edge.envoy_in import to_http_request
 from policy_service.edge.envoy_out import to_check_response
 from policy_service.otel.spans import mark_internal_error, parent_context
-from policy_service.pipeline import Gateway
+from policy_service.pipeline import CheckPipeline
 from policy_service.ratelimits.redis_store import RedisStore
 from policy_service.request.model import HttpRequest, UpstreamProtocol, request_id_of
 from policy_service.telemetry.audit import AuditFailureMode
@@ -45,7 +45,7 @@ _INTERNAL = to_check_response(_INTERNAL_DENY)
 
 # xds-protos ships no type stubs, so the generated servicer base is Any to mypy.
 class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
-    def __init__(self, gateway: Gateway, trail: Trail) -> None:
+    def __init__(self, gateway: CheckPipeline, trail: Trail) -> None:
         self.gateway = gateway
         self.trail = trail
 
@@ -197,7 +197,7 @@ class PolicyServer:
         await self._server.wait_for_termination()
 
 
-async def _report_store(gateway: Gateway) -> None:
+async def _report_store(gateway: CheckPipeline) -> None:
     """Say where buckets live. An unreachable Redis is not fatal: each limit fails open or
     closed as its bundle says until Redis answers, and the breaker notices when it does."""
     store = gateway.limiter.store
@@ -210,7 +210,7 @@ async def _report_store(gateway: Gateway) -> None:
         log.info("rate limits: buckets in process (not shared with other replicas)")
 
 
-def _report_limiter_stats(gateway: Gateway) -> None:
+def _report_limiter_stats(gateway: CheckPipeline) -> None:
     stats = gateway.limiter.stats
     if not stats.checks:
         return

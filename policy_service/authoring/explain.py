@@ -1,6 +1,6 @@
 """``policy-service explain``: why one request gets the answer it gets.
 
-The decision comes from the same ``Gateway.check`` the service runs; the rule walk beside it
+The decision comes from the same ``CheckPipeline.check`` the service runs; the rule walk beside it
 is the same ``authorize`` with its steps recorded. Limits are shown with their buckets'
 state: fresh buckets by default, or the live ones in Redis, read with a take of zero tokens
 so explaining a request never spends anybody's budget.
@@ -16,14 +16,14 @@ from policy_service.authoring.runner import Outcome, http_request_for, outcome_o
 from policy_service.authoring.runner import principal_for as case_principal
 from policy_service.authorization.policy import RuleStep, authorize
 from policy_service.identity.principal import Principal
-from policy_service.pipeline import Gateway, GivenPrincipal
+from policy_service.pipeline import CheckPipeline, GivenPrincipal
 from policy_service.policy.conditions import ConditionFailure
 from policy_service.policy.model import CompiledBundle, CompiledRule, Effect
 from policy_service.ratelimits.keys import claims_for
 from policy_service.ratelimits.limiter import LimitState, RateLimiter, Verdict
 from policy_service.ratelimits.store import InProcessStore
 from policy_service.request.model import CallTarget, call_targets
-from policy_service.state import GatewayState
+from policy_service.state import BundleState
 from policy_service.telemetry.record import CheckRecord
 
 
@@ -53,7 +53,7 @@ async def explain(
     *,
     live_limiter: RateLimiter | None = None,
 ) -> Explanation:
-    state = GatewayState.from_bundle(bundle)
+    state = BundleState.from_bundle(bundle)
     if caller is not None and caller.token is not None:
         await state.jwt.start()
     try:
@@ -62,7 +62,9 @@ async def explain(
         given = case_principal(bundle, caller) if caller is not None else None
         record = CheckRecord.new()
         # Fresh in-process buckets for the decision: the live ones are only ever read.
-        gateway = Gateway(state, identity=GivenPrincipal(given)) if given else Gateway(state)
+        gateway = (
+            CheckPipeline(state, identity=GivenPrincipal(given)) if given else CheckPipeline(state)
+        )
         decision = await gateway.check(request, record)
         outcome = outcome_of(decision, record)
         principal = record.principal

@@ -1,5 +1,5 @@
 """Running policy tests: each case as the request Envoy would send, decided by the same
-``Gateway.check`` the service runs, and compared with what the case expects.
+``CheckPipeline.check`` the service runs, and compared with what the case expects.
 
 Every case gets fresh in-process rate-limit buckets; ``repeat: N`` sends the call N times and
 checks the last answer, for limits. ``explain`` builds its request and reads its outcome the
@@ -17,10 +17,10 @@ from policy_service.authoring.cases import Call, Caller, Case, Expectation
 from policy_service.decisions.model import Allow, Decision, Deny, Serve
 from policy_service.decisions.render import http_status_of
 from policy_service.identity.principal import CredentialKind, Principal
-from policy_service.pipeline import Gateway, GivenPrincipal
+from policy_service.pipeline import CheckPipeline, GivenPrincipal
 from policy_service.policy.model import CompiledBundle, UpstreamPolicy
 from policy_service.request.model import HttpRequest, UpstreamProtocol
-from policy_service.state import GatewayState
+from policy_service.state import BundleState
 from policy_service.telemetry.record import CheckRecord, DryRunRecord
 
 
@@ -141,16 +141,16 @@ def outcome_of(decision: Decision, record: CheckRecord) -> Outcome:
     )
 
 
-def gateway_for(bundle: CompiledBundle, state: GatewayState, caller: Caller | None) -> Gateway:
+def gateway_for(bundle: CompiledBundle, state: BundleState, caller: Caller | None) -> CheckPipeline:
     """A pipeline with fresh buckets (cases do not spend each other's budget), identifying
     the case's caller as given, or by its real token, or as nobody."""
     principal = principal_for(bundle, caller) if caller is not None else None
     if principal is None:
-        return Gateway(state)
-    return Gateway(state, identity=GivenPrincipal(principal))
+        return CheckPipeline(state)
+    return CheckPipeline(state, identity=GivenPrincipal(principal))
 
 
-async def decide_case(bundle: CompiledBundle, case: Case, gateway: Gateway) -> Outcome:
+async def decide_case(bundle: CompiledBundle, case: Case, gateway: CheckPipeline) -> Outcome:
     upstream = bundle.by_name[case.call.upstream]
     request = http_request_for(upstream, case.call, case.caller)
     outcome: Outcome | None = None
@@ -206,7 +206,7 @@ def _show_dry_run(record: DryRunRecord) -> str:
 
 
 async def run_cases(bundle: CompiledBundle, cases: Sequence[Case]) -> list[CaseResult]:
-    state = GatewayState.from_bundle(bundle)
+    state = BundleState.from_bundle(bundle)
     if any(case.caller is not None and case.caller.token is not None for case in cases):
         await state.jwt.start()  # real tokens need the issuers' keys
     results: list[CaseResult] = []

@@ -32,7 +32,7 @@ from policy_service.bundles.sources import BundleSource
 from policy_service.errors import BundleError, PolicyServiceError
 from policy_service.identity.jwt import JwtVerifier
 from policy_service.policy.model import CompiledBundle
-from policy_service.state import GatewayState, ServingBundles
+from policy_service.state import BundleState, ServingBundles
 
 __all__ = ["RETIRE_AFTER_SECONDS", "BundleLoad", "BundleReloader", "ReloadOutcome", "bundle_loader"]
 
@@ -169,21 +169,21 @@ class BundleReloader:
         )
         return ReloadOutcome.LOADED
 
-    def _serving(self) -> GatewayState:
+    def _serving(self) -> BundleState:
         if self._dry_run:
             state = self._bundles.dry_run
             assert state is not None, "a dry-run reloader starts after its first bundle"
             return state
         return self._bundles.current
 
-    async def _build(self, files: BundleFiles, serving_jwt: JwtVerifier) -> GatewayState:
+    async def _build(self, files: BundleFiles, serving_jwt: JwtVerifier) -> BundleState:
         # Compiling is pure Python, milliseconds for a large bundle: a worker thread keeps
         # it from holding up checks in the meantime.
         bundle = await asyncio.to_thread(self._load, files)
         jwt = serving_jwt.successor(bundle.issuers)
         try:
             await jwt.start()  # a bad key file refuses the bundle here, before the swap
-            return GatewayState.from_bundle(bundle, jwt)
+            return BundleState.from_bundle(bundle, jwt)
         except BaseException:
             await jwt.aclose()  # hands back the URL sources it took over; closes its own
             raise

@@ -30,8 +30,8 @@ from envoy.service.auth.v3 import external_auth_pb2
 from policy_service.decisions.model import Allow, Deny, Serve
 from policy_service.edge.envoy_in import to_http_request
 from policy_service.edge.envoy_out import to_check_response
-from policy_service.pipeline import Gateway
-from policy_service.state import GatewayState
+from policy_service.pipeline import CheckPipeline
+from policy_service.state import BundleState
 from tests.support.bundles import CI_BOT_KEY, TestBundle, write_test_bundle
 from tests.support.checks import check_request
 
@@ -221,9 +221,9 @@ class Fuzzer:
 async def run(count: int, seed: int, workdir: Path) -> Counter[str]:
     """Decide ``count`` generated checks; the tally of outcomes, raising on any escape."""
     bundle = write_test_bundle(workdir, limits=LIMITS)
-    state = GatewayState.from_bundle(bundle.bundle)
+    state = BundleState.from_bundle(bundle.bundle)
     await state.jwt.start()
-    gateway = Gateway(state)
+    gateway = CheckPipeline(state)
     fuzzer = Fuzzer(bundle, random.Random(seed))
     outcomes: Counter[str] = Counter()
     for index in range(count):

@@ -21,9 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from policy_service.app import build_servicer
 from policy_service.gen.policy_service.audit.v1 import audit_pb2
-from policy_service.pipeline import Gateway
+from policy_service.pipeline import CheckPipeline
 from policy_service.server import PolicyServer, ServerSettings
-from policy_service.state import GatewayState
+from policy_service.state import BundleState
 from policy_service.telemetry.audit import AuditFailureMode, Auditor, FileSink
 from policy_service.telemetry.metrics import CheckMetrics
 from policy_service.telemetry.trail import Trail
@@ -115,7 +115,7 @@ async def test_concurrent_checks_each_leave_exactly_one_event(tmp_path: Path) ->
         auditor=Auditor(FileSink.open(audit_log), AuditFailureMode.CLOSED),
         metrics=CheckMetrics(),
     )
-    gateway = Gateway(GatewayState.from_bundle(bundle.bundle))
+    gateway = CheckPipeline(BundleState.from_bundle(bundle.bundle))
     server = PolicyServer(
         build_servicer(gateway, trail),
         ServerSettings(listen=("127.0.0.1:0",), metrics_listen=("127.0.0.1", 0)),

@@ -23,7 +23,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 
 from policy_service.app import build_servicer
 from policy_service.dev.redis_server import RedisServer
-from policy_service.pipeline import Gateway
+from policy_service.pipeline import CheckPipeline
 from policy_service.policy.limits import BucketClaim, CompiledLimit, StoreFailureMode
 from policy_service.policy.rates import Rate
 from policy_service.policy.targets import CallTargets
@@ -31,7 +31,7 @@ from policy_service.ratelimits.breaker import BreakerState, CircuitBreaker
 from policy_service.ratelimits.limiter import RateLimiter, Verdict
 from policy_service.ratelimits.redis_store import RedisSettings, RedisStore
 from policy_service.server import PolicyServer, ServerSettings
-from policy_service.state import GatewayState
+from policy_service.state import BundleState
 from policy_service.telemetry.trail import Trail
 from tests.support.bundles import write_test_bundle
 from tests.support.checks import check_request, header_dict
@@ -249,7 +249,7 @@ async def test_through_the_grpc_server_closed_limits_refuse_and_open_ones_allow_
     bundle = write_test_bundle(tmp_path, limits=LIMITS)
     breaker = CircuitBreaker(open_seconds=OPEN_SECONDS, max_open_seconds=MAX_OPEN_SECONDS)
     store = RedisStore(RedisSettings(clean_redis.url, timeout_seconds=0.1))
-    gateway = Gateway(GatewayState.from_bundle(bundle.bundle), RateLimiter(store, breaker))
+    gateway = CheckPipeline(BundleState.from_bundle(bundle.bundle), RateLimiter(store, breaker))
     server = PolicyServer(
         build_servicer(gateway, Trail()), ServerSettings(listen=("127.0.0.1:0",), grace_seconds=2)
     )

@@ -20,10 +20,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from policy_service.app import build_servicer
 from policy_service.decisions.model import Decision
 from policy_service.gateway.certs import generate_self_signed
-from policy_service.pipeline import Gateway
+from policy_service.pipeline import CheckPipeline
 from policy_service.request.model import HttpRequest
 from policy_service.server import PolicyServer, ServerSettings, TlsSettings
-from policy_service.state import GatewayState
+from policy_service.state import BundleState
 from policy_service.telemetry.record import CheckRecord
 from policy_service.telemetry.trail import Trail
 from tests.support.bundles import TestBundle, write_test_bundle
@@ -40,7 +40,7 @@ def test_bundle(tmp_path: Path) -> TestBundle:
 @pytest.fixture
 async def server(test_bundle: TestBundle) -> AsyncIterator[PolicyServer]:
     server = PolicyServer(
-        build_servicer(Gateway(GatewayState.from_bundle(test_bundle.bundle)), Trail()),
+        build_servicer(CheckPipeline(BundleState.from_bundle(test_bundle.bundle)), Trail()),
         ServerSettings(listen=("127.0.0.1:0",), grace_seconds=5),
     )
     await server.start()
@@ -144,10 +144,10 @@ async def test_health_and_reflection(server: PolicyServer) -> None:
             assert "grpc.health.v1.Health" in names
 
 
-class SlowGateway(Gateway):
+class SlowGateway(CheckPipeline):
     """A gateway whose checks wait for a release, to hold a check in flight."""
 
-    def __init__(self, state: GatewayState) -> None:
+    def __init__(self, state: BundleState) -> None:
         super().__init__(state)
         self.entered = asyncio.Event()
         self.release = asyncio.Event()
@@ -159,7 +159,7 @@ class SlowGateway(Gateway):
 
 
 async def test_graceful_stop_finishes_in_flight_checks(test_bundle: TestBundle) -> None:
-    gateway = SlowGateway(GatewayState.from_bundle(test_bundle.bundle))
+    gateway = SlowGateway(BundleState.from_bundle(test_bundle.bundle))
     server = PolicyServer(
         build_servicer(gateway, Trail()), ServerSettings(listen=("127.0.0.1:0",), grace_seconds=10)
     )
@@ -183,7 +183,7 @@ async def test_graceful_stop_finishes_in_flight_checks(test_bundle: TestBundle) 
 async def test_tls_listener(tmp_path: Path, test_bundle: TestBundle) -> None:
     cert, key = generate_self_signed(tmp_path / "certs")
     server = PolicyServer(
-        build_servicer(Gateway(GatewayState.from_bundle(test_bundle.bundle)), Trail()),
+        build_servicer(CheckPipeline(BundleState.from_bundle(test_bundle.bundle)), Trail()),
         ServerSettings(listen=("127.0.0.1:0",), tls=TlsSettings(cert, key)),
     )
     await server.start()
@@ -246,7 +246,7 @@ async def test_mtls_listener_requires_a_client_certificate(
     server_cert, server_key = generate_self_signed(tmp_path / "server")
     client_cert, client_key = generate_self_signed(tmp_path / "client")
     server = PolicyServer(
-        build_servicer(Gateway(GatewayState.from_bundle(test_bundle.bundle)), Trail()),
+        build_servicer(CheckPipeline(BundleState.from_bundle(test_bundle.bundle)), Trail()),
         ServerSettings(
             listen=("127.0.0.1:0",), tls=TlsSettings(server_cert, server_key, client_cert)
         ),

@@ -28,10 +28,10 @@ from policy_service.errors import BundleError, BundleProblem
 from policy_service.identity.jwks import UrlKeySource
 from policy_service.identity.jwt import JwtVerifier
 from policy_service.identity.principal import Principal
-from policy_service.pipeline import Gateway
+from policy_service.pipeline import CheckPipeline
 from policy_service.policy.model import CompiledBundle
 from policy_service.request.model import HttpRequest
-from policy_service.state import GatewayState
+from policy_service.state import BundleState
 from policy_service.telemetry.metrics import CheckMetrics
 from policy_service.testing import FakeClock, FakeJwksFetcher
 from tests.support.bundles import FININFO_RESOURCE, TestBundle, write_test_bundle
@@ -99,7 +99,7 @@ def get_quote(token: str) -> HttpRequest:
 @dataclasses.dataclass
 class Rig:
     bundle: TestBundle
-    gateway: Gateway
+    gateway: CheckPipeline
     source: ScriptedSource
     reloader: BundleReloader
     directory: Path
@@ -116,9 +116,9 @@ class Rig:
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     bundle = write_test_bundle(tmp_path)
-    state = GatewayState.from_bundle(bundle.bundle)
+    state = BundleState.from_bundle(bundle.bundle)
     await state.jwt.start()
-    gateway = Gateway(state)
+    gateway = CheckPipeline(state)
     source = ScriptedSource()
     reloader = BundleReloader(gateway.bundles, source, load=bundle_loader(None))
     yield Rig(bundle, gateway, source, reloader, tmp_path)
@@ -134,7 +134,7 @@ def refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
     ]
 
 
-def loads_total(gateway: Gateway, result: str) -> float:
+def loads_total(gateway: CheckPipeline, result: str) -> float:
     metrics = CheckMetrics()
     metrics.watch(gateway.bundles, gateway.limiter)
     text = generate_latest(metrics.registry).decode()
@@ -378,7 +378,7 @@ async def url_rig(tmp_path: Path, fetcher: FakeJwksFetcher, clock: FakeClock) ->
     compiled = load_bundle_files(snapshot(tmp_path, with_jwks_url(bundle.path.read_text())))
     jwt = JwtVerifier(compiled.issuers, fetcher=fetcher, clock=clock)
     await jwt.start()
-    gateway = Gateway(GatewayState.from_bundle(compiled, jwt))
+    gateway = CheckPipeline(BundleState.from_bundle(compiled, jwt))
     source = ScriptedSource()
     reloader = BundleReloader(gateway.bundles, source)
     yield Rig(bundle, gateway, source, reloader, tmp_path)

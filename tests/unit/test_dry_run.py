@@ -11,11 +11,11 @@ from policy_service.authoring.runner import http_request_for, principal_for
 from policy_service.bundles.loader import load_bundle
 from policy_service.decisions.model import Allow, Deny
 from policy_service.gen.policy_service.audit.v1 import audit_pb2
-from policy_service.pipeline import Gateway, GivenPrincipal
+from policy_service.pipeline import CheckPipeline, GivenPrincipal
 from policy_service.policy.model import CompiledBundle
 from policy_service.ratelimits.limiter import RateLimiter
 from policy_service.ratelimits.store import InProcessStore
-from policy_service.state import GatewayState
+from policy_service.state import BundleState
 from policy_service.telemetry.audit import audit_event
 from policy_service.telemetry.metrics import CheckMetrics
 from policy_service.telemetry.record import CheckRecord, DryRunRecord
@@ -33,12 +33,14 @@ def _trade(quantity: int = 5) -> Call:
 
 
 async def _check(
-    gateway: Gateway, bundle: CompiledBundle, caller: Caller, call: Call
+    gateway: CheckPipeline, bundle: CompiledBundle, caller: Caller, call: Call
 ) -> tuple[Allow | Deny, CheckRecord]:
     record = CheckRecord.new()
     request = http_request_for(bundle.by_name[call.upstream], call, caller)
     # The same bundles (and dry-run bundle), with the case's caller standing in for a token.
-    as_caller = Gateway(gateway.bundles, identity=GivenPrincipal(principal_for(bundle, caller)))
+    as_caller = CheckPipeline(
+        gateway.bundles, identity=GivenPrincipal(principal_for(bundle, caller))
+    )
     decision = await as_caller.check(request, record)
     assert isinstance(decision, Allow | Deny)
     return decision, record
@@ -50,7 +52,7 @@ def _night(caller: Caller) -> Caller:
 
 async def test_a_dry_run_rule_records_what_it_would_do_and_changes_nothing() -> None:
     bundle = load_bundle(FINANCE)
-    gateway = Gateway(GatewayState.from_bundle(bundle))
+    gateway = CheckPipeline(BundleState.from_bundle(bundle))
     decision, record = await _check(gateway, bundle, _night(TRADER), _trade())
     assert isinstance(decision, Allow)
     assert decision.rules == ("trade",)
@@ -66,7 +68,7 @@ async def test_a_dry_run_rule_records_what_it_would_do_and_changes_nothing() -> 
 
 async def test_a_dry_run_record_says_when_it_agrees() -> None:
     bundle = load_bundle(FINANCE)
-    gateway = Gateway(GatewayState.from_bundle(bundle))
+    gateway = CheckPipeline(BundleState.from_bundle(bundle))
     # The analyst is refused anyway (no trade scope); the dry-run rule would deny too, but
     # for its own reason, so the record says they differ in reason.
     decision, record = await _check(gateway, bundle, _night(ANALYST), _trade())
@@ -90,10 +92,10 @@ async def test_a_dry_run_bundle_is_decided_beside_the_enforced_one(tmp_path: Pat
     candidate = load_bundle(candidate_path)
     store = InProcessStore()
     provider, exporter = capture_spans()
-    gateway = Gateway(
-        GatewayState.from_bundle(live), RateLimiter(store), provider.get_tracer("test")
+    gateway = CheckPipeline(
+        BundleState.from_bundle(live), RateLimiter(store), provider.get_tracer("test")
     )
-    gateway.bundles.swap_dry_run(GatewayState.from_bundle(candidate))
+    gateway.bundles.swap_dry_run(BundleState.from_bundle(candidate))
 
     decision, record = await _check(gateway, live, TRADER, _trade())
     assert isinstance(decision, Allow)
@@ -126,8 +128,8 @@ async def test_a_dry_run_bundle_is_decided_beside_the_enforced_one(tmp_path: Pat
 
 async def test_dry_runs_reach_the_audit_event_and_the_metrics() -> None:
     bundle = load_bundle(FINANCE)
-    gateway = Gateway(
-        GatewayState.from_bundle(bundle),
+    gateway = CheckPipeline(
+        BundleState.from_bundle(bundle),
         identity=GivenPrincipal(principal_for(bundle, _night(TRADER))),
     )
     call = _trade()

@@ -28,9 +28,9 @@ from policy_service.decisions.render import render_deny
 from policy_service.identity.config import IssuerConfig
 from policy_service.identity.jwt import JwtVerifier
 from policy_service.identity.principal import IdentityFailure, Principal
-from policy_service.pipeline import Gateway
+from policy_service.pipeline import CheckPipeline
 from policy_service.request.model import HttpRequest
-from policy_service.state import GatewayState
+from policy_service.state import BundleState
 from policy_service.testing import FakeClock
 from tests.support.bundles import TestBundle, write_test_bundle
 
@@ -203,10 +203,10 @@ def test_bundle(tmp_path: Path) -> TestBundle:
 
 
 @pytest.fixture
-async def gateway(test_bundle: TestBundle) -> Gateway:
-    state = GatewayState.from_bundle(test_bundle.bundle)
+async def gateway(test_bundle: TestBundle) -> CheckPipeline:
+    state = BundleState.from_bundle(test_bundle.bundle)
     await state.jwt.start()
-    return Gateway(state)
+    return CheckPipeline(state)
 
 
 def tool_call(token: str) -> HttpRequest:
@@ -229,7 +229,7 @@ def tool_call(token: str) -> HttpRequest:
 
 
 async def test_a_token_issued_a_year_ahead_gets_401_issued_in_future(
-    gateway: Gateway, test_bundle: TestBundle
+    gateway: CheckPipeline, test_bundle: TestBundle
 ) -> None:
     # The gateway runs on the real clock here, as test_bundle.token mints on it.
     ahead = int(time.time()) + YEAR
@@ -248,7 +248,7 @@ async def test_a_token_issued_a_year_ahead_gets_401_issued_in_future(
 
 
 async def test_a_scope_claim_split_by_a_tab_gets_401_not_the_second_scope(
-    gateway: Gateway, test_bundle: TestBundle
+    gateway: CheckPipeline, test_bundle: TestBundle
 ) -> None:
     # place_trade needs fininfo:trade; a TAB-separated claim must not grant it.
     token = test_bundle.token("fininfo:read\tfininfo:trade")

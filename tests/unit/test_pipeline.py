@@ -10,9 +10,9 @@ import pytest
 
 from policy_service.decisions.model import Allow, Deny, DenyKind, Serve
 from policy_service.decisions.render import render_deny, render_serve
-from policy_service.pipeline import Gateway
+from policy_service.pipeline import CheckPipeline
 from policy_service.request.model import HttpRequest
-from policy_service.state import GatewayState
+from policy_service.state import BundleState
 from tests.support.bundles import (
     CI_BOT_KEY,
     FININFO_RESOURCE,
@@ -28,10 +28,10 @@ def test_bundle(tmp_path: Path) -> TestBundle:
 
 
 @pytest.fixture
-async def gateway(test_bundle: TestBundle) -> Gateway:
-    state = GatewayState.from_bundle(test_bundle.bundle)
+async def gateway(test_bundle: TestBundle) -> CheckPipeline:
+    state = BundleState.from_bundle(test_bundle.bundle)
     await state.jwt.start()
-    return Gateway(state)
+    return CheckPipeline(state)
 
 
 def mcp_post(
@@ -60,7 +60,9 @@ def tool_call(name: str, request_id: int = 7) -> dict[str, Any]:
     }
 
 
-async def test_protected_resource_metadata_is_served_without_a_token(gateway: Gateway) -> None:
+async def test_protected_resource_metadata_is_served_without_a_token(
+    gateway: CheckPipeline,
+) -> None:
     decision = await gateway.check(
         HttpRequest(method="GET", path="/.well-known/oauth-protected-resource/fininfo/mcp")
     )
@@ -72,13 +74,13 @@ async def test_protected_resource_metadata_is_served_without_a_token(gateway: Ga
     assert document["bearer_methods_supported"] == ["header"]
 
 
-async def test_unknown_path_is_404(gateway: Gateway) -> None:
+async def test_unknown_path_is_404(gateway: CheckPipeline) -> None:
     decision = await gateway.check(HttpRequest(method="GET", path="/nowhere"))
     assert isinstance(decision, Deny)
     assert render_deny(decision).status == 404
 
 
-async def test_missing_token_gets_401_with_resource_metadata(gateway: Gateway) -> None:
+async def test_missing_token_gets_401_with_resource_metadata(gateway: CheckPipeline) -> None:
     decision = await gateway.check(mcp_post(tool_call("get_quote")))
     assert isinstance(decision, Deny)
     assert decision.kind is DenyKind.MISSING_CREDENTIAL
@@ -105,7 +107,7 @@ async def test_missing_token_gets_401_with_resource_metadata(gateway: Gateway) -
     ids=["expired", "wrong-audience", "garbage"],
 )
 async def test_bad_tokens_get_401_invalid_token(
-    gateway: Gateway, test_bundle: TestBundle, make_token: Any, reason: str
+    gateway: CheckPipeline, test_bundle: TestBundle, make_token: Any, reason: str
 ) -> None:
     token = make_token(test_bundle)
     decision = await gateway.check(mcp_post(tool_call("get_quote"), token=token))
@@ -120,7 +122,7 @@ async def test_bad_tokens_get_401_invalid_token(
 
 
 async def test_allowed_tool_call_sets_identity_and_strips_credentials(
-    gateway: Gateway, test_bundle: TestBundle
+    gateway: CheckPipeline, test_bundle: TestBundle
 ) -> None:
     token = test_bundle.token("fininfo:read")
     request = mcp_post(
@@ -142,7 +144,7 @@ async def test_allowed_tool_call_sets_identity_and_strips_credentials(
 
 
 async def test_missing_scope_names_every_needed_scope(
-    gateway: Gateway, test_bundle: TestBundle
+    gateway: CheckPipeline, test_bundle: TestBundle
 ) -> None:
     decision = await gateway.check(
         mcp_post(tool_call("place_trade"), token=test_bundle.token("fininfo:read"))
@@ -166,9 +168,9 @@ async def test_missing_scope_names_every_needed_scope(
 
 async def test_jsonrpc_denial_style_answers_200_with_the_request_id(tmp_path: Path) -> None:
     test_bundle = write_test_bundle(tmp_path, denial_style="jsonrpc")
-    state = GatewayState.from_bundle(test_bundle.bundle)
+    state = BundleState.from_bundle(test_bundle.bundle)
     await state.jwt.start()
-    decision = await Gateway(state).check(
+    decision = await CheckPipeline(state).check(
         mcp_post(tool_call("place_trade", request_id=42), token=test_bundle.token("fininfo:read"))
     )
     assert isinstance(decision, Deny)
@@ -181,7 +183,7 @@ async def test_jsonrpc_denial_style_answers_200_with_the_request_id(tmp_path: Pa
 
 
 async def test_tool_without_rule_is_denied_by_default(
-    gateway: Gateway, test_bundle: TestBundle
+    gateway: CheckPipeline, test_bundle: TestBundle
 ) -> None:
     token = test_bundle.token("fininfo:read", "fininfo:trade")
     decision = await gateway.check(mcp_post(tool_call("drop_tables"), token=token))
@@ -191,14 +193,16 @@ async def test_tool_without_rule_is_denied_by_default(
     assert "www-authenticate" not in dict(render_deny(decision).headers)
 
 
-async def test_deny_rule_wins_before_later_allow(gateway: Gateway, test_bundle: TestBundle) -> None:
+async def test_deny_rule_wins_before_later_allow(
+    gateway: CheckPipeline, test_bundle: TestBundle
+) -> None:
     token = test_bundle.token("fininfo:read", "fininfo:trade")
     decision = await gateway.check(mcp_post(tool_call("halt_trading"), token=token))
     assert isinstance(decision, Deny)
     assert (decision.reason, decision.rule) == ("denied_by_rule", "trading-off-hours")
 
 
-async def test_client_deny_list(gateway: Gateway, test_bundle: TestBundle) -> None:
+async def test_client_deny_list(gateway: CheckPipeline, test_bundle: TestBundle) -> None:
     token = test_bundle.token("fininfo:read", client_id="blocked-client")
     decision = await gateway.check(mcp_post(tool_call("get_quote"), token=token))
     assert isinstance(decision, Deny)
@@ -206,7 +210,7 @@ async def test_client_deny_list(gateway: Gateway, test_bundle: TestBundle) -> No
 
 
 async def test_upstream_required_scopes_apply_to_every_method(
-    gateway: Gateway, test_bundle: TestBundle
+    gateway: CheckPipeline, test_bundle: TestBundle
 ) -> None:
     initialize = {
         "jsonrpc": "2.0",
@@ -220,7 +224,7 @@ async def test_upstream_required_scopes_apply_to_every_method(
     assert decision.required_scopes == ("time:read",)
 
 
-async def test_api_key_is_accepted_and_stripped(gateway: Gateway) -> None:
+async def test_api_key_is_accepted_and_stripped(gateway: CheckPipeline) -> None:
     decision = await gateway.check(
         mcp_post(tool_call("get_quote"), headers={"x-api-key": CI_BOT_KEY})
     )
@@ -229,7 +233,7 @@ async def test_api_key_is_accepted_and_stripped(gateway: Gateway) -> None:
     assert "x-api-key" in decision.headers_to_remove
 
 
-async def test_unknown_api_key_is_401(gateway: Gateway) -> None:
+async def test_unknown_api_key_is_401(gateway: CheckPipeline) -> None:
     decision = await gateway.check(mcp_post(tool_call("get_quote"), headers={"x-api-key": "nope"}))
     assert isinstance(decision, Deny)
     assert decision.reason == "unknown_api_key"
@@ -243,7 +247,7 @@ async def test_unknown_api_key_is_401(gateway: Gateway) -> None:
     ],
 )
 async def test_ambiguous_credentials_are_400(
-    gateway: Gateway, test_bundle: TestBundle, request_kwargs: dict[str, Any], reason: str
+    gateway: CheckPipeline, test_bundle: TestBundle, request_kwargs: dict[str, Any], reason: str
 ) -> None:
     decision = await gateway.check(
         mcp_post(tool_call("get_quote"), token=test_bundle.token("fininfo:read"), **request_kwargs)
@@ -255,7 +259,7 @@ async def test_ambiguous_credentials_are_400(
 
 
 async def test_two_authorization_headers_are_refused(
-    gateway: Gateway, test_bundle: TestBundle
+    gateway: CheckPipeline, test_bundle: TestBundle
 ) -> None:
     token = test_bundle.token("fininfo:read")
     request = mcp_post(tool_call("get_quote"), token=token)
@@ -271,7 +275,7 @@ async def test_two_authorization_headers_are_refused(
     assert decision.reason == "multiple_authorization_headers"
 
 
-async def test_bad_origin_is_403(gateway: Gateway, test_bundle: TestBundle) -> None:
+async def test_bad_origin_is_403(gateway: CheckPipeline, test_bundle: TestBundle) -> None:
     decision = await gateway.check(
         mcp_post(
             tool_call("get_quote"),
@@ -289,7 +293,7 @@ async def test_bad_origin_is_403(gateway: Gateway, test_bundle: TestBundle) -> N
 @pytest.mark.parametrize("method", ["GET", "DELETE", "PUT", "HEAD"])
 @pytest.mark.parametrize("path", ["/fininfo/mcp", "/agents/helper/tasks/t1"])
 async def test_a_body_is_refused_on_methods_that_carry_none(
-    gateway: Gateway, test_bundle: TestBundle, method: str, path: str
+    gateway: CheckPipeline, test_bundle: TestBundle, method: str, path: str
 ) -> None:
     token = test_bundle.token("fininfo:read")
     request = mcp_post(tool_call("place_trade"), token=token, path=path)
@@ -302,7 +306,7 @@ async def test_a_body_is_refused_on_methods_that_carry_none(
 
 
 async def test_a_truncated_body_on_a_get_is_refused_too(
-    gateway: Gateway, test_bundle: TestBundle
+    gateway: CheckPipeline, test_bundle: TestBundle
 ) -> None:
     decision = await gateway.check(
         HttpRequest(method="GET", path="/fininfo/mcp", headers={}, body=b"", body_truncated=True)
@@ -312,7 +316,7 @@ async def test_a_truncated_body_on_a_get_is_refused_too(
 
 
 async def test_a_get_without_a_body_is_not_refused_for_one(
-    gateway: Gateway, test_bundle: TestBundle
+    gateway: CheckPipeline, test_bundle: TestBundle
 ) -> None:
     token = test_bundle.token("fininfo:read")
     decision = await gateway.check(
@@ -327,9 +331,9 @@ async def test_an_origin_that_only_lower_cases_into_an_allowed_one_is_refused(
     # str.lower() turns the Kelvin sign into "k": a non-ASCII Origin must not lower-case
     # its way into the allowed http://kite.test.example.
     kite = write_test_bundle(tmp_path, gateway="http://kite.test.example")
-    state = GatewayState.from_bundle(kite.bundle)
+    state = BundleState.from_bundle(kite.bundle)
     await state.jwt.start()
-    gateway = Gateway(state)
+    gateway = CheckPipeline(state)
     token = kite.token("fininfo:read", audience="http://kite.test.example/fininfo/mcp")
     for origin, allowed in [
         ("http://kite.test.example", True),
@@ -343,7 +347,7 @@ async def test_an_origin_that_only_lower_cases_into_an_allowed_one_is_refused(
 
 
 async def test_same_origin_as_the_resource_is_allowed(
-    gateway: Gateway, test_bundle: TestBundle
+    gateway: CheckPipeline, test_bundle: TestBundle
 ) -> None:
     decision = await gateway.check(
         mcp_post(
@@ -356,7 +360,7 @@ async def test_same_origin_as_the_resource_is_allowed(
 
 
 async def test_batch_is_authorized_element_by_element(
-    gateway: Gateway, test_bundle: TestBundle
+    gateway: CheckPipeline, test_bundle: TestBundle
 ) -> None:
     batch = [tool_call("get_quote", 1), tool_call("place_trade", 2)]
     token = test_bundle.token("fininfo:read")
@@ -369,7 +373,7 @@ async def test_batch_is_authorized_element_by_element(
 
 
 async def test_malformed_body_is_400_and_echoes_the_id(
-    gateway: Gateway, test_bundle: TestBundle
+    gateway: CheckPipeline, test_bundle: TestBundle
 ) -> None:
     body = {"jsonrpc": "2.0", "id": "abc", "method": "tools/call", "params": {"name": 5}}
     decision = await gateway.check(mcp_post(body, token=test_bundle.token("fininfo:read")))
@@ -381,7 +385,7 @@ async def test_malformed_body_is_400_and_echoes_the_id(
     assert json.loads(answer.body)["error"]["code"] == -32602
 
 
-async def test_agent_card_is_public(gateway: Gateway) -> None:
+async def test_agent_card_is_public(gateway: CheckPipeline) -> None:
     decision = await gateway.check(
         HttpRequest(method="GET", path="/agents/helper/.well-known/agent-card.json")
     )
@@ -391,7 +395,7 @@ async def test_agent_card_is_public(gateway: Gateway) -> None:
 
 @pytest.mark.parametrize("method", ["message/send", "SendMessage"])
 async def test_a2a_send_message_needs_its_scope(
-    gateway: Gateway, test_bundle: TestBundle, method: str
+    gateway: CheckPipeline, test_bundle: TestBundle, method: str
 ) -> None:
     body = {"jsonrpc": "2.0", "id": "m1", "method": method, "params": {"message": {"parts": []}}}
     allowed = await gateway.check(

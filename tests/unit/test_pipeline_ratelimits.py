@@ -1,4 +1,4 @@
-"""Rate limits through Gateway.check: headers on allows, 429 and 503 answers, failure modes.
+"""Rate limits through CheckPipeline.check: headers on allows, 429 and 503 answers, failure modes.
 
 Buckets live in an InProcessStore driven by a FakeClock, so refill happens only when a test
 advances it. Tokens are minted and verified on real time; that clock never moves here.
@@ -17,14 +17,14 @@ import pytest
 from policy_service.decisions.model import Allow, Decision, Deny, DenyKind
 from policy_service.decisions.render import render_deny
 from policy_service.edge.envoy_out import to_check_response
-from policy_service.pipeline import Gateway
+from policy_service.pipeline import CheckPipeline
 from policy_service.policy.limits import TakeResult
 from policy_service.ratelimits.breaker import CircuitBreaker
 from policy_service.ratelimits.bucket import BucketSpec
 from policy_service.ratelimits.limiter import RateLimiter
 from policy_service.ratelimits.store import BucketStore, InProcessStore, StoreUnavailableError
 from policy_service.request.model import HttpRequest
-from policy_service.state import GatewayState
+from policy_service.state import BundleState
 from policy_service.testing import FakeClock
 from tests.support.bundles import HELPER_RESOURCE, TestBundle, write_test_bundle
 from tests.support.checks import header_dict
@@ -43,7 +43,7 @@ PER_CLIENT_POLICY = '"per-client";q=3;w=60'
 
 @dataclass
 class Setup:
-    gateway: Gateway
+    gateway: CheckPipeline
     bundle: TestBundle
     clock: FakeClock
 
@@ -73,11 +73,11 @@ async def make_setup(
 ) -> Setup:
     clock = clock or FakeClock()
     bundle = write_test_bundle(directory, limits=limits)
-    state = GatewayState.from_bundle(bundle.bundle)
+    state = BundleState.from_bundle(bundle.bundle)
     await state.jwt.start()
     breaker = CircuitBreaker(failure_threshold=3, open_seconds=5.0, clock=clock)
     limiter = RateLimiter(store or InProcessStore(clock), breaker)
-    return Setup(Gateway(state, limiter), bundle, clock)
+    return Setup(CheckPipeline(state, limiter), bundle, clock)
 
 
 @pytest.fixture
@@ -337,7 +337,7 @@ async def test_buckets_keep_counting_across_a_bundle_reload(
     reloaded_dir = tmp_path / "reloaded"
     reloaded_dir.mkdir()
     reloaded = write_test_bundle(reloaded_dir, key=per_client.bundle.key, limits=PER_CLIENT)
-    state = GatewayState.from_bundle(reloaded.bundle)
+    state = BundleState.from_bundle(reloaded.bundle)
     await state.jwt.start()
     per_client.gateway.bundles.swap(state)
     denied(
