@@ -30,6 +30,7 @@ from policy_service.pipeline import CheckPipeline
 from policy_service.ratelimits.redis_store import RedisStore
 from policy_service.request.model import HttpRequest, UpstreamProtocol, request_id_of
 from policy_service.telemetry.audit import AuditFailureMode
+from policy_service.telemetry.facts import facts_of
 from policy_service.telemetry.metrics import MetricsServer
 from policy_service.telemetry.record import CheckRecord
 from policy_service.telemetry.trail import Trail
@@ -69,10 +70,11 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
             with self.trail.check_span(parent) as span:
                 decision = await self._decide(http, record, span)
                 seconds = time.perf_counter() - started
-                audited = self.trail.audit(span, parent, http, decision, record, seconds)
+                facts = facts_of(record)  # derived once: the event, span and metrics read it
+                audited = self.trail.audit(span, parent, http, decision, record, facts, seconds)
                 if not audited and self.trail.auditor.failure_mode is AuditFailureMode.CLOSED:
                     decision = _unaudited(http, decision, record)
-                self.trail.describe(span, http, decision, record, seconds)
+                self.trail.describe(span, http, decision, record, facts, seconds)
             return to_check_response(decision, record.decision_id)
         except Exception:
             # Fail closed. The traceback names code, never request content or credentials.

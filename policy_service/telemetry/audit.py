@@ -27,6 +27,7 @@ from policy_service.decisions.render import http_status_of
 from policy_service.policy.model import AuditPolicy
 from policy_service.ratelimits.limiter import RateLimitResult
 from policy_service.request.model import A2aRequest, HttpRequest, JsonRpcCall, McpRequest
+from policy_service.telemetry.facts import CheckFacts
 from policy_service.telemetry.record import CheckRecord, DryRunRecord
 from policy_service.telemetry.tracing import decision_name
 
@@ -138,6 +139,7 @@ def audit_event(
     request: HttpRequest,
     decision: Decision,
     record: CheckRecord,
+    facts: CheckFacts,
     *,
     latency_seconds: float,
     trace_id: str,
@@ -176,7 +178,7 @@ def audit_event(
     if caller:
         event["caller"] = caller
     policy = record.bundle.audit if record.bundle is not None else AuditPolicy()
-    event["target"] = _target(request, record, policy)
+    event["target"] = _target(request, record, facts, policy)
     if record.limits is not None:
         event["rate_limit"] = _rate_limit(record.limits)
     if record.dry_runs:
@@ -214,21 +216,23 @@ def _caller(request: HttpRequest, record: CheckRecord) -> dict[str, Any]:
     return caller
 
 
-def _target(request: HttpRequest, record: CheckRecord, policy: AuditPolicy) -> dict[str, Any]:
+def _target(
+    request: HttpRequest, record: CheckRecord, facts: CheckFacts, policy: AuditPolicy
+) -> dict[str, Any]:
     target: dict[str, Any] = {"http_method": request.method, "path": request.path}
-    if record.upstream is not None:
-        target["upstream"] = record.upstream.name
-        target["protocol"] = record.upstream.protocol.value
-    elif record.route_tag is not None:
-        target["upstream"] = record.route_tag
+    if facts.upstream is not None:
+        target["upstream"] = facts.upstream
+        target["protocol"] = facts.protocol
+    elif facts.route_tag is not None:
+        target["upstream"] = facts.route_tag
     parsed = record.parsed
     if isinstance(parsed, McpRequest):
         calls = [_call(call, policy) for call in parsed.calls if call.method is not None]
         if calls:
             target["calls"] = calls
-        if parsed.session_id:
-            target["mcp_session_id"] = parsed.session_id
-        target["mcp_protocol_version"] = parsed.protocol_version
+        if facts.mcp_session_id:
+            target["mcp_session_id"] = facts.mcp_session_id
+        target["mcp_protocol_version"] = facts.mcp_protocol_version
     elif isinstance(parsed, A2aRequest):
         call: dict[str, Any] = {"kind": "a2a_method", "method": parsed.method}
         call["name"] = parsed.method

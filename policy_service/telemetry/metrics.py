@@ -28,7 +28,8 @@ from policy_service.ratelimits.breaker import BreakerState
 from policy_service.ratelimits.limiter import RateLimiter, Verdict
 from policy_service.ratelimits.redis_store import RedisStore
 from policy_service.request.a2a import A2A_METHODS
-from policy_service.request.model import A2aRequest, CallKind, McpRequest
+from policy_service.request.model import CallKind
+from policy_service.telemetry.facts import CheckFacts
 from policy_service.telemetry.record import CheckRecord
 from policy_service.telemetry.tracing import decision_name
 
@@ -182,9 +183,11 @@ class CheckMetrics:
         )
         self._vocabulary: tuple[CompiledBundle, _Vocabulary] | None = None
 
-    def observe(self, decision: Decision, record: CheckRecord, seconds: float) -> None:
+    def observe(
+        self, decision: Decision, record: CheckRecord, facts: CheckFacts, seconds: float
+    ) -> None:
         name = decision_name(decision)
-        upstream, method, tool = self._call_labels(record)
+        upstream, method, tool = self._call_labels(record, facts)
         self._checks.labels(name, decision.reason, upstream, method, tool).inc()
         self._latency.labels(name).observe(seconds)
         limits = record.limits
@@ -203,21 +206,14 @@ class CheckMetrics:
                 dry_run.source, rule, dry_run.decision, dry_run.reason, agrees
             ).inc()
 
-    def _call_labels(self, record: CheckRecord) -> tuple[str, str, str]:
-        if record.upstream is None or record.bundle is None:
-            return route_tag_label(record.route_tag), NONE, NONE
+    def _call_labels(self, record: CheckRecord, facts: CheckFacts) -> tuple[str, str, str]:
+        if facts.upstream is None or record.bundle is None:
+            return route_tag_label(facts.route_tag), NONE, NONE
         vocabulary = self._vocabulary_of(record.bundle)
-        upstream = record.upstream.name
-        parsed = record.parsed
-        if isinstance(parsed, A2aRequest):
-            return upstream, _bounded(parsed.method, vocabulary.methods), NONE
-        if not isinstance(parsed, McpRequest) or not parsed.calls:
-            return upstream, NONE, NONE
-        first = parsed.calls[0]
-        method = _bounded(first.method, vocabulary.methods) if first.method else NONE
-        named = next((call.name for call in parsed.calls if call.kind in _NAMED_KINDS), None)
-        tool = _bounded(named, vocabulary.names.get(upstream, frozenset())) if named else NONE
-        return upstream, method, tool
+        method = _bounded(facts.method, vocabulary.methods) if facts.method else NONE
+        names = vocabulary.names.get(facts.upstream, frozenset())
+        tool = _bounded(facts.target, names) if facts.target else NONE
+        return facts.upstream, method, tool
 
     def _vocabulary_of(self, bundle: CompiledBundle) -> _Vocabulary:
         cached = self._vocabulary

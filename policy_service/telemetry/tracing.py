@@ -32,9 +32,10 @@ from policy_service.authorization.policy import Granted, PolicyOutcome
 from policy_service.decisions.model import Allow, Decision, Deny, Serve
 from policy_service.identity.principal import Principal
 from policy_service.ratelimits.limiter import RateLimitResult
-from policy_service.request.model import A2aRequest, CallKind, HttpRequest, McpRequest
+from policy_service.request.model import CallKind, HttpRequest
 
 if TYPE_CHECKING:
+    from policy_service.telemetry.facts import CheckFacts
     from policy_service.telemetry.record import CheckRecord
 
 CHECK_SPAN_NAME = "envoy.service.auth.v3.Authorization/Check"
@@ -111,7 +112,11 @@ def lowest_remaining(result: RateLimitResult) -> int | None:
 
 
 def set_check_attributes(
-    span: trace.Span, request: HttpRequest, decision: Decision, record: CheckRecord
+    span: trace.Span,
+    request: HttpRequest,
+    decision: Decision,
+    record: CheckRecord,
+    facts: CheckFacts,
 ) -> None:
     """What the Check decided, on the Check span, once the decision is final."""
     if not span.is_recording():
@@ -125,8 +130,8 @@ def set_check_attributes(
     }
     if record.bundle is not None:
         attributes[BUNDLE_REVISION] = record.bundle.revision
-    if record.upstream is not None:
-        attributes[UPSTREAM] = record.upstream.name
+    if facts.upstream is not None:
+        attributes[UPSTREAM] = facts.upstream
     if isinstance(decision, Allow) and decision.rules:
         attributes[RULE] = ",".join(decision.rules)
     elif isinstance(decision, Deny):
@@ -144,31 +149,25 @@ def set_check_attributes(
         remaining = lowest_remaining(record.limits)
         if remaining is not None:
             attributes[LIMIT_REMAINING] = remaining
-
-    parsed = record.parsed
-    if isinstance(parsed, McpRequest):
-        attributes["mcp.protocol.version"] = parsed.protocol_version
-        if parsed.session_id:
-            attributes["mcp.session.id"] = parsed.session_id
-        if parsed.calls:
-            call = parsed.calls[0]
-            if call.method:
-                attributes["mcp.method.name"] = call.method
-            if call.request_id is not None:
-                attributes["jsonrpc.request.id"] = str(call.request_id)
-            if call.kind is CallKind.TOOL and call.name:
-                attributes["gen_ai.tool.name"] = call.name
-                attributes["gen_ai.operation.name"] = "execute_tool"
-            elif call.kind is CallKind.RESOURCE and call.name:
-                attributes["mcp.resource.uri"] = call.name
-            elif call.kind is CallKind.PROMPT and call.name:
-                attributes["gen_ai.prompt.name"] = call.name
-        if parsed.is_batch:
-            attributes["jsonrpc.batch.size"] = len(parsed.calls)
-    elif isinstance(parsed, A2aRequest):
-        attributes[A2A_METHOD] = parsed.method
-        if parsed.request_id is not None:
-            attributes["jsonrpc.request.id"] = str(parsed.request_id)
+    if facts.request_id is not None:
+        attributes["jsonrpc.request.id"] = facts.request_id
+    if facts.protocol == "a2a" and facts.method:
+        attributes[A2A_METHOD] = facts.method
+    if facts.mcp_protocol_version is not None:
+        attributes["mcp.protocol.version"] = facts.mcp_protocol_version
+        if facts.mcp_session_id:
+            attributes["mcp.session.id"] = facts.mcp_session_id
+        if facts.method:
+            attributes["mcp.method.name"] = facts.method
+        if facts.target_kind is CallKind.TOOL and facts.target:
+            attributes["gen_ai.tool.name"] = facts.target
+            attributes["gen_ai.operation.name"] = "execute_tool"
+        elif facts.target_kind is CallKind.RESOURCE and facts.target:
+            attributes["mcp.resource.uri"] = facts.target
+        elif facts.target_kind is CallKind.PROMPT and facts.target:
+            attributes["gen_ai.prompt.name"] = facts.target
+        if facts.batch_size:
+            attributes["jsonrpc.batch.size"] = facts.batch_size
     span.set_attributes(attributes)
 
 

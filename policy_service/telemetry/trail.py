@@ -26,6 +26,7 @@ from policy_service.request.model import (
     McpRequest,
 )
 from policy_service.telemetry.audit import AuditFailureMode, Auditor, audit_event
+from policy_service.telemetry.facts import CheckFacts
 from policy_service.telemetry.metrics import CheckMetrics
 from policy_service.telemetry.record import CheckRecord
 from policy_service.telemetry.tracing import (
@@ -78,6 +79,7 @@ class Trail:
         request: HttpRequest,
         decision: Decision,
         record: CheckRecord,
+        facts: CheckFacts,
         seconds: float,
     ) -> bool:
         """Write the decision's audit event; False when the sink could not take it (the
@@ -89,6 +91,7 @@ class Trail:
             request,
             decision,
             record,
+            facts,
             latency_seconds=seconds,
             trace_id=trace_id,
             span_id=span_id,
@@ -101,15 +104,16 @@ class Trail:
         request: HttpRequest,
         decision: Decision,
         record: CheckRecord,
+        facts: CheckFacts,
         seconds: float,
     ) -> None:
         """Count the decision sent and describe it on the Check span."""
         if self.metrics is not None:
-            self.metrics.observe(decision, record, seconds)
+            self.metrics.observe(decision, record, facts, seconds)
         if record.route_tag is not None:
             self._log_unknown_route_tag(record)
         if span.is_recording():
-            set_check_attributes(span, request, decision, record)
+            set_check_attributes(span, request, decision, record, facts)
             if isinstance(record.parsed, McpRequest):
                 link = link_to(record.parsed.trace_parent)
                 if link is not None:

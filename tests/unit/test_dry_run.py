@@ -17,6 +17,7 @@ from policy_service.ratelimits.limiter import RateLimiter
 from policy_service.ratelimits.store import InProcessStore
 from policy_service.state import BundleState
 from policy_service.telemetry.audit import audit_event
+from policy_service.telemetry.facts import facts_of
 from policy_service.telemetry.metrics import CheckMetrics
 from policy_service.telemetry.record import CheckRecord, DryRunRecord
 from policy_service.testing import capture_spans
@@ -136,7 +137,10 @@ async def test_dry_runs_reach_the_audit_event_and_the_metrics() -> None:
     request = http_request_for(bundle.by_name["fininfo"], call, _night(TRADER))
     record = CheckRecord.new()
     decision = await gateway.check(request, record)
-    event = audit_event(request, decision, record, latency_seconds=0.001, trace_id="", span_id="")
+    facts = facts_of(record)
+    event = audit_event(
+        request, decision, record, facts, latency_seconds=0.001, trace_id="", span_id=""
+    )
     assert event["dry_run"] == [
         {
             "source": "rule",
@@ -150,7 +154,7 @@ async def test_dry_runs_reach_the_audit_event_and_the_metrics() -> None:
     assert parsed.dry_run[0].name == "trade-market-hours"
 
     metrics = CheckMetrics()
-    metrics.observe(decision, record, 0.001)
+    metrics.observe(decision, record, facts, 0.001)
     labels = {
         "source": "rule",
         "rule": "trade-market-hours",
