@@ -15,7 +15,7 @@ Layers, lowest first. A module imports only from its own layer or lower ones, ne
 higher one, and there are no import cycles; tests/unit/test_layers.py reads this table and
 walks every import to keep it so.
 
-    layer  errors, clock, binaries, fetching, testing, gen    shared base
+    layer  errors, clock, binaries, fetching, gen             shared base
     layer  gateway                                           Envoy configs, certificates, process
     layer  otel                                              OpenTelemetry plumbing, no domain
     layer  request                                           what is called: HTTP, MCP, A2A
@@ -30,7 +30,7 @@ walks every import to keep it so.
     layer  authoring                                         policy tests and explain
     layer  dev                                               the dev stack and demo peers
     layer  cli                                               the command line
-    layer  __main__                                          python -m policy_service
+    layer  __main__, testing                                 python -m; test doubles
 """
 
 __version__ = "0.1.0"

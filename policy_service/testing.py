@@ -1,6 +1,8 @@
-"""Test doubles shared by the test suites: a settable clock and an in-memory JWKS fetcher.
+"""Test doubles and request builders shared by the test suites and the benchmark.
 
-They live in the package (not under ``tests/``) so every suite, and the dev stack, can use
+A settable clock, an in-memory JWKS fetcher and audit sink, span capture, the part of a
+gRPC servicer context the servicer reads, and the MCP request builders tests used to copy
+from file to file. They live in the package (not under ``tests/``) so every suite can use
 them without path tricks. Nothing here is used by the running service.
 """
 
@@ -9,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry.sdk.trace import TracerProvider
@@ -18,8 +20,19 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import Sampler
 
 from policy_service.errors import KeySourceError
+from policy_service.request.model import HttpRequest
 
-__all__ = ["FakeClock", "FakeJwksFetcher", "MemoryAuditSink", "capture_spans"]
+__all__ = [
+    "FakeClock",
+    "FakeJwksFetcher",
+    "MemoryAuditSink",
+    "ServicerContext",
+    "capture_spans",
+    "mcp_request",
+    "tool_call_body",
+]
+
+DEFAULT_MCP_VERSION = "2025-06-18"
 
 
 class FakeClock:
@@ -97,3 +110,46 @@ def capture_spans(sampler: Sampler | None = None) -> tuple[TracerProvider, InMem
     provider = TracerProvider(sampler=sampler)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     return provider, exporter
+
+
+class ServicerContext:
+    """The part of grpc.aio's ServicerContext the servicer reads: the call's metadata."""
+
+    def __init__(self, metadata: Sequence[tuple[str, str]] = ()) -> None:
+        self._metadata = tuple(metadata)
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+
+def tool_call_body(
+    name: str = "get_quote",
+    request_id: int | str = 7,
+    *,
+    arguments: Mapping[str, Any] | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An MCP ``tools/call`` JSON-RPC message."""
+    params: dict[str, Any] = {"name": name, "arguments": dict(arguments or {})}
+    if meta is not None:
+        params["_meta"] = dict(meta)
+    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
+
+
+def mcp_request(
+    body: Any,
+    *,
+    token: str | None = None,
+    version: str = DEFAULT_MCP_VERSION,
+    path: str = "/fininfo/mcp",
+    headers: Mapping[str, str] | None = None,
+    query: str = "",
+) -> HttpRequest:
+    """An MCP POST as the pipeline sees it, with a bearer token when one is given."""
+    all_headers = {"content-type": "application/json", "mcp-protocol-version": version}
+    if token is not None:
+        all_headers["authorization"] = f"Bearer {token}"
+    all_headers.update(headers or {})
+    return HttpRequest(
+        method="POST", path=path, query=query, headers=all_headers, body=json.dumps(body).encode()
+    )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -33,7 +32,7 @@ from policy_service.policy.model import CompiledBundle
 from policy_service.request.model import HttpRequest
 from policy_service.state import BundleState
 from policy_service.telemetry.metrics import CheckMetrics
-from policy_service.testing import FakeClock, FakeJwksFetcher
+from policy_service.testing import FakeClock, FakeJwksFetcher, mcp_request, tool_call_body
 from tests.support.bundles import FININFO_RESOURCE, TestBundle, write_test_bundle
 
 JWKS_URL = "https://idp.test.example/jwks"
@@ -83,17 +82,7 @@ def revised(bundle: TestBundle, revision: str, *, get_quote: bool = True) -> str
 
 
 def get_quote(token: str) -> HttpRequest:
-    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "get_quote"}}
-    return HttpRequest(
-        method="POST",
-        path="/fininfo/mcp",
-        headers={
-            "content-type": "application/json",
-            "mcp-protocol-version": "2025-06-18",
-            "authorization": f"Bearer {token}",
-        },
-        body=json.dumps(body).encode(),
-    )
+    return mcp_request(tool_call_body("get_quote", 1), token=token)
 
 
 @dataclasses.dataclass

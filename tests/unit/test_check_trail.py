@@ -28,7 +28,7 @@ from policy_service.telemetry.metrics import CheckMetrics
 from policy_service.telemetry.record import CheckRecord
 from policy_service.telemetry.tracing import CHECK_SPAN_NAME
 from policy_service.telemetry.trail import Trail
-from policy_service.testing import MemoryAuditSink, capture_spans
+from policy_service.testing import MemoryAuditSink, ServicerContext, capture_spans, tool_call_body
 from tests.support.bundles import CI_BOT_KEY, TestBundle, write_test_bundle
 from tests.support.checks import check_request, header_dict
 
@@ -45,16 +45,6 @@ LIMITS = """\
     key: [client]
     match: {upstreams: [fininfo], tools: ["*"]}
 """
-
-
-class FakeContext:
-    """The part of grpc.aio's ServicerContext the servicer reads."""
-
-    def __init__(self, metadata: Sequence[tuple[str, str]] = ()) -> None:
-        self._metadata = tuple(metadata)
-
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return self._metadata
 
 
 class Harness:
@@ -92,7 +82,7 @@ class Harness:
         if not self._started:  # loads the bundle's key file, as the server's start does
             await self.gateway.state.jwt.start()
             self._started = True
-        return await self.service.Check(check_request(**request), FakeContext(metadata))
+        return await self.service.Check(check_request(**request), ServicerContext(metadata))
 
     def spans(self) -> list[ReadableSpan]:
         assert self.exporter is not None
@@ -120,10 +110,7 @@ def traceparent(trace_id: str, span_id: str, flags: str = "01") -> str:
 def tool_call(
     tool: str = "get_quote", *, request_id: int = 7, meta: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    params: dict[str, Any] = {"name": tool, "arguments": {"symbol": "ACME"}}
-    if meta is not None:
-        params["_meta"] = meta
-    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
+    return tool_call_body(tool, request_id, arguments={"symbol": "ACME"}, meta=meta)
 
 
 def mcp_headers(token: str, tool: str = "get_quote", **extra: str) -> dict[str, str]:

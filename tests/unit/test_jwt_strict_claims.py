@@ -31,7 +31,7 @@ from policy_service.identity.principal import IdentityFailure, Principal
 from policy_service.pipeline import CheckPipeline
 from policy_service.request.model import HttpRequest
 from policy_service.state import BundleState
-from policy_service.testing import FakeClock
+from policy_service.testing import FakeClock, mcp_request, tool_call_body
 from tests.support.bundles import TestBundle, write_test_bundle
 
 ISS = "https://idp.example.com"
@@ -210,22 +210,7 @@ async def gateway(test_bundle: TestBundle) -> CheckPipeline:
 
 
 def tool_call(token: str) -> HttpRequest:
-    body = {
-        "jsonrpc": "2.0",
-        "id": 7,
-        "method": "tools/call",
-        "params": {"name": "get_quote", "arguments": {}},
-    }
-    return HttpRequest(
-        method="POST",
-        path="/fininfo/mcp",
-        headers={
-            "content-type": "application/json",
-            "mcp-protocol-version": "2025-06-18",
-            "authorization": f"Bearer {token}",
-        },
-        body=json.dumps(body).encode(),
-    )
+    return mcp_request(tool_call_body("get_quote"), token=token)
 
 
 async def test_a_token_issued_a_year_ahead_gets_401_issued_in_future(

@@ -13,6 +13,8 @@ from policy_service.decisions.render import render_deny, render_serve
 from policy_service.pipeline import CheckPipeline
 from policy_service.request.model import HttpRequest
 from policy_service.state import BundleState
+from policy_service.testing import mcp_request as mcp_post
+from policy_service.testing import tool_call_body as tool_call
 from tests.support.bundles import (
     CI_BOT_KEY,
     FININFO_RESOURCE,
@@ -32,32 +34,6 @@ async def gateway(test_bundle: TestBundle) -> CheckPipeline:
     state = BundleState.from_bundle(test_bundle.bundle)
     await state.jwt.start()
     return CheckPipeline(state)
-
-
-def mcp_post(
-    body: Any,
-    *,
-    token: str | None = None,
-    path: str = "/fininfo/mcp",
-    headers: dict[str, str] | None = None,
-    query: str = "",
-) -> HttpRequest:
-    all_headers = {"content-type": "application/json", "mcp-protocol-version": "2025-06-18"}
-    if token is not None:
-        all_headers["authorization"] = f"Bearer {token}"
-    all_headers.update(headers or {})
-    return HttpRequest(
-        method="POST", path=path, query=query, headers=all_headers, body=json.dumps(body).encode()
-    )
-
-
-def tool_call(name: str, request_id: int = 7) -> dict[str, Any]:
-    return {
-        "jsonrpc": "2.0",
-        "id": request_id,
-        "method": "tools/call",
-        "params": {"name": name, "arguments": {}},
-    }
 
 
 async def test_protected_resource_metadata_is_served_without_a_token(

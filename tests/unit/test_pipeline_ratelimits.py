@@ -25,7 +25,8 @@ from policy_service.ratelimits.limiter import RateLimiter
 from policy_service.ratelimits.store import BucketStore, InProcessStore, StoreUnavailableError
 from policy_service.request.model import HttpRequest
 from policy_service.state import BundleState
-from policy_service.testing import FakeClock
+from policy_service.testing import FakeClock, tool_call_body
+from policy_service.testing import mcp_request as mcp_post
 from tests.support.bundles import HELPER_RESOURCE, TestBundle, write_test_bundle
 from tests.support.checks import header_dict
 
@@ -85,30 +86,9 @@ async def per_client(tmp_path: Path) -> Setup:
     return await make_setup(tmp_path, PER_CLIENT)
 
 
-def mcp_post(
-    body: Any,
-    *,
-    token: str,
-    version: str = V2025,
-    path: str = "/fininfo/mcp",
-    headers: dict[str, str] | None = None,
-) -> HttpRequest:
-    all_headers = {
-        "content-type": "application/json",
-        "mcp-protocol-version": version,
-        "authorization": f"Bearer {token}",
-        **(headers or {}),
-    }
-    return HttpRequest(
-        method="POST", path=path, headers=all_headers, body=json.dumps(body).encode()
-    )
-
-
 def tool_call(name: str, request_id: int | str = 7, *, version: str = V2025) -> dict[str, Any]:
-    params: dict[str, Any] = {"name": name, "arguments": {}}
-    if version >= V2026:
-        params["_meta"] = {"io.modelcontextprotocol/protocolVersion": version}
-    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
+    meta = {"io.modelcontextprotocol/protocolVersion": version} if version >= V2026 else None
+    return tool_call_body(name, request_id, meta=meta)
 
 
 def call_tool(
