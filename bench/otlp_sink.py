@@ -42,7 +42,8 @@ def main() -> None:
     port = int(sys.argv[1])
     sink = Sink()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(sink, server)
+    # opentelemetry-proto's generated gRPC module has no annotations.
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(sink, server)  # type: ignore[no-untyped-call]
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     stop = threading.Event()

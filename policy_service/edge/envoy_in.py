@@ -52,4 +52,10 @@ def _is_truncated(headers: dict[str, str], body_length: int) -> bool:
         return True
     declared = headers.get("content-length")
     # A body shorter than its declared length was cut somewhere on the way: fail closed.
-    return declared is not None and declared.isdigit() and int(declared) > body_length
+    # ASCII digits only: str.isdigit() also takes "²" (int() then raises) and "١٠٠".
+    return (
+        declared is not None
+        and declared.isascii()
+        and declared.isdigit()
+        and int(declared) > body_length
+    )
