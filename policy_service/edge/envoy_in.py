@@ -52,7 +52,8 @@ def _is_truncated(headers: dict[str, str], body_length: int) -> bool:
         return True
     declared = headers.get("content-length")
     # A body shorter than its declared length was cut somewhere on the way: fail closed.
-    # ASCII digits only: str.isdigit() also takes "²" (int() then raises) and "١٠٠".
+    # ASCII digits only: str.isdigit() also takes a superscript two (int() then raises) and
+    # Arabic-Indic digits.
     return (
         declared is not None
         and declared.isascii()
