@@ -1,4 +1,4 @@
-"""What the JSON Schema tests share (test_bundle_schema.py, test_cases_schema.py): the
+"""What the JSON Schema tests share (bundles/test_schema.py, authoring/test_cases_schema.py): the
 generator, loaded from protos/, and the ways they hold a schema to the shape check."""
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from policy_service.bundles.loader import load_bundle
 from policy_service.ratelimits.limiter import RateLimiter
 from policy_service.ratelimits.store import InProcessStore
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = sorted((ROOT / "examples").glob("*/bundle.yaml"))
 FINANCE = ROOT / "examples" / "finance" / "bundle.yaml"
 

@@ -18,7 +18,7 @@ from policy_service.bundles.loader import load_bundle
 from policy_service.errors import CaseFileError
 from tests.support.bundles import write_test_bundle
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 FIXTURES = ROOT / "tests" / "fixtures" / "cases"
 INVALID = sorted((FIXTURES / "invalid").glob("*.yaml"))
 VALID = sorted((FIXTURES / "valid").glob("*.yaml"))

@@ -40,7 +40,7 @@ from tests.support.schemas import (
     shape_problems,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 FIXTURES = REPO / "tests" / "fixtures" / "bundles"
 COMMITTED = REPO / "policy_service" / "gen" / "policy_service" / "bundle" / "v1"
 BUNDLE = cast("Descriptor", bundle_pb2.Bundle.DESCRIPTOR)

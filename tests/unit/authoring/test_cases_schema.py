@@ -39,7 +39,7 @@ from tests.support.schemas import (
     shape_problems,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 FIXTURES = REPO / "tests" / "fixtures" / "cases"
 COMMITTED = REPO / "policy_service" / "gen" / "policy_service" / "cases" / "v1"
 CASE_FILE = cast("Descriptor", cases_pb2.CaseFile.DESCRIPTOR)

@@ -14,7 +14,7 @@ import pytest
 from policy_service.bundles.loader import load_bundle
 from policy_service.errors import BundleError
 
-INVALID = Path(__file__).parent.parent / "fixtures" / "bundles" / "invalid"
+INVALID = Path(__file__).parents[2] / "fixtures" / "bundles" / "invalid"
 FIXTURES = sorted(INVALID.glob("*.yaml"))
 
 
