@@ -1,11 +1,15 @@
 """Gateway benchmark: what the policy service costs on top of Envoy, measured with wrk.
 
-Up to five setups answer the same request on one machine in one run. Envoy answers every
+Up to six setups answer the same request on one machine in one run. Envoy answers every
 route itself (a direct response, no backend), so only the gateway's own cost shows:
 
   a   Envoy alone.
   b   Envoy with its native C++ ``jwt_authn`` (ES256, inline JWKS) and ``local_ratelimit``
       (a token bucket too big ever to trip) filters: comparable work, done in-process.
+  f   the Python gRPC floor: Envoy + ``bench/floor_server.py`` over the same ext_authz, a
+      grpc.aio Check server that decodes the token's payload and the body and answers
+      prebuilt responses (no signature check, no policy, no audit, metrics or traces):
+      whatever (c) costs above it is the policy's logic. ``--workers`` processes, like (c).
   c   Envoy + this policy service over ext_authz (gRPC) with the full policy as it exists
       today: verify the JWT, parse the MCP JSON-RPC body, check the tool's scope, and take
       from two token buckets (``per-client`` and ``quotes``, too big ever to trip, like
@@ -20,13 +24,16 @@ route itself (a direct response, no backend), so only the gateway's own cost sho
 The request is the same for all: ``POST /fininfo/mcp`` with an MCP ``tools/call`` of
 ``get_quote`` and ``Authorization: Bearer <ES256 JWT>`` whose ``fininfo:read`` scope allows
 it. Before measuring, each setup is probed: the request must get 200, and for (b) and the
-service setups the same request without a token must get 401 (and, for the service, a token
-without the scope 403, and the 200 answer must carry the ``RateLimit-Policy`` field, proof
-that the limits apply), so a run can never measure denials or a policy without limits by
-mistake. Each setup then gets a warm-up and a measured run of wrk (HTTP/1.1 keep-alive,
-closed loop) at ``--connections`` connections; reported are requests/s, p50 and p99 latency,
-the CPU each process used, and for every service row X/b and p99(X) - p99(a), against the
-goals of the design (X/b >= 0.6, p99 within 5 ms of Envoy alone, at 16 connections). For
+service setups (f included) the same request without a token must get 401 (and, for the
+service setups, a token without the scope 403, and the 200 answer must carry the
+``RateLimit-Policy`` field, proof that the limits apply; the floor sends a fixed one), so a
+run can never measure denials or a policy without limits by mistake. Each setup then gets a
+warm-up and a measured run of wrk (HTTP/1.1 keep-alive, closed loop) at ``--connections``
+connections; reported are requests/s, p50 and p99 latency, the CPU each process used, the
+service's CPU microseconds per check, and for every service row X/b and p99(X) - p99(a),
+against the goals of the design (X/b >= 0.6, p99 within 5 ms of Envoy alone, at 16
+connections), and X/f and p99(X) - p99(f) against the floor with the same process count
+(X/f >= 0.6 when every check is traced, >= 0.8 with --no-traces; p99 within 2 ms of f's). For
 (r) and (p) also Redis's evalsha calls per measured request (from ``INFO commandstats``;
 must be 1.00) and the service's round trips per check (from its stop log line, over each
 process's whole life; about 1.00 for (r), below 1 for (p) when checks share pipelines).
@@ -39,7 +46,7 @@ first, keeps its connections. A measured run in which Envoy accepted more than
 2 x ``--connections`` new connections, or any response was not 2xx, or (r, p) Redis did not
 run one evalsha per request, is marked INVALID.
 
-Every service row runs the whole trail: each check writes its audit event to a file and
+Every policy-service row runs the whole trail: each check writes its audit event to a file and
 records its spans (the Check span and one per phase; no parent comes from this Envoy, so
 every check is sampled: the worst case) which are exported over OTLP/gRPC to a bare sink
 process (``bench/otlp_sink.py``). The report gives audit events and spans per request.
@@ -51,6 +58,7 @@ virtualenv. Run from the repository root with the project's virtualenv::
     .venv/bin/python bench/run.py                      # defaults: 5 s warm-up, 15 s measured
     .venv/bin/python bench/run.py --duration 5 --warmup 2 --workers 1
     .venv/bin/python bench/run.py --cases a,b,r,p --workers 1   # only the Redis rows
+    .venv/bin/python bench/run.py --cases a,f,c --workers 1     # the policy over the floor
     .venv/bin/python bench/run.py --tokens 20000       # defeat the verified-token cache
     .venv/bin/python bench/run.py --repeat 3 --pin-service
     .venv/bin/python bench/run.py --help
@@ -138,13 +146,26 @@ BENCH_LIMITS = """\
 """
 LIMIT_NAMES = ("per-client", "quotes")
 
-# The service setups and where their buckets live; (r) and (p) start a redis-server.
-SERVICE_CASES = {"c": "buckets in process", "r": "buckets in Redis", "p": "Redis, pipelined"}
+# The service setups: (f) is bench/floor_server.py, the others the policy service, and where
+# their buckets live; (r) and (p) start a redis-server.
+FLOOR_CASE = "f"
+SERVICE_CASES = {
+    FLOOR_CASE: "fixed answers (bench/floor_server.py)",
+    "c": "buckets in process",
+    "r": "buckets in Redis",
+    "p": "Redis, pipelined",
+}
 REDIS_CASES = ("r", "p")
 ALL_CASES = ("a", "b", *SERVICE_CASES)
+FLOOR_SERVER = BENCH_DIR / "floor_server.py"
 
-GOAL_RATIO = 0.6  # X/b for every service row X, design section 5
+GOAL_RATIO = 0.6  # X/b for every policy-service row X, design section 5
 GOAL_P99_DELTA_MS = 5.0  # p99(X) - p99(a), design section 5
+# X/f (X and f with the same process count), design section 5: at 100% tracing (every check
+# traced, the bench's default) and with production sampling (--no-traces is its best case).
+GOAL_OVER_F_TRACED = 0.6
+GOAL_OVER_F_UNTRACED = 0.8
+GOAL_P99_MINUS_F_MS = 2.0  # p99(X) - p99(f), design section 5
 OTHER_CPU_WARNING = 15.0  # % of a core used by processes outside the run: say so
 
 
@@ -303,6 +324,7 @@ class CpuMeter:
         self._wall_start = 0.0
         self._machine_start: float | None = None
         self.percent: dict[str, float | None] = {}
+        self.seconds: dict[str, float | None] = {}  # CPU seconds per group over the period
 
     def _group_seconds(self) -> dict[str, float | None]:
         totals: dict[str, float | None] = {}
@@ -329,6 +351,7 @@ class CpuMeter:
         for group, before in self._start.items():
             after = end.get(group)
             used = None if before is None or after is None else after - before
+            self.seconds[group] = used
             self.percent[group] = None if used is None else 100.0 * used / wall
         # The only child that ends during a measured period is wrk.
         load = self._children_seconds() - self._children_start
@@ -424,7 +447,8 @@ def expect_rate_limits(port: int, token: str, what: str) -> None:
 
 
 class ServiceProcess:
-    """One ``policy-service serve`` OS process on its own port."""
+    """One ``policy-service serve`` OS process on its own port, or with ``floor`` one
+    ``bench/floor_server.py`` (row f: no bundle, audit log, traces or flags)."""
 
     def __init__(
         self,
@@ -435,29 +459,34 @@ class ServiceProcess:
         cpu: int | None = None,
         extra_args: Sequence[str] = (),
         otlp_endpoint: str | None = None,
+        floor: bool = False,
     ) -> None:
         self.port = port
         self._log = fixture.workdir / f"service-{index}-{port}.log"
-        self.audit_log = fixture.workdir / f"audit-{index}-{port}.jsonl"
+        self.audit_log: Path | None = None
         env = dict(os.environ)
         if otlp_endpoint is not None:
             env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint, "OTEL_SERVICE_NAME": "bench"}
-        command = [
-            sys.executable,
-            "-m",
-            "policy_service",
-            "--log-level",
-            log_level,
-            "serve",
-            str(fixture.bundle_path),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--grace",
-            "1",
-            "--audit-log",
-            str(self.audit_log),
-            *extra_args,
-        ]
+        if floor:
+            command = [sys.executable, str(FLOOR_SERVER), "--listen", f"127.0.0.1:{port}"]
+        else:
+            self.audit_log = fixture.workdir / f"audit-{index}-{port}.jsonl"
+            command = [
+                sys.executable,
+                "-m",
+                "policy_service",
+                "--log-level",
+                log_level,
+                "serve",
+                str(fixture.bundle_path),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--grace",
+                "1",
+                "--audit-log",
+                str(self.audit_log),
+                *extra_args,
+            ]
         with self._log.open("wb") as log:
             # Its own session: Ctrl-C reaches only this script, which then stops it in order.
             self.process = subprocess.Popen(
@@ -490,7 +519,7 @@ class ServiceProcess:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
                     raise BenchError(
-                        f"policy service exited with {self.process.returncode}:\n{self.output()}"
+                        f"service exited with {self.process.returncode}:\n{self.output()}"
                     )
                 try:
                     answer = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
@@ -500,7 +529,7 @@ class ServiceProcess:
                 if answer.status == health_pb2.HealthCheckResponse.SERVING:
                     return
                 time.sleep(0.1)
-        raise BenchError(f"policy service on port {self.port} not SERVING after {timeout:.0f}s")
+        raise BenchError(f"service on port {self.port} not SERVING after {timeout:.0f}s")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -589,7 +618,8 @@ def service_envoy(
     otlp_endpoint: str | None = None,
 ) -> Iterator[Target]:
     """Envoy + ``workers`` service processes (appended to ``services``, whose logs the
-    caller reads once they have stopped); for (r) and (p) their buckets live in ``redis``."""
+    caller reads once they have stopped); for (r) and (p) their buckets live in ``redis``;
+    for (f) they are floor servers, probed like the policy service."""
     from policy_service.gateway.bootstrap import render_envoy_config
     from policy_service.gateway.layout import AuthzEndpoint, EnvoyLayout, UpstreamRoute
 
@@ -603,7 +633,16 @@ def service_envoy(
             cpu = service_cpu(index) if args.pin_service else None
             level = args.service_log_level
             services.append(
-                ServiceProcess(fixture, _free_port(), level, index, cpu, extra_args, otlp_endpoint)
+                ServiceProcess(
+                    fixture,
+                    _free_port(),
+                    level,
+                    index,
+                    cpu,
+                    extra_args,
+                    otlp_endpoint,
+                    floor=case == FLOOR_CASE,
+                )
             )
         for service in services:
             service.wait_ready()
@@ -629,7 +668,7 @@ def service_envoy(
         )
         config = render_envoy_config(layout)
         with running_envoy(config, args.envoy_concurrency) as (envoy, pids):
-            what = f"({case}) policy service x{workers}"
+            what = f"({case}) {_service_name(case)} x{workers}"
             expect_status(port, fixture.token, 200, f"{what}, the benchmark request")
             expect_status(port, None, 401, f"{what}, the request without a token")
             expect_status(port, fixture.unscoped_token, 403, f"{what}, a token without the scope")
@@ -718,6 +757,8 @@ class MeasuredRun:
     cpu_percent: dict[str, float | None]
     problems: list[str]
     evalsha_calls: int | None = None  # Redis ran during the run (r and p)
+    # Service rows: the service processes' CPU seconds over the run / requests wrk completed.
+    service_cpu_us_per_check: float | None = None
 
 
 @dataclass
@@ -733,6 +774,7 @@ class CaseResult:
     cpu_percent: dict[str, float | None]
     runs: list[MeasuredRun]
     redis: redis_case.RedisCounts | None = None  # (r) and (p), once the service stopped
+    service_cpu_us_per_check: float | None = None  # median over the runs (service rows)
     audit_events: int | None = None  # written over the row's whole life (service rows)
     spans: int | None = None  # received by the OTLP sink over the row's whole life
 
@@ -803,6 +845,7 @@ def measure(
             group: _median_or_none([r.cpu_percent.get(group) for r in runs]) for group in groups
         },
         runs=runs,
+        service_cpu_us_per_check=_median_or_none([r.service_cpu_us_per_check for r in runs]),
     )
 
 
@@ -836,6 +879,10 @@ def measure_once(
         problems.append(f"Envoy accepted {new_connections} connections (connection churn)")
     for problem in problems:
         _say(f"  {case}: INVALID: {problem}")
+    service_seconds = cpu.seconds.get("service")
+    us_per_check = None
+    if target.service_pids and service_seconds is not None and parsed.requests:
+        us_per_check = round(1e6 * service_seconds / parsed.requests, 1)
     other = cpu.percent.get("other")
     if other is not None and other > OTHER_CPU_WARNING:
         _say(f"  {case}: note: other processes used {other:.0f}% of a core during this run")
@@ -855,26 +902,36 @@ def measure_once(
         },
         problems=problems,
         evalsha_calls=evalsha,
+        service_cpu_us_per_check=us_per_check,
     )
 
 
 def measure_service(
     wrk: str, args: argparse.Namespace, fixture: Fixture, case: str, workers: int
 ) -> CaseResult:
-    """One service row: (c) buckets in process; (r), (p) in a redis-server of its own."""
+    """One service row: (f) the floor server; (c) buckets in process; (r), (p) in a
+    redis-server of its own."""
     row = f"{case}{workers}"
-    label = f"Envoy + service x{workers}, {SERVICE_CASES[case]}"
-    _say(f"({case}) Envoy + policy service, {workers} process(es), {SERVICE_CASES[case]}")
+    if case == FLOOR_CASE:
+        label = f"Envoy + gRPC floor x{workers}"
+    else:
+        label = f"Envoy + service x{workers}, {SERVICE_CASES[case]}"
+    _say(f"({case}) Envoy + {_service_name(case)}, {workers} process(es), {SERVICE_CASES[case]}")
     services: list[ServiceProcess] = []
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(redis_case.running_redis()) if case in REDIS_CASES else None
-        sink = stack.enter_context(OtlpSink(fixture.workdir))
+        # The floor traces nothing: no sink.
+        sink = None if case == FLOOR_CASE else stack.enter_context(OtlpSink(fixture.workdir))
         # --no-traces: the same rows without spans, to show what tracing every check costs.
-        endpoint = None if args.no_traces else sink.endpoint
+        endpoint = None if args.no_traces or sink is None else sink.endpoint
         with service_envoy(args, fixture, case, workers, services, redis, endpoint) as target:
             result = measure(wrk, args, fixture, target, row, label, workers)
+        if sink is None:
+            return result
         # Stopped: every event is written and every span flushed to the sink.
-        result.audit_events = sum(_lines(service.audit_log) for service in services)
+        result.audit_events = sum(
+            _lines(service.audit_log) for service in services if service.audit_log is not None
+        )
         result.spans = sink.stop()
         # The service processes have stopped now and logged their rate-limit counts.
         if redis is not None:
@@ -889,6 +946,10 @@ def measure_service(
     return result
 
 
+def _service_name(case: str) -> str:
+    return "gRPC floor server" if case == FLOOR_CASE else "policy service"
+
+
 def _median_or_none(values: Sequence[float | None]) -> float | None:
     present = [value for value in values if value is not None]
     return round(statistics.median(present), 1) if present else None
@@ -899,36 +960,112 @@ def _median_or_none(values: Sequence[float | None]) -> float | None:
 
 @dataclass(frozen=True)
 class Comparison:
-    """One service row (c, r or p) against the baselines."""
+    """One service row (f, c, r or p) against the baselines (a), (b) and the floor (f) with
+    the same process count. A value is None where its yardstick did not run; the floor rows
+    themselves have no goals (they bound what the others can reach)."""
 
-    case: str  # "c1", "r2", ...
+    case: str  # "f1", "c1", "r2", ...
     workers: int
-    over_b: float  # requests/s of this row / requests/s of (b)
-    p99_minus_a_ms: float  # p99 of this row - p99 of (a)
-    ratio_goal_met: bool
-    p99_goal_met: bool
+    over_b: float | None  # requests/s of this row / requests/s of (b)
+    p99_minus_a_ms: float | None  # p99 of this row - p99 of (a)
+    ratio_goal_met: bool | None  # over_b >= GOAL_RATIO
+    p99_goal_met: bool | None  # p99_minus_a_ms <= GOAL_P99_DELTA_MS
+    over_f: float | None = None  # requests/s of this row / requests/s of fN, same N
+    p99_minus_f_ms: float | None = None  # p99 of this row - p99 of fN
+    over_f_goal: float | None = None  # GOAL_OVER_F_TRACED, or _UNTRACED with --no-traces
+    over_f_goal_met: bool | None = None
+    p99_minus_f_goal_met: bool | None = None  # p99_minus_f_ms <= GOAL_P99_MINUS_F_MS
+
+    @property
+    def is_floor(self) -> bool:
+        return self.case.startswith(FLOOR_CASE)
 
 
-def compare(results: Sequence[CaseResult]) -> list[Comparison]:
+def compare(results: Sequence[CaseResult], traced: bool = True) -> list[Comparison]:
+    """``traced``: the policy-service rows traced every check (no --no-traces)."""
     by_case = {r.case: r for r in results}
     a, b = by_case.get("a"), by_case.get("b")
+    over_f_goal = GOAL_OVER_F_TRACED if traced else GOAL_OVER_F_UNTRACED
     comparisons = []
     for result in results:
-        if result.workers is None or a is None or b is None:
+        if result.workers is None:
             continue
-        ratio = result.requests_per_second / b.requests_per_second
-        delta = result.p99_ms - a.p99_ms
+        floor_row = result.case.startswith(FLOOR_CASE)
+        f = by_case.get(f"{FLOOR_CASE}{result.workers}")
+        over_b = None if b is None else result.requests_per_second / b.requests_per_second
+        delta_a = None if a is None else result.p99_ms - a.p99_ms
+        over_f = None if f is None else result.requests_per_second / f.requests_per_second
+        delta_f = None if f is None else result.p99_ms - f.p99_ms
+        goals = not floor_row
         comparisons.append(
             Comparison(
                 case=result.case,
                 workers=result.workers,
-                over_b=round(ratio, 3),
-                p99_minus_a_ms=round(delta, 3),
-                ratio_goal_met=ratio >= GOAL_RATIO,
-                p99_goal_met=delta <= GOAL_P99_DELTA_MS,
+                over_b=_round(over_b),
+                p99_minus_a_ms=_round(delta_a),
+                ratio_goal_met=None if over_b is None or not goals else over_b >= GOAL_RATIO,
+                p99_goal_met=None if delta_a is None or not goals else delta_a <= GOAL_P99_DELTA_MS,
+                over_f=_round(over_f),
+                p99_minus_f_ms=_round(delta_f),
+                over_f_goal=over_f_goal if goals and f is not None else None,
+                over_f_goal_met=None if over_f is None or not goals else over_f >= over_f_goal,
+                p99_minus_f_goal_met=None
+                if delta_f is None or not goals
+                else delta_f <= GOAL_P99_MINUS_F_MS,
             )
         )
     return comparisons
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _met(met: bool | None) -> str:
+    return "met" if met else "NOT met"
+
+
+def comparison_lines(c: Comparison) -> list[str]:
+    """The report's lines for one service row: against (b) and (a), then against (f)."""
+    row = c.case
+    floor = f"{FLOOR_CASE}{c.workers}"
+    if c.is_floor:
+        parts = []
+        if c.over_b is not None:
+            parts.append(f"{row}/b = {c.over_b:.2f}")
+        if c.p99_minus_a_ms is not None:
+            parts.append(f"p99({row}) - p99(a) = {c.p99_minus_a_ms:+.2f} ms")
+        if not parts:
+            return []
+        return [f"{row}: {';  '.join(parts)}  (the floor: no goals)"]
+    lines = []
+    parts = []
+    if c.over_b is not None:
+        parts.append(f"{row}/b = {c.over_b:.2f} (goal >= {GOAL_RATIO}: {_met(c.ratio_goal_met)})")
+    if c.p99_minus_a_ms is not None:
+        parts.append(
+            f"p99({row}) - p99(a) = {c.p99_minus_a_ms:+.2f} ms "
+            f"(goal <= {GOAL_P99_DELTA_MS:g} ms: {_met(c.p99_goal_met)})"
+        )
+    if parts:
+        lines.append(f"{row}: {';  '.join(parts)}")
+    if c.over_f is not None and c.p99_minus_f_ms is not None:
+        traced = "at 100% tracing" if c.over_f_goal == GOAL_OVER_F_TRACED else "without traces"
+        lines.append(
+            f"{row}: {row}/{floor} = {c.over_f:.2f} "
+            f"(goal >= {c.over_f_goal} {traced}: {_met(c.over_f_goal_met)});  "
+            f"p99({row}) - p99({floor}) = {c.p99_minus_f_ms:+.2f} ms "
+            f"(goal <= {GOAL_P99_MINUS_F_MS:g} ms: {_met(c.p99_minus_f_goal_met)})"
+        )
+    return lines
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def _cpu(value: float | None) -> str:
@@ -962,17 +1099,24 @@ def format_report(
     lines += [
         "service x N: N policy-service processes; each check takes from 2 token buckets "
         "(limits too big to trip).",
+        "gRPC floor x N: N bench/floor_server.py processes: fixed answers, no policy.",
         "CPU: % of one core over the measured period; 'other' is every process not in the run.",
+        "us/chk: the service processes' CPU microseconds per request measured. X/f: req/s over",
+        "the floor row with the same process count; X/b: req/s over (b).",
     ]
     if settings["pin_service"]:
-        lines.append("--pin-service: each policy-service process is pinned to one CPU.")
+        lines.append("--pin-service: each service process is pinned to one CPU.")
+    if settings["no_traces"]:
+        lines.append("--no-traces: the policy-service rows make no spans (audit events stay).")
     if repeat > 1:
         lines.append(f"Each row is the median of {repeat} measured runs; p99 range: min-max.")
     header = f"{'case':<5}{'setup':<40}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}"
     if repeat > 1:
         header += f"{'p99 range':>13}"
     header += f"{'envoy':>7}{'service':>8}{'redis':>6}{'wrk':>6}{'other':>7}"
+    header += f"{'us/chk':>8}{'X/f':>6}{'X/b':>6}"
     lines += ["", header]
+    by_case = {c.case: c for c in comparisons}
     for r in results:
         row = (
             f"{r.case:<5}{r.label:<40}{r.requests_per_second:>8,.0f}{r.p50_ms:>8.2f}"
@@ -986,18 +1130,16 @@ def format_report(
             f"{_cpu(cpu.get('envoy')):>7}{_cpu(cpu.get('service')):>8}{_cpu(cpu.get('redis')):>6}"
             f"{_cpu(cpu.get('load_generator')):>6}{_cpu(cpu.get('other')):>7}"
         )
+        compared = by_case.get(r.case)
+        over_f = compared.over_f if compared is not None else None
+        over_b = compared.over_b if compared is not None else None
+        row += f"{_us(r.service_cpu_us_per_check):>8}{_ratio(over_f):>6}{_ratio(over_b):>6}"
         if not r.valid:
             row += "   INVALID: " + "; ".join(r.problems)
         lines.append(row)
     lines.append("")
     for c in comparisons:
-        ratio_mark = "met" if c.ratio_goal_met else "NOT met"
-        p99_mark = "met" if c.p99_goal_met else "NOT met"
-        lines.append(
-            f"{c.case}: {c.case}/b = {c.over_b:.2f} (goal >= {GOAL_RATIO}: {ratio_mark});  "
-            f"p99({c.case}) - p99(a) = {c.p99_minus_a_ms:+.2f} ms "
-            f"(goal <= {GOAL_P99_DELTA_MS:g} ms: {p99_mark})"
-        )
+        lines += comparison_lines(c)
     trail_lines = [
         f"{r.case}: {r.audit_events:,} audit events (one per check, warm-up and "
         f"probes included; {sum(run.requests for run in r.runs):,} measured requests), "
@@ -1018,6 +1160,9 @@ def format_report(
         "token-bucket rate limits (c: in process; r: in Redis, one evalsha per check; p: the",
         "same, pipelined), an audit event per check written to a file, and every check",
         "traced (Check span + phase spans) and exported over OTLP/gRPC: design section 5's (c).",
+        "The floor rows (f): a grpc.aio Check server that decodes the token's payload (no",
+        "signature check) and the JSON body, and answers prebuilt responses: design section 5's",
+        "(f), the least a Python gRPC service behind the same Envoy can cost.",
         *meta["notes"],
     ]
     return "\n".join(lines)
@@ -1109,7 +1254,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=_workers_list,
         default="1,2",
-        help="comma-separated policy-service process counts, one c, r and p row each (1,2)",
+        help="comma-separated service process counts, one f, c, r and p row each (1,2)",
     )
     parser.add_argument(
         "--envoy-concurrency", type=_positive, default=2, help="Envoy worker threads (2)"
@@ -1213,7 +1358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(f"benchmark failed: {exc}")
         return 1
 
-    comparisons = compare(results)
+    comparisons = compare(results, traced=not args.no_traces)
     meta: dict[str, Any] = {
         "started_at": started,
         "machine": {
@@ -1238,6 +1383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "tokens": args.tokens,
             "repeat": args.repeat,
             "pin_service": args.pin_service,
+            "no_traces": args.no_traces,
         },
         "notes": _notes(args.tokens),
     }
@@ -1251,7 +1397,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "body": REQUEST_BODY,
         },
         "limits": BENCH_LIMITS,
-        "goals": {"over_b_min": GOAL_RATIO, "p99_minus_a_max_ms": GOAL_P99_DELTA_MS},
+        "goals": {
+            "over_b_min": GOAL_RATIO,
+            "p99_minus_a_max_ms": GOAL_P99_DELTA_MS,
+            "over_f_min": GOAL_OVER_F_UNTRACED if args.no_traces else GOAL_OVER_F_TRACED,
+            "p99_minus_f_max_ms": GOAL_P99_MINUS_F_MS,
+        },
         "cases": [
             {
                 **asdict(r),
