@@ -12,8 +12,10 @@ the rest of the event.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -287,5 +289,16 @@ def _rate_limit(result: RateLimitResult) -> dict[str, Any]:
 
 
 def _rfc3339(epoch_seconds: float) -> str:
-    moment = datetime.fromtimestamp(epoch_seconds, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond:06d}Z"
+    """``2026-12-04T21:33:50.123456Z``. Every event needs one, and many share a second: the
+    date and time part is formatted once per second, only the microseconds per event."""
+    # Rounded as datetime.fromtimestamp rounds, so the text is the same as it formats.
+    fraction, whole = math.modf(epoch_seconds)
+    micros = round(fraction * 1_000_000)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    return f"{_second_text(int(whole))}.{micros:06d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _second_text(whole_seconds: int) -> str:
+    return datetime.fromtimestamp(whole_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
