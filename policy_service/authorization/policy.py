@@ -8,8 +8,9 @@ Semantics, in the order they apply:
    ``when`` condition holds, decides. No such rule means deny (default deny), reported as
    ``condition_not_met`` when an *allow* rule's target matched but its condition kept it
    out (a deny rule kept out by its condition explains nothing about the refusal: that is
-   ``no_matching_rule``). A ``deny`` rule refuses. A rule's client list must admit the principal. A condition that
-   fails to evaluate never lets a call in: it is false for allow rules, true for deny rules.
+   ``no_matching_rule``). A ``deny`` rule refuses. A rule's client list must admit the
+   principal. A condition that fails to evaluate never lets a call in: it is false for
+   allow rules, true for deny rules.
 3. The principal must hold the upstream's ``required_scopes`` plus the matching rule's
    ``scopes``, for every call. When only scopes are missing the refusal names *all* the
    scopes the operation needs (MCP 2026-07-28: one challenge with every needed scope).
