@@ -42,10 +42,7 @@ from policy_service.policy.targets import CallTargets
 from policy_service.policy.webhooks import WebhookPolicy, valid_host_pattern
 from policy_service.request.model import UpstreamProtocol
 
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _HEADER_PREFIX = re.compile(r"^[a-z0-9-]{2,40}$")
-_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
-_MAX_LEEWAY_SECONDS = 600.0
 _MAX_REDACT_KEY_LENGTH = 128
 
 
