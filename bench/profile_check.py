@@ -15,19 +15,31 @@ microseconds per check with the service CPU per request that run.py implies (ser
 
     .venv/bin/python bench/profile_check.py
     .venv/bin/python bench/profile_check.py --tokens 20000 --iterations 20000  # no cache hits
+    .venv/bin/python bench/profile_check.py --trail --sampling 1   # the production trail
+
+``--trail`` turns on what production runs beside the decision: an audit event per check
+(written to /dev/null through the real file sink), Prometheus metrics, and tracing with the
+real OTLP exporter to ``bench/otlp_sink.py`` in its own process. ``--sampling P`` makes P%
+of the checks arrive with a sampled ``traceparent`` (Envoy's ``random_sampling``, followed
+by the service) and the rest with an unsampled one.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import io
+import os
 import pstats
+import random
+import socket
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +57,28 @@ from run import (  # noqa: E402
 )
 
 
-def build_requests(workdir: Path, tokens: int) -> tuple[Any, Any, list[Any]]:
-    """The servicer and gateway for a fresh test bundle, and one CheckRequest per token."""
+def build_requests(workdir: Path, tokens: int, otlp_port: int | None) -> tuple[Any, Any, list[Any]]:
+    """The servicer and gateway for a fresh test bundle, and one CheckRequest per token.
+
+    Without ``otlp_port`` the trail is off (no spans, audit sink or metrics), so the profile
+    shows the request path itself; with it, the trail is production's."""
     from policy_service.app import build_gateway, build_servicer, build_trail
+    from policy_service.telemetry.audit import FileSink
     from tests.support.bundles import write_test_bundle
     from tests.support.checks import check_request
 
     bundle = write_test_bundle(workdir, limits=BENCH_LIMITS)
-    # The service as it ships, built by the composition root: no spans (no OTEL_* here),
-    # no audit sink, no metrics, so the profile shows the request path itself.
-    trail = build_trail({})
+    if otlp_port is None:
+        trail = build_trail({})
+    else:
+        # The exporter and the sampler read os.environ themselves, as in `serve`.
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{otlp_port}"
+        os.environ["OTEL_TRACES_SAMPLER"] = "parentbased_always_on"  # Envoy's choice rules
+        trail = build_trail(
+            os.environ,
+            audit_sink=FileSink.open(Path("/dev/null")),
+            metrics=True,
+        )
     gateway = build_gateway(bundle.bundle, trail)
     service = build_servicer(gateway, trail)
     requests = []
@@ -83,24 +107,51 @@ def build_requests(workdir: Path, tokens: int) -> tuple[Any, Any, list[Any]]:
 
 
 class EnvoyCallContext:
-    """The servicer reads only the call's metadata: what Envoy sends with an untraced check."""
+    """The servicer reads only the call's metadata: what Envoy sends with a check."""
+
+    def __init__(self, traceparent: str | None = None) -> None:
+        self.metadata: tuple[tuple[str, str], ...] = (("x-envoy-internal", "true"),)
+        if traceparent is not None:
+            self.metadata += (("traceparent", traceparent),)
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("x-envoy-internal", "true"),)
+        return self.metadata
 
 
 CONTEXT = EnvoyCallContext()
 
 
-async def run_checks(service: Any, requests: Sequence[Any], iterations: int) -> None:
+def call_contexts(sampling_percent: float | None) -> list[EnvoyCallContext]:
+    """One context per check of a cycle of 1,000: sampled ones carry a sampled traceparent
+    (Envoy's ext_authz span), the others an unsampled one, as Envoy sends them."""
+    if sampling_percent is None:
+        return [CONTEXT]
+    sampled = round(sampling_percent * 10)
+    return [
+        EnvoyCallContext(
+            f"00-{random.getrandbits(128):032x}-{random.getrandbits(64):016x}-"
+            f"{'01' if i < sampled else '00'}"
+        )
+        for i in range(1000)
+    ]
+
+
+async def run_checks(
+    service: Any, requests: Sequence[Any], iterations: int, contexts: Sequence[Any]
+) -> None:
     check = service.Check
     count = len(requests)
+    calls = len(contexts)
     for i in range(iterations):
-        await check(requests[i % count], CONTEXT)
+        await check(requests[i % count], contexts[i % calls])
 
 
 async def measure(
-    service: Any, gateway: Any, requests: Sequence[Any], iterations: int
+    service: Any,
+    gateway: Any,
+    requests: Sequence[Any],
+    iterations: int,
+    contexts: Sequence[Any],
 ) -> tuple[float, cProfile.Profile]:
     """Microseconds per check without a profiler, and a cProfile of the same loop."""
     await gateway.state.jwt.start()  # loads the issuer's keys, as the server does at start
@@ -109,13 +160,13 @@ async def measure(
         if answer.status.code != 0:
             raise SystemExit(f"the benchmark request was not allowed:\n{answer}")
         # Warm up (fills the verified-token cache when it can hold every token), then time.
-        await run_checks(service, requests, min(iterations, 5_000))
-        started = time.perf_counter()
-        await run_checks(service, requests, iterations)
-        per_check_us = (time.perf_counter() - started) / iterations * 1e6
+        await run_checks(service, requests, min(iterations, 5_000), contexts)
+        started = time.process_time()  # the span exporter's thread counts too
+        await run_checks(service, requests, iterations, contexts)
+        per_check_us = (time.process_time() - started) / iterations * 1e6
         profiler = cProfile.Profile()
         profiler.enable()
-        await run_checks(service, requests, iterations)
+        await run_checks(service, requests, iterations, contexts)
         profiler.disable()
         return per_check_us, profiler
     finally:
@@ -131,14 +182,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=50_000)
     parser.add_argument("--tokens", type=int, default=1, help="distinct tokens to rotate")
     parser.add_argument("--top", type=int, default=20, help="functions to list")
+    parser.add_argument("--trail", action="store_true", help="audit events, metrics and tracing on")
+    parser.add_argument(
+        "--sampling",
+        type=float,
+        metavar="PERCENT",
+        help="with --trail: the share of checks whose parent is sampled (default 100)",
+    )
     args = parser.parse_args(argv)
+    if args.sampling is not None and not args.trail:
+        parser.error("--sampling needs --trail")
 
-    with tempfile.TemporaryDirectory(prefix="policy-profile-") as tmp:
-        service, gateway, requests = build_requests(Path(tmp), max(1, args.tokens))
-        per_check_us, profiler = asyncio.run(measure(service, gateway, requests, args.iterations))
+    with (
+        tempfile.TemporaryDirectory(prefix="policy-profile-") as tmp,
+        otlp_sink(args.trail) as port,
+    ):
+        service, gateway, requests = build_requests(Path(tmp), max(1, args.tokens), port)
+        contexts = call_contexts(
+            (100.0 if args.sampling is None else args.sampling) if args.trail else None
+        )
+        per_check_us, profiler = asyncio.run(
+            measure(service, gateway, requests, args.iterations, contexts)
+        )
+        service.trail.close()  # exports what is queued, inside the profiled process's life
+    trail = (
+        f", trail on at {args.sampling if args.sampling is not None else 100:g}% sampled"
+        if args.trail
+        else ""
+    )
     print(
-        f"{args.iterations} checks, {args.tokens} token(s): {per_check_us:.1f} us per check "
-        f"({1e6 / per_check_us:,.0f} checks/s on one core, no gRPC)"
+        f"{args.iterations} checks, {args.tokens} token(s){trail}: {per_check_us:.1f} us CPU "
+        f"per check ({1e6 / per_check_us:,.0f} checks/s on one core, no gRPC)"
     )
 
     stats = pstats.Stats(profiler, stream=io.StringIO())
@@ -156,6 +230,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{name} ({_short(filename)}:{line})"
         )
     return 0
+
+
+@contextlib.contextmanager
+def otlp_sink(wanted: bool) -> Iterator[int | None]:
+    """``bench/otlp_sink.py`` in its own process, so exporting costs what it costs."""
+    if not wanted:
+        yield None
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sink = subprocess.Popen([sys.executable, str(BENCH_DIR / "otlp_sink.py"), str(port)])
+    try:
+        time.sleep(1.0)  # grpc's server starts well within this
+        yield port
+    finally:
+        sink.terminate()
+        sink.wait(timeout=10)
 
 
 def _short(filename: str) -> str:

@@ -47,7 +47,7 @@ first, keeps its connections. A measured run in which Envoy accepted more than
 run one evalsha per request, is marked INVALID.
 
 Every policy-service row runs the whole trail: each check writes its audit event to a file and
-records its spans (the Check span and one per phase; no parent comes from this Envoy, so
+records its span (one per check, its phases as events; no parent comes from this Envoy, so
 every check is sampled: the worst case) which are exported over OTLP/gRPC to a bare sink
 process (``bench/otlp_sink.py``). The report gives audit events and spans per request.
 ``--sampling 1,100`` adds rows ``c1@1%``, ``c1@100%`` (and r, p likewise; never f) traced as
@@ -1237,7 +1237,7 @@ def format_report(
         "The service rows: JWT verification, MCP body parsing, per-tool scope check, two",
         "token-bucket rate limits (c: in process; r: in Redis, one evalsha per check; p: the",
         "same, pipelined), an audit event per check written to a file, and every check",
-        "traced (Check span + phase spans) and exported over OTLP/gRPC: design section 5's (c).",
+        "traced (one span per check, phases as its events) and exported over OTLP/gRPC: (c).",
         "The floor rows (f): a grpc.aio Check server that decodes the token's payload (no",
         "signature check) and the JSON body, and answers prebuilt responses: design section 5's",
         "(f), the least a Python gRPC service behind the same Envoy can cost.",

@@ -79,7 +79,7 @@ def build_gateway(
     """The check pipeline for ``bundle``; its limiter outlives bundles (buckets keep
     counting across reloads)."""
     limiter = build_limiter(redis, trail.tracer)
-    return CheckPipeline(BundleState.from_bundle(bundle), limiter, trail.tracer)
+    return CheckPipeline(BundleState.from_bundle(bundle), limiter)
 
 
 def build_servicer(gateway: CheckPipeline, trail: Trail) -> AuthorizationService:

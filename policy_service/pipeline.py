@@ -11,6 +11,7 @@ single reference swap and a check always sees one consistent bundle.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,7 +34,6 @@ from policy_service.identity.credentials import (
 )
 from policy_service.identity.header_encoding import encode_header_list, encode_header_value
 from policy_service.identity.principal import IdentityFailure, Principal
-from policy_service.otel.spans import phase_span
 from policy_service.policy.model import CompiledBundle, UpstreamPolicy
 from policy_service.ratelimits.headers import ratelimit_headers, retry_after_seconds
 from policy_service.ratelimits.keys import claims_for
@@ -58,14 +58,12 @@ from policy_service.request.model import (
 from policy_service.state import BundleState, ServingBundles
 from policy_service.telemetry.record import CheckRecord, DryRunRecord
 from policy_service.telemetry.tracing import (
-    set_identity_attributes,
-    set_limit_attributes,
-    set_policy_attributes,
+    identity_event,
+    limit_event,
+    policy_event,
 )
 
 _NO_CONTEXT = DenialContext()  # before the upstream is known: a plain JSON problem
-# Dry-run evaluations make no spans: only the enforced decision is traced.
-_SILENT_TRACER = trace.NoOpTracer()
 
 _REFUSAL_MESSAGES = {
     RefusalReason.CLIENT_NOT_ALLOWED: "this client is not allowed to use this upstream",
@@ -147,14 +145,12 @@ class CheckPipeline:
         self,
         state: BundleState | ServingBundles,
         limiter: RateLimiter | None = None,
-        tracer: trace.Tracer | None = None,
         identity: Identity = REQUEST_CREDENTIALS,
     ) -> None:
         self.bundles = state if isinstance(state, ServingBundles) else ServingBundles(state)
         self.identity = identity
         # The limiter outlives bundles: buckets keep counting across a reload.
         self.limiter = limiter or RateLimiter(InProcessStore())
-        self.tracer = tracer or trace.get_tracer("policy_service")
 
     @property
     def state(self) -> BundleState:
@@ -165,14 +161,14 @@ class CheckPipeline:
         record = record or CheckRecord.new()
         bundles = self.bundles
         state = bundles.current  # one bundle for the whole check, whatever reloads meanwhile
-        decision = await self._decide(state, request, record, self.tracer)
+        decision = await self._decide(state, request, record)
         dry_run_state = bundles.dry_run
         if dry_run_state is not None and not isinstance(decision, Serve):
             shadow = CheckRecord(record.decision_id)
-            # No spans and no bucket takes: the dry-run bundle must not change what it
+            # No span events and no bucket takes: the dry-run bundle must not change what it
             # observes, and its limits would spend the callers' real budget.
             would = await self._decide(
-                dry_run_state, request, shadow, _SILENT_TRACER, enforce_limits=False
+                dry_run_state, request, shadow, traced=False, enforce_limits=False
             )
             record.dry_runs = (*record.dry_runs, _bundle_dry_run(dry_run_state, would, decision))
         return decision
@@ -182,8 +178,8 @@ class CheckPipeline:
         state: BundleState,
         request: HttpRequest,
         record: CheckRecord,
-        tracer: trace.Tracer,
         *,
+        traced: bool = True,
         enforce_limits: bool = True,
     ) -> Decision:
         bundle = record.bundle = state.bundle
@@ -267,18 +263,23 @@ class CheckPipeline:
         record.parsed = parsed
         context = DenialContext(upstream, request_id_of(parsed), is_jsonrpc)
 
-        with phase_span(tracer, "identity") as span:
-            principal_or_deny = await self.identity.identify(state, upstream, request, context)
-            set_identity_attributes(span, principal_or_deny)
+        # The Check span, when this check is traced: its phases become its events.
+        span = trace.get_current_span() if traced else trace.INVALID_SPAN
+        recording = span.is_recording()
+        started = time.perf_counter() if recording else 0.0
+        principal_or_deny = await self.identity.identify(state, upstream, request, context)
+        if recording:
+            identity_event(span, principal_or_deny, started)
+            started = time.perf_counter()
         if isinstance(principal_or_deny, Deny):
             return principal_or_deny
         principal = record.principal = principal_or_deny
 
-        with phase_span(tracer, "policy") as span:
-            outcome = authorize(upstream, principal, parsed, http=request)
-            if upstream.dry_run_rules:
-                record.dry_runs = _rule_dry_runs(upstream, principal, parsed, request, outcome)
-            set_policy_attributes(span, outcome)
+        outcome = authorize(upstream, principal, parsed, http=request)
+        if upstream.dry_run_rules:
+            record.dry_runs = _rule_dry_runs(upstream, principal, parsed, request, outcome)
+        if recording:
+            policy_event(span, outcome, started)
         if isinstance(outcome, Refused):
             return _refusal(outcome, context)
         assert isinstance(outcome, Granted)
@@ -289,10 +290,11 @@ class CheckPipeline:
 
         limited = NOTHING_MATCHED
         if bundle.limits and enforce_limits:
-            with phase_span(tracer, "rate_limit") as span:
-                claims = claims_for(bundle.limits, upstream.name, principal, outcome.targets)
-                limited = record.limits = await self.limiter.check(claims)
-                set_limit_attributes(span, limited)
+            started = time.perf_counter() if recording else 0.0
+            claims = claims_for(bundle.limits, upstream.name, principal, outcome.targets)
+            limited = record.limits = await self.limiter.check(claims)
+            if recording:
+                limit_event(span, limited, started)
             if limited.verdict is Verdict.EXCEEDED:
                 return _rate_limited(limited, parsed, context)
             if limited.verdict is Verdict.FAILED_CLOSED:

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ParentBased
 from opentelemetry.trace import SpanKind, format_span_id, format_trace_id
 
 from policy_service.decisions.model import Decision
@@ -54,6 +55,10 @@ class Trail:
             if tracer_provider is not None
             else trace.NoOpTracer()
         )
+        # A parent-based sampler (the default) drops every child of an unsampled parent.
+        self._follows_parent = tracer_provider is not None and isinstance(
+            tracer_provider.sampler, ParentBased
+        )
         self.auditor = auditor or Auditor(None, AuditFailureMode.OPEN)
         self.metrics = metrics
         self._unknown_tags_logged: dict[str, float] = {}
@@ -61,8 +66,16 @@ class Trail:
     @contextmanager
     def check_span(self, parent: Context) -> Iterator[trace.Span]:
         if self.tracer_provider is None:
-            yield trace.INVALID_SPAN  # tracing off: no span, and no phase spans below it
+            yield trace.INVALID_SPAN  # tracing off: no span, and no phase events on it
             return
+        if self._follows_parent:
+            inherited = trace.get_current_span(parent).get_span_context()
+            if inherited.is_valid and not inherited.trace_flags.sampled:
+                # Envoy did not sample this request, and the sampler follows the parent:
+                # the SDK would make a non-recording span. Most checks in production are
+                # these (1% sampling), so they skip the SDK, and the context, entirely.
+                yield trace.INVALID_SPAN
+                return
         with self.tracer.start_as_current_span(
             CHECK_SPAN_NAME,
             context=parent,

@@ -33,6 +33,7 @@ class ReceivedSpan:
     attributes: dict[str, object]
     links: tuple[tuple[str, str], ...]  # (trace_id, span_id)
     status_code: str  # "UNSET", "OK" or "ERROR"
+    events: dict[str, dict[str, object]]  # name -> attributes (a check's phases)
 
 
 def any_value(value: AnyValue) -> object:
@@ -61,6 +62,7 @@ def _record(service_name: str, span: trace_pb2.Span) -> ReceivedSpan:
         attributes=attributes(span.attributes),
         links=tuple((link.trace_id.hex(), link.span_id.hex()) for link in span.links),
         status_code=status,
+        events={event.name: attributes(event.attributes) for event in span.events},
     )
 
 

@@ -18,6 +18,7 @@ from google.protobuf import json_format
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler, SamplingResult
 from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_trace_id
 
 from policy_service.app import build_gateway, build_servicer
@@ -56,12 +57,13 @@ class Harness:
         sink: MemoryAuditSink | None = None,
         failure: AuditFailureMode = AuditFailureMode.CLOSED,
         exporter_processor: BatchSpanProcessor | None = None,
+        sampler: Sampler | None = None,
     ) -> None:
         self.bundle = bundle
         self.exporter: InMemorySpanExporter | None = None
         provider = None
         if spans:
-            provider, self.exporter = capture_spans()
+            provider, self.exporter = capture_spans(sampler)
         if exporter_processor is not None:
             assert provider is not None
             provider.add_span_processor(exporter_processor)
@@ -136,7 +138,7 @@ def decision_id_of(response: external_auth_pb2.CheckResponse) -> str:
 # -- spans ---------------------------------------------------------------------------
 
 
-async def test_check_span_continues_envoys_trace_with_a_child_per_phase(
+async def test_one_span_continues_envoys_trace_with_an_event_per_phase(
     bundle: TestBundle,
 ) -> None:
     harness = Harness(bundle)
@@ -153,11 +155,11 @@ async def test_check_span_continues_envoys_trace_with_a_child_per_phase(
     assert format_trace_id(check.context.trace_id) == ENVOY_TRACE
     assert check.parent is not None
     assert format_span_id(check.parent.span_id) == ENVOY_SPAN
-    for phase in ("identity", "policy", "rate_limit"):
-        child = harness.span(phase)
-        assert child.parent is not None
-        assert child.parent.span_id == check.context.span_id, phase
-        assert child.context.trace_id == check.context.trace_id
+    assert [span.name for span in harness.spans()] == [CHECK_SPAN_NAME]  # no child spans
+    events = {event.name: dict(event.attributes or {}) for event in check.events}
+    assert list(events) == ["identity", "policy", "rate_limit"]
+    for phase, attributes in events.items():
+        assert 0 <= float(attributes["policy_service.phase.duration_ms"]) < 10_000, phase
 
     attributes = dict(check.attributes or {})
     assert attributes["mcp.method.name"] == "tools/call"
@@ -173,10 +175,9 @@ async def test_check_span_continues_envoys_trace_with_a_child_per_phase(
     assert attributes["policy_service.upstream"] == "fininfo"
     assert attributes["policy_service.ratelimit.remaining"] == 99
     assert attributes["policy_service.decision_id"] == decision_id_of(response)
-    assert dict(harness.span("identity").attributes or {})["policy_service.credential"] == "jwt"
-    assert dict(harness.span("rate_limit").attributes or {})[
-        "policy_service.ratelimit.verdict"
-    ] == ("admitted")
+    assert events["identity"]["policy_service.credential"] == "jwt"
+    assert events["policy"]["policy_service.decision"] == "allow"
+    assert events["rate_limit"]["policy_service.ratelimit.verdict"] == "admitted"
 
 
 async def test_request_headers_are_the_parent_when_the_metadata_has_none(
@@ -249,6 +250,33 @@ async def test_an_unsampled_trace_records_no_spans_but_the_audit_keeps_its_trace
     assert "span_id" not in event
 
 
+async def test_an_unsampled_check_never_reaches_the_sdk(bundle: TestBundle) -> None:
+    """Most production checks are unsampled: they cost no sampler call and no span object."""
+    sampler = CountingSampler(ParentBased(ALWAYS_ON))
+    harness = Harness(bundle, sampler=sampler)
+    token = bundle.token("fininfo:read")
+    for flags in ("00", "01"):
+        response = await harness.check(
+            metadata=[("traceparent", traceparent(ENVOY_TRACE, ENVOY_SPAN, flags=flags))],
+            headers=mcp_headers(token),
+            body=tool_call(),
+        )
+        assert response.HasField("ok_response")
+    assert sampler.calls == 1  # the sampled check's only
+    assert [span.name for span in harness.spans()] == [CHECK_SPAN_NAME]
+
+
+class CountingSampler(ParentBased):
+    def __init__(self, inner: ParentBased) -> None:
+        super().__init__(ALWAYS_ON)
+        self.inner = inner
+        self.calls = 0
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+        self.calls += 1
+        return self.inner.should_sample(*args, **kwargs)
+
+
 async def test_a_denial_is_described_on_the_span(bundle: TestBundle) -> None:
     harness = Harness(bundle)
     token = bundle.token("fininfo:read")
@@ -261,10 +289,12 @@ async def test_a_denial_is_described_on_the_span(bundle: TestBundle) -> None:
     assert attributes["policy_service.reason"] == "insufficient_scope"
     assert attributes["policy_service.rule"] == "trade"
     assert attributes["policy_service.missing_scopes"] == ("fininfo:trade",)
-    policy = dict(harness.span("policy").attributes or {})
-    assert policy["policy_service.reason"] == "insufficient_scope"
+    events = {
+        event.name: dict(event.attributes or {}) for event in harness.span(CHECK_SPAN_NAME).events
+    }
+    assert events["policy"]["policy_service.reason"] == "insufficient_scope"
     # Refused before the limits: no rate-limit phase at all.
-    assert "rate_limit" not in [span.name for span in harness.spans()]
+    assert list(events) == ["identity", "policy"]
 
 
 async def test_a_fault_inside_the_pipeline_is_audited_and_marks_the_span(
