@@ -15,22 +15,22 @@ Layers, lowest first. A module imports only from its own layer or lower ones, ne
 higher one, and there are no import cycles; tests/unit/test_layers.py reads this table and
 walks every import to keep it so.
 
-    layer  errors, clock, binaries, fetching, gen             shared base
-    layer  gateway                                           Envoy configs, certificates, process
-    layer  otel                                              OpenTelemetry plumbing, no domain
-    layer  request                                           what is called: HTTP, MCP, A2A
-    layer  identity                                          who calls: credentials, JWT, keys
-    layer  policy                                            the compiled bundle every phase reads
-    layer  authorization, decisions, ratelimits              the phases' decisions
-    layer  edge, telemetry                                   Envoy protos in and out; the trail
-    layer  state, pipeline                                   the bundles served; one check
-    layer  bundles                                           bytes to compiled policy; reload
-    layer  server                                            the gRPC service
-    layer  app                                               the one place that builds it
-    layer  authoring                                         policy tests and explain
-    layer  dev                                               the dev stack and demo peers
-    layer  cli                                               the command line
-    layer  __main__, testing                                 python -m; test doubles
+    layer  errors, clock, binaries, fetching, gen, event_loop   shared base
+    layer  gateway                                              Envoy configs, certificates, process
+    layer  otel                                                 OpenTelemetry plumbing, no domain
+    layer  request                                              what is called: HTTP, MCP, A2A
+    layer  identity                                             who calls: credentials, JWT, keys
+    layer  policy                                               the compiled bundle phases read
+    layer  authorization, decisions, ratelimits                 the phases' decisions
+    layer  edge, telemetry                                      Envoy protos in and out; the trail
+    layer  state, pipeline                                      the bundles served; one check
+    layer  bundles                                              bytes to compiled policy; reload
+    layer  server                                               the gRPC service
+    layer  app                                                  the one place that builds it
+    layer  authoring                                            policy tests and explain
+    layer  dev                                                  the dev stack and demo peers
+    layer  cli                                                  the command line
+    layer  __main__, testing                                    python -m; test doubles
 """
 
 __version__ = "0.1.0"

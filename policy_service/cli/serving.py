@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from policy_service import event_loop
 from policy_service.cli.flags import (
     add_redis_arguments,
     add_telemetry_arguments,
@@ -16,6 +17,7 @@ from policy_service.cli.flags import (
     trail_from_args,
 )
 from policy_service.errors import ConfigError, PolicyServiceError
+from policy_service.event_loop import EventLoop
 
 if TYPE_CHECKING:
     from policy_service.bundles.sources import BundleSource
@@ -67,6 +69,11 @@ def register(commands: Commands) -> None:
     serve.add_argument("--grace", type=float, default=10.0, help="seconds to drain on SIGTERM")
     serve.add_argument(
         "--no-reflection", action="store_true", help="do not serve gRPC server reflection"
+    )
+    serve.add_argument(
+        "--event-loop",
+        choices=[loop.value for loop in EventLoop],
+        help="the asyncio event loop (default: uvloop when installed, else asyncio)",
     )
     add_redis_arguments(serve)
     add_telemetry_arguments(serve)
@@ -136,5 +143,5 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         )
         await serve_until_signalled(server)
 
-    asyncio.run(run())
+    event_loop.run(run(), EventLoop(args.event_loop) if args.event_loop else None)
     return 0

@@ -8,16 +8,16 @@ ext_authz filter's namespace, where the access log reads
 
 from __future__ import annotations
 
+from typing import Any
+
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
-from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 
 from policy_service.decisions.model import ANSWERS, Allow, Decision, GrpcStatus, Serve
 from policy_service.decisions.render import HttpAnswer, render_deny, render_serve
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-_OK = status_pb2.Status(code=code_pb2.OK)
 _PERMISSION_DENIED = status_pb2.Status(code=code_pb2.PERMISSION_DENIED)
 _GRPC_STATUS = {
     GrpcStatus.UNAUTHENTICATED: status_pb2.Status(code=code_pb2.UNAUTHENTICATED),
@@ -41,22 +41,33 @@ def to_check_response(decision: Decision, decision_id: str = "") -> external_aut
     return response
 
 
-def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
-    return base_pb2.HeaderValueOption(
-        header=base_pb2.HeaderValue(key=name, value=value), append_action=_OVERWRITE
-    )
+def _put(options: Any, name: str, value: str) -> None:
+    """Append one overwriting header to a repeated HeaderValueOption field.
+
+    Filled in place: a nested keyword constructor per header cost three times as much, and
+    an allowed check sends about ten headers."""
+    option = options.add()
+    header = option.header
+    header.key = name
+    header.value = value
+    option.append_action = _OVERWRITE
 
 
 def _allow(decision: Allow, decision_id: str) -> external_auth_pb2.CheckResponse:
-    answer_headers = [_header(name, value) for name, value in decision.response_headers]
+    response = external_auth_pb2.CheckResponse()
+    response.status.code = code_pb2.OK
+    ok = response.ok_response
+    ok.SetInParent()  # an allow with nothing to change is still an ok_response
+    upstream_headers = ok.headers
+    for name, value in decision.headers_to_set:
+        _put(upstream_headers, name, value)
+    ok.headers_to_remove.extend(decision.headers_to_remove)
+    answer_headers = ok.response_headers_to_add
+    for name, value in decision.response_headers:
+        _put(answer_headers, name, value)
     if decision_id:
-        answer_headers.append(_header(DECISION_ID_HEADER, decision_id))
-    ok = external_auth_pb2.OkHttpResponse(
-        headers=[_header(name, value) for name, value in decision.headers_to_set],
-        headers_to_remove=list(decision.headers_to_remove),
-        response_headers_to_add=answer_headers,
-    )
-    return external_auth_pb2.CheckResponse(status=_OK, ok_response=ok)
+        _put(answer_headers, DECISION_ID_HEADER, decision_id)
+    return response
 
 
 def _deny(
@@ -64,12 +75,14 @@ def _deny(
 ) -> external_auth_pb2.CheckResponse:
     # A "denied" response is also how the gateway serves its own documents (status 200):
     # Envoy sends it to the client as a local reply and never touches the upstream.
-    headers = [_header(name, value) for name, value in answer.headers]
+    response = external_auth_pb2.CheckResponse()
+    response.status.CopyFrom(status)
+    denied = response.denied_response
+    denied.status.code = answer.status
+    headers = denied.headers
+    for name, value in answer.headers:
+        _put(headers, name, value)
     if decision_id:
-        headers.append(_header(DECISION_ID_HEADER, decision_id))
-    denied = external_auth_pb2.DeniedHttpResponse(
-        status=http_status_pb2.HttpStatus(code=answer.status),
-        headers=headers,
-        body=answer.body.decode(),
-    )
-    return external_auth_pb2.CheckResponse(status=status, denied_response=denied)
+        _put(headers, DECISION_ID_HEADER, decision_id)
+    denied.body = answer.body.decode()
+    return response
