@@ -504,6 +504,23 @@ async def test_arguments_are_recorded_only_when_the_bundle_says_and_redacted(
     json_format.ParseDict(event, audit_pb2.AuditEvent())
 
 
+async def test_audited_arguments_of_any_json_size_and_script_are_written_whole(
+    tmp_path: Path,
+) -> None:
+    """Integers past 64 bits and non-ASCII text are JSON too: the line keeps them exactly."""
+    body = tool_call()
+    body["params"]["arguments"] = {"big": 2**70, "small": -(2**63), "text": "Grüße \u2028 ✓"}
+    harness = Harness(write_test_bundle(tmp_path, audit="  include_arguments: true\n"))
+    token = harness.bundle.token("fininfo:read")
+    response = await harness.check(headers=mcp_headers(token), body=body)
+    assert response.HasField("ok_response")
+    [line] = harness.sink.lines
+    assert line.endswith(b"}\n") and line.count(b"\n") == 1
+    arguments = json.loads(line)["target"]["calls"][0]["arguments"]
+    assert arguments == {"big": 2**70, "small": -(2**63), "text": "Grüße \u2028 ✓"}
+    assert "Grüße".encode() in line  # UTF-8, not \u escapes
+
+
 async def test_when_the_audit_cannot_be_written_closed_refuses_the_call(
     bundle: TestBundle,
 ) -> None:
