@@ -182,17 +182,30 @@ class CheckMetrics:
             registry=self.registry,
         )
         self._vocabulary: tuple[CompiledBundle, _Vocabulary] | None = None
+        # Every check counts into these: labels() validates and locks per call, so each
+        # label set's children are looked up once. Label values are bounded (see above).
+        self._children: dict[tuple[str, ...], tuple[Counter, Histogram]] = {}
+        self._limit_verdicts = {
+            verdict: self._limit_checks.labels(verdict.value) for verdict in Verdict
+        }
 
     def observe(
         self, decision: Decision, record: CheckRecord, facts: CheckFacts, seconds: float
     ) -> None:
         name = decision_name(decision)
-        upstream, method, tool = self._call_labels(record, facts)
-        self._checks.labels(name, decision.reason, upstream, method, tool).inc()
-        self._latency.labels(name).observe(seconds)
+        labels = (name, decision.reason, *self._call_labels(record, facts))
+        children = self._children.get(labels)
+        if children is None:
+            children = self._children[labels] = (
+                self._checks.labels(*labels),
+                self._latency.labels(name),
+            )
+        checks, latency = children
+        checks.inc()
+        latency.observe(seconds)
         limits = record.limits
         if limits is not None:
-            self._limit_checks.labels(limits.verdict.value).inc()
+            self._limit_verdicts[limits.verdict].inc()
             if limits.verdict is Verdict.EXCEEDED or limits.shadow_exceeded:
                 for state in limits.states:
                     if state.exceeded:
