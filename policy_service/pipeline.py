@@ -36,7 +36,7 @@ from policy_service.identity.header_encoding import encode_header_list, encode_h
 from policy_service.identity.principal import IdentityFailure, Principal
 from policy_service.policy.model import CompiledBundle, UpstreamPolicy
 from policy_service.ratelimits.headers import ratelimit_headers, retry_after_seconds
-from policy_service.ratelimits.keys import claims_for
+from policy_service.ratelimits.keys import cached_claims_for
 from policy_service.ratelimits.limiter import (
     NOTHING_MATCHED,
     RateLimiter,
@@ -291,7 +291,7 @@ class CheckPipeline:
         limited = NOTHING_MATCHED
         if bundle.limits and enforce_limits:
             started = time.perf_counter() if recording else 0.0
-            claims = claims_for(bundle.limits, upstream.name, principal, outcome.targets)
+            claims = cached_claims_for(bundle.limits, upstream.name, principal, outcome.targets)
             limited = record.limits = await self.limiter.check(claims)
             if recording:
                 limit_event(span, limited, started)
@@ -427,9 +427,18 @@ def _mcp_version(parsed: McpRequest | A2aRequest | None) -> str | None:
 def _identity_headers(
     principal: Principal, prefix: str, decision_id: str
 ) -> tuple[tuple[str, str], ...]:
+    # The upstream can log the decision id too: one key joins its logs to ours.
+    return ((f"{prefix}decision-id", decision_id), *_principal_headers(principal, prefix))
+
+
+def _principal_headers(principal: Principal, prefix: str) -> tuple[tuple[str, str], ...]:
+    """The headers naming the principal: made once per principal and prefix, and kept on it
+    (the verified-token cache holds the principal, so a caller's next check reuses them)."""
+    key = ("identity_headers", prefix)
+    cached: tuple[tuple[str, str], ...] | None = principal.derived.get(key)
+    if cached is not None:
+        return cached
     headers = [
-        # The upstream can log the decision id too: one key joins its logs to ours.
-        (f"{prefix}decision-id", decision_id),
         # Claims are the issuer's text: percent-encoded so that distinct values always
         # arrive as distinct header values and nothing on the way can trim or fold them.
         (f"{prefix}subject", encode_header_value(principal.subject)),
@@ -439,7 +448,8 @@ def _identity_headers(
     ]
     if principal.client_id:
         headers.append((f"{prefix}client-id", encode_header_value(principal.client_id)))
-    return tuple(headers)
+    made = principal.derived[key] = tuple(headers)
+    return made
 
 
 def _strip_headers(

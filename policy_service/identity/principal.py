@@ -22,6 +22,10 @@ class Principal:
     credential: CredentialKind
     expires_at: float | None = None  # epoch seconds
     claims: Mapping[str, Any] = field(default_factory=dict)  # verified claims only
+    # What later phases derive from this principal alone (its identity headers, its bucket
+    # ids), kept for as long as the principal is: a verified token's cache entry holds it,
+    # so a caller's next check finds them made. Bounded by whoever fills it.
+    derived: dict[object, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

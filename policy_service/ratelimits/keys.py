@@ -39,6 +39,32 @@ def claims_for(
     return tuple(BucketClaim(limit, bucket, cost) for bucket, (limit, cost) in taken.items())
 
 
+_DERIVED_PER_UPSTREAM = 64  # a principal's remembered claims: upstreams it called lately
+
+
+def cached_claims_for(
+    limits: tuple[CompiledLimit, ...],
+    upstream: str,
+    principal: Principal,
+    targets: Sequence[CallTarget],
+) -> tuple[BucketClaim, ...]:
+    """``claims_for``, remembered on the principal: a caller's checks mostly repeat the same
+    calls, and a bucket id costs a digest per limit. A hit needs the same bundle's limits
+    (the very tuple: a reload makes new ones) and calls of the same kinds and names."""
+    calls = tuple((target.kind, target.name, target.method) for target in targets)
+    derived = principal.derived
+    key = ("claims", upstream)
+    cached = derived.get(key)
+    if cached is not None and cached[0] is limits and cached[1] == calls:
+        claims: tuple[BucketClaim, ...] = cached[2]
+        return claims
+    claims = claims_for(limits, upstream, principal, targets)
+    if len(derived) >= _DERIVED_PER_UPSTREAM:
+        derived.clear()
+    derived[key] = (limits, calls, claims)
+    return claims
+
+
 def applies(limit: CompiledLimit, target: CallTarget | None) -> bool:
     """Does the limit cover this call (``None``: a request without calls, e.g. a GET stream)?"""
     if target is None:

@@ -11,7 +11,7 @@ import pytest
 
 from policy_service.identity.principal import CredentialKind, Principal
 from policy_service.policy.limits import CompiledLimit
-from policy_service.ratelimits.keys import claims_for
+from policy_service.ratelimits.keys import cached_claims_for, claims_for
 from policy_service.request.model import CallTarget, TargetKind, call_targets
 from tests.support.bundles import write_test_bundle
 
@@ -306,3 +306,46 @@ def test_bucket_ids_never_contain_identities(limits: tuple[CompiledLimit, ...]) 
         assert BUCKET_ID.match(claim.key), claim.key
         for secret in ("alice", "example.com", "client-7f3a", "acme"):
             assert secret not in claim.key
+
+
+# --- remembered on the principal ----------------------------------------------------------
+
+
+def test_claims_are_remembered_per_principal_for_the_same_calls(
+    limits: tuple[CompiledLimit, ...],
+) -> None:
+    caller = principal()
+    first = cached_claims_for(limits, "fininfo", caller, [tool("get_quote", request_id=1)])
+    # Another request of the same call (its id differs) reuses what the first one made.
+    again = cached_claims_for(limits, "fininfo", caller, [tool("get_quote", request_id=2)])
+    assert again is first
+    assert first == claims_for(limits, "fininfo", caller, [tool("get_quote")])
+
+
+def test_remembered_claims_follow_the_calls_the_upstream_and_the_bundle(
+    limits: tuple[CompiledLimit, ...],
+) -> None:
+    caller = principal()
+    cached_claims_for(limits, "fininfo", caller, [tool("get_quote")])
+    for upstream, targets in (
+        ("fininfo", [tool("place_trade")]),
+        ("fininfo", [tool("get_quote"), tool("get_quote")]),
+        ("fininfo", [method("tools/list")]),
+        ("other", [tool("get_quote")]),
+    ):
+        got = cached_claims_for(limits, upstream, caller, targets)
+        assert got == claims_for(limits, upstream, caller, targets), (upstream, targets)
+    # A reload brings new limit objects (here: one fewer limit): never the old claims.
+    reloaded = limits[1:]
+    got = cached_claims_for(reloaded, "fininfo", caller, [tool("get_quote")])
+    assert got == claims_for(reloaded, "fininfo", caller, [tool("get_quote")])
+    assert {claim.limit.name for claim in got} <= {limit.name for limit in reloaded}
+
+
+def test_a_principal_remembers_a_bounded_number_of_upstreams(
+    limits: tuple[CompiledLimit, ...],
+) -> None:
+    caller = principal()
+    for index in range(1000):
+        cached_claims_for(limits, f"upstream-{index}", caller, [tool("get_quote")])
+    assert len(caller.derived) <= 64
