@@ -175,9 +175,10 @@ async def test_one_span_continues_envoys_trace_with_an_event_per_phase(
     assert attributes["policy_service.upstream"] == "fininfo"
     assert attributes["policy_service.ratelimit.remaining"] == 99
     assert attributes["policy_service.decision_id"] == decision_id_of(response)
-    assert events["identity"]["policy_service.credential"] == "jwt"
-    assert events["policy"]["policy_service.decision"] == "allow"
-    assert events["rate_limit"]["policy_service.ratelimit.verdict"] == "admitted"
+    # The span's attributes say how each phase ended; the events say when, and how long.
+    assert attributes["policy_service.credential"] == "jwt"
+    assert attributes["policy_service.ratelimit.verdict"] == "admitted"
+    assert all(set(event) == {"policy_service.phase.duration_ms"} for event in events.values())
 
 
 async def test_request_headers_are_the_parent_when_the_metadata_has_none(
@@ -515,7 +516,8 @@ async def test_audited_arguments_of_any_json_size_and_script_are_written_whole(
     response = await harness.check(headers=mcp_headers(token), body=body)
     assert response.HasField("ok_response")
     [line] = harness.sink.lines
-    assert line.endswith(b"}\n") and line.count(b"\n") == 1
+    assert line.endswith(b"}\n")
+    assert line.count(b"\n") == 1
     arguments = json.loads(line)["target"]["calls"][0]["arguments"]
     assert arguments == {"big": 2**70, "small": -(2**63), "text": "Grüße \u2028 ✓"}
     assert "Grüße".encode() in line  # UTF-8, not \u escapes
