@@ -7,7 +7,7 @@ store answers with one ``BucketReading`` per claim.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from policy_service.policy.rates import Rate
@@ -49,11 +49,13 @@ class CompiledLimit:
     targets: CallTargets  # empty: every call on those upstreams
     on_store_failure: StoreFailureMode
     shadow: bool
+    # What the buckets count by, for answers and logs: "client+tool", "global". Every
+    # audit event names it, so it is spelled once, here.
+    scope: str = field(init=False, compare=False)
 
-    @property
-    def scope(self) -> str:
-        """What the buckets count by, for answers and logs: "client+tool", "global"."""
-        return "+".join(str(dimension) for dimension in self.key) or "global"
+    def __post_init__(self) -> None:
+        scope = "+".join(str(dimension) for dimension in self.key) or "global"
+        object.__setattr__(self, "scope", scope)
 
     @property
     def enforced(self) -> bool:

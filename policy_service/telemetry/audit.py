@@ -28,6 +28,7 @@ import orjson
 
 from policy_service.decisions.model import Allow, Decision, Deny
 from policy_service.decisions.render import http_status_of
+from policy_service.identity.principal import Principal
 from policy_service.policy.model import AuditPolicy
 from policy_service.ratelimits.limiter import RateLimitResult
 from policy_service.request.model import A2aRequest, HttpRequest, JsonRpcCall, McpRequest
@@ -41,6 +42,7 @@ SCHEMA = "policy_service.audit.v1"
 REDACTED = "[redacted]"
 MAX_ARGUMENT_STRING = 1024  # longer argument strings are cut: events stay small
 _ERROR_LOG_INTERVAL_SECONDS = 10.0
+_CALLER = "audit_caller"  # Principal.derived key
 
 
 class AuditFailureMode(StrEnum):
@@ -214,20 +216,27 @@ def _dry_run(dry_run: DryRunRecord) -> dict[str, Any]:
 
 
 def _caller(request: HttpRequest, record: CheckRecord) -> dict[str, Any]:
-    caller: dict[str, Any] = {}
     principal = record.principal
-    if principal is not None:
-        caller["subject"] = principal.subject
-        caller["issuer"] = principal.issuer
-        if principal.client_id:
-            caller["client_id"] = principal.client_id
-        caller["credential"] = principal.credential.value
-        caller["scopes"] = sorted(principal.scopes)
+    caller: dict[str, Any] = {} if principal is None else dict(_principal_fields(principal))
     if request.peer_address:
         caller["peer_address"] = request.peer_address
     if request.peer_principal:
         caller["peer_principal"] = request.peer_principal
     return caller
+
+
+def _principal_fields(principal: Principal) -> dict[str, Any]:
+    """Who the principal is, as events say it: made once per principal and kept on it (the
+    verified-token cache holds the principal). Callers copy it before adding to it."""
+    fields: dict[str, Any] | None = principal.derived.get(_CALLER)
+    if fields is None:
+        fields = {"subject": principal.subject, "issuer": principal.issuer}
+        if principal.client_id:
+            fields["client_id"] = principal.client_id
+        fields["credential"] = principal.credential.value
+        fields["scopes"] = sorted(principal.scopes)
+        principal.derived[_CALLER] = fields
+    return fields
 
 
 def _target(
