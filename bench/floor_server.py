@@ -139,6 +139,9 @@ async def serve(listen: str) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await server.start()
+    # Several floor processes may share one port (SO_REUSEPORT): a health check through it
+    # reaches only one of them, so each says here that it serves.
+    print(f"serving on {listen}", flush=True)
     await stop.wait()
     await server.stop(1)
 

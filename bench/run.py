@@ -9,13 +9,16 @@ route itself (a direct response, no backend), so only the gateway's own cost sho
   f   the Python gRPC floor: Envoy + ``bench/floor_server.py`` over the same ext_authz, a
       grpc.aio Check server that decodes the token's payload and the body and answers
       prebuilt responses (no signature check, no policy, no audit, metrics or traces):
-      whatever (c) costs above it is the policy's logic. ``--workers`` processes, like (c).
+      whatever (c) costs above it is the policy's logic. ``--workers`` processes sharing
+      one port, like (c).
   c   Envoy + this policy service over ext_authz (gRPC) with the full policy as it exists
       today: verify the JWT, parse the MCP JSON-RPC body, check the tool's scope, and take
       from two token buckets (``per-client`` and ``quotes``, too big ever to trip, like
-      (b)'s) kept in process. Run once per ``--workers`` value; N workers are N service
-      processes on N ports, listed as N cluster endpoints so Envoy spreads checks over N
-      connections per worker thread.
+      (b)'s) kept in process. Run once per ``--workers`` value N: one ``serve --workers
+      N`` on one port, one cluster endpoint, the kernel spreading Envoy's connections over
+      the workers (a low ``max_concurrent_streams`` makes Envoy open enough of them). It
+      refuses buckets in process for N > 1, so (c) runs only N = 1 that way; with
+      ``--spread endpoints`` N separate processes on N ports are N cluster endpoints.
   r   as (c), with the buckets in one real redis-server that all N processes share
       (``--redis-url``): one EVALSHA, one round trip, per check.
   p   as (r), with ``--redis-pipeline``: checks that arrive while a round trip is in flight
@@ -161,6 +164,13 @@ SERVICE_CASES = {
 REDIS_CASES = ("r", "p")
 ALL_CASES = ("a", "b", *SERVICE_CASES)
 FLOOR_SERVER = BENCH_DIR / "floor_server.py"
+
+# How the service rows' N processes get checks. reuseport: one `serve --workers N` (the
+# floor: N processes) on one port, one cluster endpoint; the kernel spreads Envoy's
+# connections, and a low max_concurrent_streams makes Envoy open enough of them.
+# endpoints: N processes on N ports, N endpoints, Envoy round robin over them.
+SPREAD_REUSEPORT = "reuseport"
+SPREAD_ENDPOINTS = "endpoints"
 
 GOAL_RATIO = 0.6  # X/b for every policy-service row X, design section 5
 GOAL_P99_DELTA_MS = 5.0  # p99(X) - p99(a), design section 5
@@ -317,11 +327,34 @@ def _children_named(name: str) -> list[int]:
     return found
 
 
+def _children_of(parent: int) -> list[int]:
+    """The direct children of process ``parent`` (a supervisor's workers)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == parent:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def pin_threads(pid: int, cpu: int) -> None:
+    """Every thread of a running process onto one CPU (threads it starts later inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task.name), {cpu})
+
+
 class CpuMeter:
     """CPU seconds used by some processes (and by waited-for children) over a period."""
 
-    def __init__(self, groups: dict[str, list[int]]) -> None:
+    def __init__(self, groups: dict[str, list[int]], split: Sequence[int] = ()) -> None:
         self._groups = groups
+        self._split = list(split)  # processes whose CPU is also reported one by one
+        self._split_start: list[float | None] = []
+        self.split_seconds: list[float | None] = []
         self._start: dict[str, float | None] = {}
         self._children_start = 0.0
         self._wall_start = 0.0
@@ -342,6 +375,7 @@ class CpuMeter:
         return usage.ru_utime + usage.ru_stime
 
     def __enter__(self) -> CpuMeter:
+        self._split_start = [_proc_cpu_seconds(pid) for pid in self._split]
         self._start = self._group_seconds()
         self._children_start = self._children_seconds()
         self._machine_start = _machine_busy_seconds()
@@ -351,6 +385,12 @@ class CpuMeter:
     def __exit__(self, *_: object) -> None:
         wall = time.monotonic() - self._wall_start
         end = self._group_seconds()
+        self.split_seconds = [
+            None if before is None or after is None else after - before
+            for before, after in zip(
+                self._split_start, [_proc_cpu_seconds(pid) for pid in self._split], strict=True
+            )
+        ]
         for group, before in self._start.items():
             after = end.get(group)
             used = None if before is None or after is None else after - before
@@ -450,8 +490,9 @@ def expect_rate_limits(port: int, token: str, what: str) -> None:
 
 
 class ServiceProcess:
-    """One ``policy-service serve`` OS process on its own port, or with ``floor`` one
-    ``bench/floor_server.py`` (row f: no bundle, audit log, traces or flags)."""
+    """One ``policy-service serve`` OS process (with ``workers`` above 1, a supervisor and
+    its workers on one port), or with ``floor`` one ``bench/floor_server.py`` (row f: no
+    bundle, audit log, traces or flags; several may share one port)."""
 
     def __init__(
         self,
@@ -463,8 +504,11 @@ class ServiceProcess:
         extra_args: Sequence[str] = (),
         otlp_endpoint: str | None = None,
         floor: bool = False,
+        workers: int = 1,
     ) -> None:
         self.port = port
+        self.workers = workers
+        self.floor = floor
         self._log = fixture.workdir / f"service-{index}-{port}.log"
         self.audit_log: Path | None = None
         env = dict(os.environ)
@@ -488,6 +532,7 @@ class ServiceProcess:
                 "1",
                 "--audit-log",
                 str(self.audit_log),
+                *(["--workers", str(workers)] if workers > 1 else []),
                 *extra_args,
             ]
         with self._log.open("wb") as log:
@@ -509,10 +554,40 @@ class ServiceProcess:
     def pid(self) -> int:
         return self.process.pid
 
+    def serving_pids(self) -> list[int]:
+        """The processes that decide checks: the workers under a supervisor, else itself."""
+        return _children_of(self.pid) if self.workers > 1 else [self.pid]
+
     def output(self) -> str:
         return self._log.read_text(errors="replace") if self._log.exists() else ""
 
+    def outputs(self) -> list[str]:
+        """The log of each process that decides checks (a worker's lines carry its label)."""
+        text = self.output()
+        if self.workers == 1:
+            return [text]
+        return [
+            "\n".join(line for line in text.splitlines() if f"[worker {i}/{self.workers}]" in line)
+            for i in range(1, self.workers + 1)
+        ]
+
     def wait_ready(self, timeout: float = 60.0) -> None:
+        """SERVING through the port, and (a port shared by several processes answers for
+        any one of them) each process's own word that it serves."""
+        self._wait_serving(timeout)
+        if self.workers > 1:
+            self._wait_logged(f"{self.workers} workers serving", timeout)
+        elif self.floor:
+            self._wait_logged("serving on", timeout)
+
+    def _wait_logged(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"service never logged {text!r}:\n{self.output()}")
+            time.sleep(0.05)
+
+    def _wait_serving(self, timeout: float) -> None:
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -555,13 +630,23 @@ class Target:
     redis_pids: list[int] = field(default_factory=list)
     # Redis's evalsha count so far, read around each measured run (r and p only).
     evalsha_calls: Callable[[], int] | None = None
+    # Service rows: the processes that decide checks, whose CPU is also reported one by one.
+    serving_pids: list[int] = field(default_factory=list)
 
-    def downstream_connections(self) -> int:
-        """Connections Envoy's listener has accepted so far."""
-        name = "http.ingress_http.downstream_cx_total"
+    def _stat(self, name: str) -> int:
         text = self.envoy.admin_get(f"/stats?filter=^{re.escape(name)}$")
         values = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
         return int(values.get(name, 0))
+
+    def downstream_connections(self) -> int:
+        """Connections Envoy's listener has accepted so far."""
+        return self._stat("http.ingress_http.downstream_cx_total")
+
+    def authz_connections(self) -> int:
+        """HTTP/2 connections Envoy holds open to the service (the kernel spreads them)."""
+        from policy_service.gateway.clusters import AUTHZ_CLUSTER
+
+        return self._stat(f"cluster.{AUTHZ_CLUSTER}.upstream_cx_active")
 
 
 @contextlib.contextmanager
@@ -646,24 +731,45 @@ def service_envoy(
         extra_args += ["--redis-url", redis.url]
     if case == "p":
         extra_args.append("--redis-pipeline")
+    floor = case == FLOOR_CASE
+    level = args.service_log_level
     try:
-        for index in range(workers):
-            cpu = service_cpu(index) if args.pin_service else None
-            level = args.service_log_level
-            services.append(
-                ServiceProcess(
-                    fixture,
-                    _free_port(),
-                    level,
-                    index,
-                    cpu,
-                    extra_args,
-                    otlp_endpoint,
-                    floor=case == FLOOR_CASE,
+        if args.spread == SPREAD_REUSEPORT:
+            # One port: `serve --workers N` (the floor: N processes sharing it), one endpoint.
+            shared = _free_port()
+            if floor:
+                for index in range(workers):
+                    cpu = service_cpu(index) if args.pin_service else None
+                    services.append(ServiceProcess(fixture, shared, level, index, cpu, floor=True))
+            else:
+                services.append(
+                    ServiceProcess(
+                        fixture, shared, level, 0, None, extra_args, otlp_endpoint, workers=workers
+                    )
                 )
-            )
+        else:
+            # N processes on N ports, N endpoints: Envoy spreads checks over them itself.
+            for index in range(workers):
+                cpu = service_cpu(index) if args.pin_service else None
+                services.append(
+                    ServiceProcess(
+                        fixture,
+                        _free_port(),
+                        level,
+                        index,
+                        cpu,
+                        extra_args,
+                        otlp_endpoint,
+                        floor=floor,
+                    )
+                )
         for service in services:
             service.wait_ready()
+        serving = [pid for service in services for pid in service.serving_pids()]
+        if args.pin_service and not floor and args.spread == SPREAD_REUSEPORT:
+            for index, pid in enumerate(serving):
+                pin_threads(pid, service_cpu(index))
+        endpoints = tuple(dict.fromkeys(AuthzEndpoint("127.0.0.1", s.port) for s in services))
         port = _free_port()
         layout = EnvoyLayout(
             # The renderer gives this route the "upstream: fininfo" context extension the
@@ -678,7 +784,8 @@ def service_envoy(
                     direct_response_body=DIRECT_RESPONSE_BODY,
                 ),
             ),
-            authz=tuple(AuthzEndpoint("127.0.0.1", s.port) for s in services),
+            authz=endpoints,
+            authz_max_concurrent_streams=authz_max_streams(args),
             plain_port=port,
             tls_port=None,
             admin_port=0,
@@ -699,9 +806,10 @@ def service_envoy(
                 port,
                 envoy,
                 pids,
-                [s.pid for s in services],
+                [pid for s in services for pid in dict.fromkeys([s.pid, *s.serving_pids()])],
                 redis_pids=_children_named("redis-server") if redis is not None else [],
                 evalsha_calls=redis.evalsha_calls if redis is not None else None,
+                serving_pids=serving,
             )
     finally:
         for service in services:
@@ -754,6 +862,18 @@ def _lines(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
+def authz_max_streams(args: argparse.Namespace) -> int | None:
+    """The authz cluster's max_concurrent_streams: --authz-max-streams (0: no limit), else
+    the generated configs' value for a shared port and none (as always) for endpoints."""
+    if args.authz_max_streams is not None:
+        return args.authz_max_streams or None
+    if args.spread == SPREAD_REUSEPORT:
+        from policy_service.gateway.layout import AUTHZ_MAX_CONCURRENT_STREAMS
+
+        return AUTHZ_MAX_CONCURRENT_STREAMS
+    return None
+
+
 def service_cpu(index: int) -> int:
     """The CPU for service process ``index`` under --pin-service: from the last CPU down."""
     cpus = sorted(os.sched_getaffinity(0))
@@ -788,6 +908,10 @@ class MeasuredRun:
     evalsha_calls: int | None = None  # Redis ran during the run (r and p)
     # Service rows: the service processes' CPU seconds over the run / requests wrk completed.
     service_cpu_us_per_check: float | None = None
+    # Service rows: each deciding process's share of their CPU over the run (how evenly
+    # the checks were spread), and the connections Envoy held open to the service.
+    service_cpu_share: list[float] | None = None
+    authz_connections: int | None = None
 
 
 @dataclass
@@ -809,6 +933,9 @@ class CaseResult:
     spans_by_service: dict[str, int] | None = None  # the same per sender: envoy, bench
     # --sampling rows: Envoy's random_sampling percentage (None: Envoy does not trace).
     sampling_percent: float | None = None
+    # Service rows: mean CPU share per deciding process over the runs; connections to it.
+    service_cpu_share: list[float] | None = None
+    authz_connections: int | None = None
 
     @property
     def problems(self) -> list[str]:
@@ -878,6 +1005,10 @@ def measure(
         },
         runs=runs,
         service_cpu_us_per_check=_median_or_none([r.service_cpu_us_per_check for r in runs]),
+        service_cpu_share=_mean_shares([r.service_cpu_share for r in runs]),
+        authz_connections=max(
+            (r.authz_connections for r in runs if r.authz_connections is not None), default=None
+        ),
     )
 
 
@@ -889,9 +1020,14 @@ def measure_once(
         groups["redis"] = target.redis_pids
     connections_before = target.downstream_connections()
     evalsha_before = target.evalsha_calls() if target.evalsha_calls else None
-    with CpuMeter(groups) as cpu:
+    with CpuMeter(groups, split=target.serving_pids) as cpu:
         output = run_wrk(wrk, args, fixture, target.port, args.duration)
     new_connections = target.downstream_connections() - connections_before
+    authz_connections = target.authz_connections() if target.serving_pids else None
+    share = None
+    if target.serving_pids and None not in cpu.split_seconds:
+        used = [seconds or 0.0 for seconds in cpu.split_seconds]
+        share = [round(100 * value / (sum(used) or 1), 1) for value in used]
     evalsha = None
     if target.evalsha_calls is not None and evalsha_before is not None:
         evalsha = target.evalsha_calls() - evalsha_before
@@ -935,6 +1071,8 @@ def measure_once(
         problems=problems,
         evalsha_calls=evalsha,
         service_cpu_us_per_check=us_per_check,
+        service_cpu_share=share,
+        authz_connections=authz_connections,
     )
 
 
@@ -995,7 +1133,7 @@ def measure_service(
                 sum(run.evalsha_calls or 0 for run in result.runs),
                 sum(run.requests for run in result.runs),
                 args.connections * args.repeat,
-                [service.output() for service in services],
+                [text for service in services for text in service.outputs()],
             )
             for problem in result.redis.problems:
                 _say(f"  {row}: INVALID: {problem}")
@@ -1004,6 +1142,13 @@ def measure_service(
 
 def _service_name(case: str) -> str:
     return "gRPC floor server" if case == FLOOR_CASE else "policy service"
+
+
+def _mean_shares(shares: Sequence[list[float] | None]) -> list[float] | None:
+    present = [share for share in shares if share is not None]
+    if not present:
+        return None
+    return [round(statistics.mean(column), 1) for column in zip(*present, strict=True)]
 
 
 def _median_or_none(values: Sequence[float | None]) -> float | None:
@@ -1164,10 +1309,22 @@ def format_report(
             f"redis:   {tools['redis_server']}, one per (r)/(p) row, shared by its processes; "
             f"{tools['redis_py']}, {tools['hiredis']}"
         )
+    streams = settings["authz_max_concurrent_streams"]
+    if settings["spread"] == SPREAD_REUSEPORT:
+        spread = [
+            "service x N: one `policy-service serve --workers N` (N worker processes) on one",
+            "port, one cluster endpoint; gRPC floor x N: N bench/floor_server.py processes on",
+            "one port (SO_REUSEPORT: the kernel spreads Envoy's connections over them).",
+        ]
+    else:
+        spread = [
+            "service x N: N policy-service processes, gRPC floor x N: N bench/floor_server.py",
+            "processes, each on its own port, listed as N cluster endpoints (--spread endpoints).",
+        ]
     lines += [
-        "service x N: N policy-service processes; each check takes from 2 token buckets "
-        "(limits too big to trip).",
-        "gRPC floor x N: N bench/floor_server.py processes: fixed answers, no policy.",
+        *spread,
+        f"Envoy's authz cluster: max_concurrent_streams {streams or 'unlimited'}. Each service",
+        "check takes from 2 token buckets (limits too big to trip); the floor has no policy.",
         "CPU: % of one core over the measured period; 'other' is every process not in the run.",
         "us/chk: the service processes' CPU microseconds per request measured. X/f: req/s over",
         "the floor row with the same process count; X/b: req/s over (b).",
@@ -1217,6 +1374,16 @@ def format_report(
     lines.append("")
     for c in comparisons:
         lines += comparison_lines(c)
+    spread_lines = [
+        f"{r.case}: CPU per process "
+        + " / ".join(f"{share:.0f}%" for share in r.service_cpu_share)
+        + f" ({r.authz_connections} connections from Envoy)"
+        for r in results
+        if r.service_cpu_share is not None and len(r.service_cpu_share) > 1
+    ]
+    if spread_lines:
+        lines += ["", "How evenly the checks spread (each deciding process's share of their CPU):"]
+        lines += spread_lines
     trail_lines = [
         f"{r.case}: {r.audit_events:,} audit events (one per check, warm-up and "
         f"probes included; {sum(run.requests for run in r.runs):,} measured requests), "
@@ -1355,6 +1522,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated service process counts, one f, c, r and p row each (1,2)",
     )
     parser.add_argument(
+        "--spread",
+        choices=(SPREAD_REUSEPORT, SPREAD_ENDPOINTS),
+        default=SPREAD_REUSEPORT,
+        help="how N service processes get checks: reuseport, one `serve --workers N` (the "
+        "floor: N processes) on one port and one cluster endpoint, the kernel spreading "
+        "Envoy's connections; endpoints, N processes on N ports as N endpoints (reuseport)",
+    )
+    parser.add_argument(
+        "--authz-max-streams",
+        type=_non_negative,
+        default=None,
+        metavar="K",
+        help="max_concurrent_streams of Envoy's authz cluster, 0 for no limit (default: the "
+        "generated configs' value with --spread reuseport, no limit with endpoints)",
+    )
+    parser.add_argument(
         "--envoy-concurrency", type=_positive, default=2, help="Envoy worker threads (2)"
     )
     parser.add_argument(
@@ -1405,6 +1588,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def runnable(args: argparse.Namespace, case: str, workers: int) -> bool:
+    """`serve --workers N` refuses buckets kept in process (each worker would count every
+    limit apart), so (c), whose buckets live in process, has no row for N > 1 on one port."""
+    return not (case == "c" and workers > 1 and args.spread == SPREAD_REUSEPORT)
+
+
+def skipped_rows(args: argparse.Namespace, cases: set[str]) -> list[str]:
+    skipped = [
+        f"c{workers}"
+        for workers in args.workers
+        if "c" in cases and not runnable(args, "c", workers)
+    ]
+    if not skipped:
+        return []
+    return [
+        f"Not run: {', '.join(skipped)}. `serve --workers N` refuses rate-limit buckets kept in",
+        "process (every worker would count each limit apart); N processes on one port share",
+        "buckets in Redis: rows r and p. --spread endpoints runs (c) as N separate processes.",
+    ]
+
+
 def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -1439,6 +1643,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     envoy_binary = find_envoy_binary()
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     sampled_cases = cases & (set(SERVICE_CASES) - {FLOOR_CASE})
+    skipped = skipped_rows(args, cases)
+    for note in skipped:
+        _say(note)
     rows = len(cases - set(SERVICE_CASES)) + len(cases & set(SERVICE_CASES)) * len(args.workers)
     rows += len(sampled_cases) * len(args.workers) * len(args.sampling)
     planned = rows * (args.warmup + args.repeat * args.duration)
@@ -1460,6 +1667,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if case not in cases:
                     continue
                 for workers in args.workers:
+                    if not runnable(args, case, workers):
+                        continue
                     results.append(measure_service(wrk, args, fixture, case, workers))
                     if case == FLOOR_CASE:
                         continue  # the floor traces nothing: no sampled f rows
@@ -1497,10 +1706,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "tokens": args.tokens,
             "repeat": args.repeat,
             "pin_service": args.pin_service,
+            "spread": args.spread,
+            "authz_max_concurrent_streams": authz_max_streams(args),
             "no_traces": args.no_traces,
             "sampling_percents": args.sampling,
         },
-        "notes": _notes(args.tokens),
+        "notes": _notes(args.tokens) + skipped,
     }
     print(format_report(results, comparisons, meta), flush=True)
     document = {

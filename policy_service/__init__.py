@@ -27,6 +27,7 @@ walks every import to keep it so.
     layer  bundles                                              bytes to compiled policy; reload
     layer  server                                               the gRPC service
     layer  app                                                  the one place that builds it
+    layer  workers                                              serve --workers: supervisor, merge
     layer  authoring                                            policy tests and explain
     layer  dev                                                  the dev stack and demo peers
     layer  cli                                                  the command line

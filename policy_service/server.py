@@ -11,7 +11,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,7 +240,13 @@ def _credentials(tls: TlsSettings | None) -> grpc.ServerCredentials | None:
     )
 
 
-async def serve_until_signalled(server: PolicyServer) -> None:
+# Called once the server serves, with a function that stops it as SIGTERM would.
+ServingHook = Callable[["PolicyServer", Callable[[], None]], None]
+
+
+async def serve_until_signalled(
+    server: PolicyServer, on_serving: ServingHook | None = None
+) -> None:
     """Run until SIGTERM or SIGINT, then drain gracefully; on SIGHUP, reload the bundle."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -250,6 +256,8 @@ async def serve_until_signalled(server: PolicyServer) -> None:
         # The conventional "reload your configuration", watched or not.
         loop.add_signal_handler(signal.SIGHUP, server.reload_now)
     await server.start()
+    if on_serving is not None:
+        on_serving(server, stop.set)
     await stop.wait()
     log.info("signal received; draining in-flight checks")
     await server.stop()

@@ -8,7 +8,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from policy_service.cli.flags import add_redis_arguments, redis_settings_from_args
+from policy_service.cli.flags import (
+    add_redis_arguments,
+    add_workers_argument,
+    redis_settings_from_args,
+)
 from policy_service.dev import DEFAULT_STATE_DIR
 from policy_service.errors import ConfigError
 from policy_service.gateway.demo_topology import DEMO_UPSTREAMS
@@ -37,7 +41,9 @@ def _cmd_dev(args: argparse.Namespace) -> int:
         agent=args.peer_ports[2],
         metrics=args.metrics_port,
     )
-    asyncio.run(run_dev_stack(Path(args.state_dir), ports, redis_settings_from_args(args)))
+    asyncio.run(
+        run_dev_stack(Path(args.state_dir), ports, redis_settings_from_args(args), args.workers)
+    )
     return 0
 
 
@@ -141,6 +147,12 @@ def register(commands: Commands) -> None:
         default=",".join(str(u.port) for u in DEMO_UPSTREAMS),
         metavar="FININFO,CURRENTTIME,AGENT",
         help="the demo MCP servers and A2A agent",
+    )
+    add_workers_argument(
+        dev,
+        "policy service processes (default: 1, in this process); above 1 the stack runs "
+        "`serve --workers N` as a child process, with the rate-limit buckets in Redis (a "
+        "redis-server of its own unless --redis-url is given)",
     )
     add_redis_arguments(dev)
     dev.set_defaults(run=_cmd_dev)

@@ -46,6 +46,21 @@ def add_redis_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# A sanity bound, not a tuning: a worker is a whole process (interpreter, bundle,
+# connections), and more of them than cores only adds contention.
+MAX_WORKERS = 256
+
+
+def _worker_count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"give a number of processes, 1 to {MAX_WORKERS}")
+    return int(text)
+
+
+def add_workers_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--workers", type=_worker_count, default=1, metavar="N", help=help_text)
+
+
 def add_telemetry_arguments(parser: argparse.ArgumentParser, audit_log: str = "-") -> None:
     group = parser.add_argument_group(
         "telemetry",
@@ -90,8 +105,13 @@ def redis_settings_from_args(args: argparse.Namespace) -> RedisSettings | None:
     )
 
 
-def trail_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Trail:
-    """Audit sink and failure mode from the flags; tracing from the OTEL_* variables."""
+def trail_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str], audit_lock_fd: int | None = None
+) -> Trail:
+    """Audit sink and failure mode from the flags; tracing from the OTEL_* variables.
+
+    ``audit_lock_fd``: this process is one of several writing the same audit stream
+    (``serve --workers``), and long lines are written holding a record lock on it."""
     from policy_service.app import build_trail
     from policy_service.telemetry.audit import AuditFailureMode, FileSink
 
@@ -108,6 +128,8 @@ def trail_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Tra
             sink = FileSink.open(Path(args.audit_log))
         except OSError as exc:
             raise ConfigError(f"--audit-log {args.audit_log}: {exc.strerror}") from None
+    if sink is not None and audit_lock_fd is not None:
+        sink = sink.shared(audit_lock_fd)
     # Metrics come with --metrics-listen: the server's builder adds them when it has one.
     return build_trail(
         environ,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -19,6 +20,7 @@ import policy_service.cli.serving as serving
 import policy_service.cli.signing as signing
 from policy_service.cli.flags import finish_help
 from policy_service.errors import PolicyServiceError
+from policy_service.workers.protocol import worker_label
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,9 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # As given, for `serve --workers N` to start its workers with (argparse keeps no copy).
+    args.command_line = list(sys.argv[1:] if argv is None else argv)
+    # A worker of `serve --workers N` says which one in every line (the supervisor's own
+    # lines, and a single process's, are as they always were).
+    worker = worker_label(os.environ)
     logging.basicConfig(
         level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        format="%(asctime)s %(levelname)s "
+        + (f"[{worker}] " if worker else "")
+        + "%(name)s %(message)s",
     )
     try:
         return int(args.run(args))

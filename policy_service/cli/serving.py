@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,6 +14,7 @@ from policy_service import event_loop
 from policy_service.cli.flags import (
     add_redis_arguments,
     add_telemetry_arguments,
+    add_workers_argument,
     metrics_address,
     redis_settings_from_args,
     trail_from_args,
@@ -20,9 +23,12 @@ from policy_service.errors import ConfigError, PolicyServiceError
 from policy_service.event_loop import EventLoop
 
 if TYPE_CHECKING:
+    from policy_service.bundles.reload import BundleLoad
     from policy_service.bundles.sources import BundleSource
     from policy_service.cli.flags import Commands
     from policy_service.policy.model import CompiledBundle
+    from policy_service.server import TlsSettings
+    from policy_service.workers.worker import SupervisorChannel
 
 
 def register(commands: Commands) -> None:
@@ -67,6 +73,13 @@ def register(commands: Commands) -> None:
     serve.add_argument("--tls-key", help="the PEM private key of --tls-cert")
     serve.add_argument("--tls-client-ca", help="require client certificates signed by this CA")
     serve.add_argument("--grace", type=float, default=10.0, help="seconds to drain on SIGTERM")
+    add_workers_argument(
+        serve,
+        "processes serving the --listen addresses (default: 1, this one). Above 1 they share "
+        "each address (SO_REUSEPORT: the kernel spreads connections) and this process "
+        "supervises them: it restarts one that dies, passes signals on and serves one "
+        "/metrics for all; rate limits then need --redis-url",
+    )
     serve.add_argument(
         "--no-reflection", action="store_true", help="do not serve gRPC server reflection"
     )
@@ -81,6 +94,25 @@ def register(commands: Commands) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from policy_service.workers.protocol import WorkerSeat
+
+    seat = WorkerSeat.from_environ(os.environ)
+    if seat is None:
+        return _serve(args, None)
+    from policy_service.workers.worker import SupervisorChannel
+
+    # Started by `serve --workers N`. A SIGHUP before this worker serves would end it; the
+    # supervisor sends it again once the worker serves (it may have read the bundle first).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    channel = SupervisorChannel(seat)
+    try:
+        return _serve(args, channel)
+    except BaseException as exc:
+        channel.report_failure(_failure_reason(exc))  # nothing once it has served
+        raise
+
+
+def _serve(args: argparse.Namespace, channel: SupervisorChannel | None) -> int:
     from policy_service.app import BundleWatch, ServiceSettings, build_server
     from policy_service.bundles.reload import bundle_loader
     from policy_service.bundles.signing import load_verification_key
@@ -89,10 +121,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     if args.poll_interval is not None and not args.poll_interval > 0:
         raise ConfigError("--poll-interval must be a positive number of seconds")
+    # The supervisor (channel None, --workers above 1) and each worker load the same way.
+    workers = channel.seat.count if channel is not None else args.workers
+    if channel is None and workers > 1:
+        _check_shareable(args.listen or ["127.0.0.1:9001"], workers)
     key = load_verification_key(args.verify_key) if args.verify_key else None
-    load = bundle_loader(key, os.environ)
+    load = enforced_load = bundle_loader(key, os.environ)
+    if workers > 1 and redis_settings_from_args(args) is None:
+        from policy_service.workers.worker import refuse_in_process_limits
 
-    def first_load(location: str) -> tuple[BundleSource, CompiledBundle]:
+        # The enforced bundle's only: a dry-run bundle's limits never take from a bucket.
+        enforced_load = refuse_in_process_limits(load, workers)
+
+    def first_load(location: str, load: BundleLoad) -> tuple[BundleSource, CompiledBundle]:
         # No last good bundle to fall back on yet: any problem ends the process.
         source = source_for(location, environ=os.environ)
         files = asyncio.run(source.read())
@@ -100,11 +141,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         source.accepted(files)
         return source, bundle
 
-    source, bundle = first_load(args.bundle)
+    source, bundle = first_load(args.bundle, enforced_load)
     dry_run_source = dry_run_bundle = None
     if args.dry_run_bundle:
         # Checked like the enforced bundle (signature included): it is policy too.
-        dry_run_source, dry_run_bundle = first_load(args.dry_run_bundle)
+        dry_run_source, dry_run_bundle = first_load(args.dry_run_bundle, load)
     tls = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
@@ -114,18 +155,28 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             Path(args.tls_key),
             Path(args.tls_client_ca) if args.tls_client_ca else None,
         )
+    metrics_listen = metrics_address(args)
+    if channel is None and workers > 1:
+        _check_readable(tls)
+        _check_audit_log(args.audit_log)
+        return _supervise(args, workers, metrics_listen)
+    if channel is not None and metrics_listen is not None:
+        # The supervisor serves --metrics-listen; it reads this worker's registry here.
+        metrics_listen = ("127.0.0.1", 0)
     settings = ServerSettings(
         listen=tuple(args.listen or ["127.0.0.1:9001"]),
         tls=tls,
         grace_seconds=args.grace,
         reflection=not args.no_reflection,
-        metrics_listen=metrics_address(args),
+        metrics_listen=metrics_listen,
     )
 
     service = ServiceSettings(settings, redis_settings_from_args(args))
-    trail = trail_from_args(args, os.environ)
+    trail = trail_from_args(
+        args, os.environ, audit_lock_fd=channel.seat.audit_lock_fd if channel else None
+    )
 
-    def watched(source: BundleSource) -> BundleWatch:
+    def watched(source: BundleSource, load: BundleLoad) -> BundleWatch:
         return BundleWatch(source, load, watch=args.watch, interval_seconds=args.poll_interval)
 
     async def run() -> None:
@@ -134,14 +185,88 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             bundle,
             service,
             trail,
-            watch=watched(source),
+            watch=watched(source, enforced_load),
             dry_run=(
-                (dry_run_bundle, watched(dry_run_source))
+                (dry_run_bundle, watched(dry_run_source, load))
                 if dry_run_source is not None and dry_run_bundle is not None
                 else None
             ),
         )
-        await serve_until_signalled(server)
+        await serve_until_signalled(server, channel.on_serving if channel else None)
 
     event_loop.run(run(), EventLoop(args.event_loop) if args.event_loop else None)
     return 0
+
+
+def _supervise(
+    args: argparse.Namespace, workers: int, metrics_listen: tuple[str, int] | None
+) -> int:
+    from policy_service.workers.supervisor import Supervisor, WorkerPlan
+
+    # The workers run this same command line; their seat (in the environment) makes each
+    # one serve instead of supervising.
+    command_line = getattr(args, "command_line", None) or sys.argv[1:]
+    plan = WorkerPlan(
+        command=(sys.executable, "-m", "policy_service", *command_line),
+        count=workers,
+        grace_seconds=args.grace,
+        metrics_listen=metrics_listen,
+        share_audit=args.audit_log != "off",
+    )
+    asyncio.run(Supervisor(plan).run())
+    return 0
+
+
+def _check_shareable(addresses: list[str], workers: int) -> None:
+    """Every worker binds every address: each must name one fixed TCP port."""
+    for address in addresses:
+        if address.startswith(("unix:", "unix-abstract:")):
+            raise ConfigError(
+                f"--workers {workers} cannot share --listen {address}: give HOST:PORT"
+            )
+        _, _, port = address.rpartition(":")
+        if not port.isdigit():
+            raise ConfigError(f"--listen wants HOST:PORT, got '{address}'")
+        if int(port) == 0:
+            raise ConfigError(
+                f"--workers {workers} needs a fixed port to share: --listen {address} would "
+                "give every worker a port of its own"
+            )
+
+
+def _check_readable(tls: TlsSettings | None) -> None:
+    """What each worker reads at start, read once before any starts."""
+    if tls is None:
+        return
+    for flag, path in (
+        ("--tls-cert", tls.cert_file),
+        ("--tls-key", tls.key_file),
+        ("--tls-client-ca", tls.client_ca_file),
+    ):
+        if path is None:
+            continue
+        try:
+            path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{flag} {path}: {exc.strerror or exc}") from None
+
+
+def _check_audit_log(audit_log: str) -> None:
+    if audit_log in ("-", "off"):
+        return
+    from policy_service.telemetry.audit import FileSink
+
+    try:
+        FileSink.open(Path(audit_log)).close()
+    except OSError as exc:
+        raise ConfigError(f"--audit-log {audit_log}: {exc.strerror}") from None
+
+
+def _failure_reason(exc: BaseException) -> str:
+    # Our own messages, the OS's, and grpc's RuntimeError when it cannot bind ("Failed to
+    # bind to address ..."): none carries a secret.
+    if isinstance(exc, PolicyServiceError | OSError | RuntimeError):
+        return str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return f"unexpected error ({type(exc).__name__}); its log has the traceback"

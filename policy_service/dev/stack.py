@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from policy_service.bundles.sources import PathSource
 from policy_service.dev import DEFAULT_STATE_DIR
 from policy_service.dev.issuer import JWKS_FILE, DevIssuer, ensure_api_key
 from policy_service.dev.peers import DemoPeers
+from policy_service.dev.serve_process import ServeProcess, ServeSettings
 from policy_service.errors import ConfigError
 from policy_service.gateway.certs import generate_self_signed
 from policy_service.gateway.demo_topology import (
@@ -43,7 +45,7 @@ from policy_service.gateway.layout import (
     otlp_collector_from_endpoint,
 )
 from policy_service.identity.apikeys import hash_api_key
-from policy_service.otel.provider import otlp_endpoint
+from policy_service.otel.provider import otlp_endpoint, setup_tracing
 from policy_service.ratelimits.redis_store import RedisSettings
 from policy_service.server import PolicyServer, ServerSettings
 from policy_service.telemetry.audit import AuditFailureMode, FileSink
@@ -211,14 +213,17 @@ class DevStack:
         state_dir: Path,
         ports: DevPorts | None = None,
         redis_settings: RedisSettings | None = None,
+        workers: int = 1,
     ) -> None:
         # Absolute from here on: Envoy and every other child runs in a directory of its own,
         # where a relative path would name a file that is not there.
         self.state_dir = state_dir.resolve()
         self.ports = ports or DevPorts()
-        self.redis_settings = redis_settings  # None: buckets in process
+        self.redis_settings = redis_settings  # None: buckets in process (one worker)
+        self.workers = workers  # above 1: `serve --workers N` in a child process
         self.peers: DemoPeers | None = None
         self.server: PolicyServer | None = None
+        self.serve_process: ServeProcess | None = None
         self.envoy: EnvoyProcess | None = None
         self.issuer: DevIssuer | None = None
         self.api_key = ""
@@ -242,14 +247,18 @@ class DevStack:
         files = await source.read()
         bundle = load_bundle_files(files)
         source.accepted(files)
+        trail = None
+        if self.workers == 1:
+            trail = build_trail(
+                os.environ,
+                audit_sink=FileSink.open(self.state_dir / AUDIT_FILE),
+                audit_failure=AuditFailureMode.CLOSED,
+                metrics=True,
+            )
+            self.tracing = trail.tracer_provider is not None
+        else:
+            self.tracing = _traces(os.environ)  # the workers build their own trails
         # The OTEL_* variables that send our spans somewhere send Envoy's there too.
-        trail = build_trail(
-            os.environ,
-            audit_sink=FileSink.open(self.state_dir / AUDIT_FILE),
-            audit_failure=AuditFailureMode.CLOSED,
-            metrics=True,
-        )
-        self.tracing = trail.tracer_provider is not None
         endpoint = otlp_endpoint(os.environ) if self.tracing else None
         collector = otlp_collector_from_endpoint(endpoint) if endpoint else None
         layout = dev_envoy_layout(self.state_dir, ports, collector)
@@ -261,20 +270,33 @@ class DevStack:
                 public_base_url=HELPER.url(self.gateway_url),
             )
             await self.peers.start()
-            self.server = build_server(
-                bundle,
-                ServiceSettings(
-                    ServerSettings(
-                        listen=(f"127.0.0.1:{ports.authz}",),
-                        grace_seconds=2.0,
-                        metrics_listen=("127.0.0.1", ports.metrics),
+            if trail is None:
+                self.serve_process = ServeProcess(
+                    ServeSettings(
+                        bundle_path,
+                        self.workers,
+                        ports.authz,
+                        ports.metrics,
+                        self.state_dir / AUDIT_FILE,
                     ),
                     self.redis_settings,
-                ),
-                trail,
-                watch=BundleWatch(source),
-            )
-            await self.server.start()
+                )
+                await self.serve_process.start()
+            else:
+                self.server = build_server(
+                    bundle,
+                    ServiceSettings(
+                        ServerSettings(
+                            listen=(f"127.0.0.1:{ports.authz}",),
+                            grace_seconds=2.0,
+                            metrics_listen=("127.0.0.1", ports.metrics),
+                        ),
+                        self.redis_settings,
+                    ),
+                    trail,
+                    watch=BundleWatch(source),
+                )
+                await self.server.start()
             self.envoy = EnvoyProcess((self.state_dir / ENVOY_FILE).read_text())
             await asyncio.to_thread(self.envoy.start)
         except BaseException:
@@ -288,6 +310,9 @@ class DevStack:
         if self.server is not None:
             await self.server.stop()
             self.server = None
+        if self.serve_process is not None:
+            await self.serve_process.stop()
+            self.serve_process = None
         if self.peers is not None:
             await self.peers.stop()
             self.peers = None
@@ -299,7 +324,12 @@ class DevStack:
         state_flag = (
             "" if self.state_dir == Path(DEFAULT_STATE_DIR).resolve() else (f" --state-dir {state}")
         )
-        limits = "buckets in Redis" if self.redis_settings else "buckets in process"
+        if self.redis_settings is not None:
+            limits = "buckets in Redis"
+        elif self.workers > 1:
+            limits = "buckets in a redis-server the dev stack started, shared by the workers"
+        else:
+            limits = "buckets in process"
         tracing = (
             "Envoy and the policy service export spans as OTEL_* says"
             if self.tracing
@@ -312,7 +342,7 @@ The gateway is up.
   A2A  helper       {gateway}/agents/helper/     (card: /agents/helper/.well-known/agent-card.json)
   HTTPS listener    https://127.0.0.1:{self.ports.https}/  (self-signed: {state}/certs/)
   Envoy admin       http://127.0.0.1:{self.ports.admin}/
-  Bundle            {state}/{BUNDLE_FILE}  (watched: edits apply at once)
+{self._processes()}  Bundle            {state}/{BUNDLE_FILE}  (watched: edits apply at once)
   Audit log         {state}/{AUDIT_FILE}  (one JSON line per decision)
   Metrics           http://127.0.0.1:{self.ports.metrics}/metrics
   Tracing           {tracing}
@@ -341,6 +371,30 @@ headers; over a limit the gateway answers 429 with Retry-After.
 Press Ctrl-C to stop.
 """
 
+    def _processes(self) -> str:
+        """The banner's line for several workers (one serves in the dev process: no line)."""
+        if self.workers == 1:
+            return ""
+        return (
+            f"  Policy service    127.0.0.1:{self.ports.authz}  "
+            f"(serve --workers {self.workers}: {self.workers} processes)\n"
+        )
+
+    def reload_now(self) -> None:
+        """SIGHUP: look for a new bundle at once."""
+        if self.server is not None:
+            self.server.reload_now()
+        if self.serve_process is not None:
+            self.serve_process.reload_now()
+
+
+def _traces(environ: Mapping[str, str]) -> bool:
+    provider = setup_tracing(environ)
+    if provider is None:
+        return False
+    provider.shutdown()
+    return True
+
 
 def _shown(path: Path) -> str:
     """A path as the user should type it: relative when it is under the current directory."""
@@ -363,16 +417,18 @@ def cli_invocation() -> str:
 
 
 async def run_dev_stack(
-    state_dir: Path, ports: DevPorts, redis_settings: RedisSettings | None = None
+    state_dir: Path,
+    ports: DevPorts,
+    redis_settings: RedisSettings | None = None,
+    workers: int = 1,
 ) -> None:
-    stack = DevStack(state_dir, ports, redis_settings)
+    stack = DevStack(state_dir, ports, redis_settings, workers)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stack.start()
-    if stack.server is not None:
-        loop.add_signal_handler(signal.SIGHUP, stack.server.reload_now)
+    loop.add_signal_handler(signal.SIGHUP, stack.reload_now)
     print(stack.instructions(), flush=True)
     try:
         await stop.wait()

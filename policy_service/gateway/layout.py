@@ -25,6 +25,16 @@ PROTOCOLS = ("mcp", "a2a", "http")
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
+# Envoy keeps one HTTP/2 connection per worker thread and endpoint, and sends it every
+# check the thread has, however many. Several service processes behind one endpoint (serve
+# --workers, SO_REUSEPORT) get checks only through connections, each handed to one process
+# by the kernel's hash: 2 streams per connection make Envoy open a connection for every two
+# checks in flight, enough for the hash to spread them. Measured (bench/README.md, 2
+# workers, 16 checks in flight): 8 streams gave 3 connections and every check on one
+# worker in 2 runs of 6; 2 gave 10 connections and 40-60% at worst; 1 gave 20 and 45-55%,
+# but cost the floor 12% more CPU per check (2: 3%; one process's policy checks: 1%).
+AUTHZ_MAX_CONCURRENT_STREAMS = 2
+
 
 @dataclass(frozen=True)
 class UpstreamRoute:
@@ -134,9 +144,9 @@ class EnvoyLayout:
     authz_cert_file: str | None = None  # client certificate for mTLS to the policy service
     authz_key_file: str | None = None
     authz_sni: str | None = None
-    # Envoy keeps one HTTP/2 connection per worker thread and endpoint; a stream limit makes
-    # it open more connections when busy (a lever for spreading load over processes).
-    authz_max_concurrent_streams: int | None = None
+    # Streams per connection to the service before Envoy opens another (None: no limit);
+    # see AUTHZ_MAX_CONCURRENT_STREAMS.
+    authz_max_concurrent_streams: int | None = AUTHZ_MAX_CONCURRENT_STREAMS
     access_log: bool = True  # JSON lines on stdout; benchmarks may turn it off
     # Envoy's own spans go to this collector; None renders no tracing at all.
     otlp_collector: OtlpCollector | None = None

@@ -12,11 +12,14 @@ the rest of the event.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import logging
 import math
 import os
+import select
+import stat
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -88,6 +91,40 @@ class FileSink:
     def close(self) -> None:
         if self._owned:
             os.close(self._fd)
+
+    def shared(self, lock_fd: int) -> SharedFileSink:
+        """This sink for one of several processes writing the same stream (``serve
+        --workers``), serializing what could interleave with a record lock on ``lock_fd``."""
+        return SharedFileSink(self._fd, self.name, owned=self._owned, lock_fd=lock_fd)
+
+
+class SharedFileSink(FileSink):
+    """A ``FileSink`` whose lines never interleave with other processes' lines.
+
+    The kernel writes a line whole in two cases: a write of at most PIPE_BUF bytes to a pipe,
+    and any write to a regular file opened O_APPEND. Longer lines (events with audited tool
+    arguments) may go out in pieces, between which another process's write can land, so
+    they are written holding a POSIX record lock that every worker takes on the same file.
+    On anything but a regular file (stdout as a pipe, a terminal or a socket) a short line
+    could still land between the pieces of another worker's long one, so every line takes
+    the lock there. A single process (``--workers 1``) uses ``FileSink``: no lock at all.
+    """
+
+    def __init__(self, fd: int, name: str, *, owned: bool, lock_fd: int) -> None:
+        super().__init__(fd, name, owned=owned)
+        self._lock_fd = lock_fd
+        self._whole_up_to = select.PIPE_BUF if stat.S_ISREG(os.fstat(fd).st_mode) else 0
+
+    def write(self, line: bytes) -> None:
+        if len(line) <= self._whole_up_to:
+            super().write(line)
+            return
+        # Raises OSError like the write itself: the failure mode decides, as for any sink.
+        fcntl.lockf(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            super().write(line)
+        finally:
+            fcntl.lockf(self._lock_fd, fcntl.LOCK_UN)
 
 
 class Auditor:

@@ -47,7 +47,7 @@ class RunningDev:
         ).stdout.strip()
 
 
-def start_dev(state_dir: Path) -> RunningDev:
+def start_dev(state_dir: Path, *flags: str) -> RunningDev:
     """`policy-service dev` on free ports, once it says the gateway is up."""
     http = free_port()
     command = [
@@ -69,6 +69,7 @@ def start_dev(state_dir: Path) -> RunningDev:
         str(free_port()),
         "--peer-ports",
         f"{free_port()},{free_port()},{free_port()}",
+        *flags,
     ]
     process = subprocess.Popen(
         command,
@@ -186,3 +187,44 @@ def test_dev_stack_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
             dev.process.kill()
     assert dev.process.stdout is not None
     assert "stopped." in dev.process.stdout.read()
+
+
+async def test_dev_stack_with_two_workers_serves_and_stops_cleanly(tmp_path: Path) -> None:
+    # serve --workers 2 as a child, its buckets in a redis-server the stack starts itself.
+    dev = start_dev(tmp_path, "--workers", "2")
+    try:
+        banner = "".join(dev.output)
+        assert "serve --workers 2: 2 processes" in banner
+        assert "buckets in a redis-server the dev stack started" in banner
+        read = {"Authorization": f"Bearer {dev.token('fininfo', 'fininfo:read')}"}
+        for _ in range(3):
+            result = await mcp_call_tool(
+                f"{dev.url}/fininfo/mcp", "get_quote", {"symbol": "ACME"}, headers=read
+            )
+            assert "ACME" in tool_text(result)
+        metrics_url = banner.split("Metrics", 1)[1].split()[0]
+        async with httpx.AsyncClient(timeout=10) as client:
+            scraped = (await client.get(metrics_url)).text
+        alive = [
+            sample.value
+            for family in text_string_to_metric_families(scraped)
+            for sample in family.samples
+            if sample.name == "policy_service_workers_alive"
+        ]
+        assert alive == [2.0]
+        limited = [
+            sample.value
+            for family in text_string_to_metric_families(scraped)
+            for sample in family.samples
+            if sample.name == "policy_service_redis_takes_total"
+        ]
+        assert sum(limited) >= 3  # every call took from the buckets in Redis
+        dev.process.send_signal(signal.SIGINT)
+        assert dev.process.wait(timeout=60) == 0
+    finally:
+        if dev.process.poll() is None:
+            dev.process.kill()
+    assert dev.process.stdout is not None
+    rest = dev.process.stdout.read()
+    assert "stopped." in rest
+    assert "[worker 1/2] policy_service.server stopped" in "".join(dev.output) + rest

@@ -24,6 +24,7 @@ from policy_service.dev.peers import DEFAULT_PORTS
 from policy_service.gateway.clusters import AUTHZ_CLUSTER, OTEL_COLLECTOR_CLUSTER
 from policy_service.gateway.demo_topology import DEMO_UPSTREAMS
 from policy_service.identity.apikeys import hash_api_key
+from policy_service.workers.supervisor import STOP_MARGIN_SECONDS
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -347,7 +348,13 @@ def test_compose_stops_the_service_after_its_grace_period() -> None:
     args = serve_args(service("policy-service")["command"])
     grace = service("policy-service")["stop_grace_period"]
     assert re.fullmatch(r"\d+s", grace)
-    assert int(grace[:-1]) > args.grace
+    assert int(grace[:-1]) > args.grace + (STOP_MARGIN_SECONDS if args.workers > 1 else 0)
+
+
+def test_compose_runs_several_workers_sharing_buckets_in_redis() -> None:
+    args = serve_args(service("policy-service")["command"])
+    assert args.workers > 1
+    assert REDIS_URL_ENV_VAR in service("policy-service")["environment"]
 
 
 def test_compose_envoy_waits_for_a_healthy_policy_service() -> None:
@@ -499,7 +506,16 @@ def test_the_bundle_argument_is_the_mounted_configmap() -> None:
 def test_termination_grace_outlasts_prestop_and_drain() -> None:
     args = serve_args(container()["args"])
     prestop = container()["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert pod_spec()["terminationGracePeriodSeconds"] > args.grace + prestop
+    drain = args.grace + (STOP_MARGIN_SECONDS if args.workers > 1 else 0)
+    assert pod_spec()["terminationGracePeriodSeconds"] > drain + prestop
+
+
+def test_the_pod_runs_one_worker_per_requested_core_with_buckets_in_redis() -> None:
+    args = serve_args(container()["args"])
+    assert args.workers > 1
+    assert float(container()["resources"]["requests"]["cpu"]) == args.workers
+    # serve --workers refuses buckets kept in process; these come from the Secret's URL.
+    assert REDIS_URL_ENV_VAR in {e["name"] for e in container()["env"]}
 
 
 def test_redis_url_comes_from_a_secret() -> None:
