@@ -94,6 +94,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -511,6 +512,7 @@ class ServiceProcess:
         self.floor = floor
         self._log = fixture.workdir / f"service-{index}-{port}.log"
         self.audit_log: Path | None = None
+        self.metrics_port = 0 if floor else _free_port()
         env = dict(os.environ)
         if otlp_endpoint is not None:
             env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint, "OTEL_SERVICE_NAME": "bench"}
@@ -532,6 +534,9 @@ class ServiceProcess:
                 "1",
                 "--audit-log",
                 str(self.audit_log),
+                # Metrics on, as in production: /metrics is scraped once the row is done.
+                "--metrics-listen",
+                f"127.0.0.1:{self.metrics_port}",
                 *(["--workers", str(workers)] if workers > 1 else []),
                 *extra_args,
             ]
@@ -553,6 +558,23 @@ class ServiceProcess:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def checks_counted(self) -> int:
+        """The checks its /metrics counted (``policy_service_checks_total``, every label)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text = answer.read().decode()
+        return round(
+            sum(
+                sample.value
+                for family in text_string_to_metric_families(text)
+                if family.name == "policy_service_checks"
+                for sample in family.samples
+                if sample.name == "policy_service_checks_total"
+            )
+        )
 
     def serving_pids(self) -> list[int]:
         """The processes that decide checks: the workers under a supervisor, else itself."""
@@ -726,7 +748,7 @@ def service_envoy(
             raise BenchError("a sampled row needs the OTLP sink")
         collector = otlp_collector_from_endpoint(otlp_endpoint)
 
-    extra_args: list[str] = []
+    extra_args: list[str] = list(args.serve_arg)
     if redis is not None:
         extra_args += ["--redis-url", redis.url]
     if case == "p":
@@ -931,6 +953,7 @@ class CaseResult:
     audit_events: int | None = None  # written over the row's whole life (service rows)
     spans: int | None = None  # received by the OTLP sink over the row's whole life
     spans_by_service: dict[str, int] | None = None  # the same per sender: envoy, bench
+    metrics_checks: int | None = None  # policy_service_checks_total once the load stopped
     # --sampling rows: Envoy's random_sampling percentage (None: Envoy does not trace).
     sampling_percent: float | None = None
     # Service rows: mean CPU share per deciding process over the runs; connections to it.
@@ -1118,6 +1141,8 @@ def measure_service(
             args, fixture, case, workers, services, redis, endpoint, sampling_percent
         ) as target:
             result = measure(wrk, args, fixture, target, row, label, workers)
+            if sink is not None:
+                result.metrics_checks = sum(service.checks_counted() for service in services)
         result.sampling_percent = sampling_percent
         if sink is None:
             return result
@@ -1389,6 +1414,11 @@ def format_report(
         f"probes included; {sum(run.requests for run in r.runs):,} measured requests), "
         f"{r.spans:,} spans exported = {r.spans / max(r.audit_events, 1):.2f} per check"
         + _spans_by_sender(r)
+        + (
+            f"; /metrics counted {r.metrics_checks:,} checks"
+            if r.metrics_checks is not None
+            else ""
+        )
         for r in results
         if r.audit_events is not None and r.spans is not None
     ]
@@ -1551,6 +1581,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-traces",
         action="store_true",
         help="service rows make no spans (audit events stay): the cost of tracing every check",
+    )
+    parser.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more argument for every `policy-service serve` (repeatable), to weigh a "
+        "lever, e.g. --serve-arg=--event-loop=asyncio",
     )
     parser.add_argument(
         "--sampling",
