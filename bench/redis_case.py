@@ -45,7 +45,7 @@ _STOP_LINE_RE = re.compile(
 
 
 def tool_versions() -> dict[str, str]:
-    """redis-server's version and the Python client's, for the report's header."""
+    """redis-server's version and the Python clients', for the report's header."""
     try:
         binary = find_redis_server()
         output = subprocess.run(
@@ -55,13 +55,9 @@ def tool_versions() -> dict[str, str]:
         output = ""
     match = re.search(r"v=([0-9.]+)", output)
     server = f"redis-server {match[1]}" if match else "redis-server (not found)"
-    try:
-        hiredis = f"hiredis {importlib.metadata.version('hiredis')}"
-    except importlib.metadata.PackageNotFoundError:
-        hiredis = "no hiredis"
-    # redis-py parses replies with hiredis whenever it can import it.
-    if redis.utils.HIREDIS_AVAILABLE:
-        hiredis += " (redis-py's reply parser)"
+    # The store's own client (policy_service/ratelimits/resp.py) encodes and parses with
+    # hiredis; redis-py is only this script's reader of INFO here.
+    hiredis = f"hiredis {importlib.metadata.version('hiredis')} (the store's RESP client)"
     return {
         "redis_server": server,
         "redis_py": f"redis-py {importlib.metadata.version('redis')}",

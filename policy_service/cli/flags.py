@@ -34,7 +34,11 @@ def add_redis_arguments(parser: argparse.ArgumentParser) -> None:
         "--redis-timeout", type=float, default=0.1, help="seconds a check waits for Redis"
     )
     group.add_argument(
-        "--redis-max-connections", type=int, default=64, help="Redis connections per process"
+        "--redis-max-connections",
+        type=int,
+        default=64,
+        help="Redis Cluster: checks in flight per process (one Redis server gets one "
+        "connection per process, shared by every check)",
     )
     group.add_argument(
         "--redis-key-prefix", default="policy-service", help="hash tag of every bucket key"
@@ -84,6 +88,7 @@ def add_telemetry_arguments(parser: argparse.ArgumentParser, audit_log: str = "-
 
 def redis_settings_from_args(args: argparse.Namespace) -> RedisSettings | None:
     from policy_service.ratelimits.redis_store import RedisSettings
+    from policy_service.ratelimits.redis_url import parse_redis_url
 
     # The URL may carry a password: the environment keeps it out of the process list.
     url = args.redis_url or os.environ.get(REDIS_URL_ENV_VAR)
@@ -91,6 +96,9 @@ def redis_settings_from_args(args: argparse.Namespace) -> RedisSettings | None:
         return None
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"{REDIS_URL_ENV_VAR} / --redis-url must be a redis:// or rediss:// URL")
+    if not args.redis_cluster:
+        # Parsed here too, so a bad query parameter or TLS file stops the command at once.
+        parse_redis_url(url)
     if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", args.redis_key_prefix):
         raise ConfigError("--redis-key-prefix: letters, digits and _ . : - only (it is a hash tag)")
     if not 0 < args.redis_timeout <= 10:

@@ -56,7 +56,8 @@ def _answers_ping(port: int) -> bool:
     try:
         with socket.create_connection((HOST, port), timeout=0.5) as sock:
             sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            # A server with a password (requirepass) answers NOAUTH: it is up all the same.
+            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 

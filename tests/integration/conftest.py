@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
-from tests.support.redis import clean_cluster, clean_redis, redis_cluster, redis_server
+from tests.support.redis import (
+    clean_cluster,
+    clean_redis,
+    locked_redis,
+    locked_redis_server,
+    redis_cluster,
+    redis_server,
+)
 
-__all__ = ["clean_cluster", "clean_redis", "redis_cluster", "redis_server"]
+__all__ = [
+    "clean_cluster",
+    "clean_redis",
+    "locked_redis",
+    "locked_redis_server",
+    "redis_cluster",
+    "redis_server",
+]

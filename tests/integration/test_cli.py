@@ -51,6 +51,15 @@ def test_serve_refuses_a_redis_url_that_is_not_redis(tmp_path: Path) -> None:
     assert "hunter2" not in result.stderr  # a password in the URL is never echoed
 
 
+def test_serve_refuses_a_redis_url_query_it_would_ignore(tmp_path: Path) -> None:
+    bundle = write_test_bundle(tmp_path)
+    url = "redis://:hunter2@cache:6379/0?socket_timeout=3"
+    result = run("serve", str(bundle.path), "--redis-url", url)
+    assert result.returncode == 1
+    assert "Redis URL: unknown query parameter 'socket_timeout'" in result.stderr
+    assert "hunter2" not in result.stderr
+
+
 def test_serve_refuses_a_key_prefix_that_would_break_the_hash_tag(tmp_path: Path) -> None:
     bundle = write_test_bundle(tmp_path)
     result = run(

@@ -1,10 +1,12 @@
 """What only the Redis store promises: round trips, script reloads, key layout, expiry,
-Redis's clock, pipelining and bounded failures, all against a real redis-server (and the
-real 3-node cluster where the layout matters)."""
+Redis's clock, pipelining, bounded failures, one shared connection that hands each check
+its own reply, logging in and selecting a database, all against a real redis-server (and
+the real 3-node cluster where the layout matters)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -16,9 +18,10 @@ from redis.crc import key_slot
 from policy_service.dev.redis_server import RedisCluster, RedisServer
 from policy_service.ratelimits.bucket import BucketSpec
 from policy_service.ratelimits.redis_store import SCRIPT_SHA, RedisSettings, RedisStore
+from policy_service.ratelimits.resp import RespClient, RespConnectionError
 from policy_service.ratelimits.store import StoreUnavailableError
 from tests.support.envoy import free_port
-from tests.support.redis import sync_client
+from tests.support.redis import ACL_PASSWORD, ACL_USER, LockedRedis, sync_client
 
 PER_HOUR = 1 / 3600
 HOUR_MS = 3_600_000
@@ -247,15 +250,15 @@ async def test_a_pipelined_batch_that_cannot_be_sent_fails_its_checks_at_once(
 ) -> None:
     store = make_store(pipeline=True, timeout_seconds=2.0)
 
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise redis.exceptions.RedisClusterException("ERROR: no pipelines here")
+    async def refuse(commands: object) -> list[object]:
+        raise RespConnectionError("connection to 127.0.0.1:6379 lost")
 
-    monkeypatch.setattr(store.client, "pipeline", refuse)
+    monkeypatch.setattr(store.client, "call_many", refuse)
     results = await asyncio.gather(
         *(store.take([bucket("unsendable")]) for _ in range(5)), return_exceptions=True
     )
     # Each check learns why at once; none is left waiting for its 2 s timeout.
-    assert [getattr(result, "reason", result) for result in results] == ["error"] * 5
+    assert [getattr(result, "reason", result) for result in results] == ["connection"] * 5
     monkeypatch.undo()
     assert (await store.take([bucket("sendable")])).admitted  # the flush loop survived
 
@@ -351,3 +354,119 @@ async def test_a_stopped_server_is_a_connection_failure_and_a_restart_heals_the_
     # Connections pooled before the outage are not handed out dead, all at once or not.
     results = await asyncio.gather(*(store.take([bucket(f"after-{n}")]) for n in range(8)))
     assert all(result.admitted for result in results)
+
+
+def connections_made(client: redis.Redis) -> int:
+    return int(client.info("stats")["total_connections_received"])
+
+
+@pytest.mark.parametrize("pipeline", [False, True], ids=["direct", "pipelined"])
+async def test_concurrent_takes_share_one_connection_and_each_gets_its_own_reply(
+    make_store: Callable[..., RedisStore], clean_redis: RedisServer, pipeline: bool
+) -> None:
+    store = make_store(pipeline=pipeline, timeout_seconds=5.0)
+    with sync_client(clean_redis.url) as client:
+        before = connections_made(client)
+        # Each check has a bucket of its own size, so a reply handed to the wrong check
+        # shows as a wrong remaining count; all share one bucket as well.
+        results = await asyncio.gather(
+            *(
+                store.take([bucket(f"own-{index}", burst=index + 2), bucket("shared", burst=300)])
+                for index in range(200)
+            )
+        )
+        assert connections_made(client) - before == 1
+    assert [result.readings[0].remaining for result in results] == [i + 1 for i in range(200)]
+    assert sorted(result.readings[1].remaining for result in results) == list(range(100, 300))
+
+
+async def test_a_take_that_timed_out_never_hands_its_reply_to_the_next_take(
+    make_store: Callable[..., RedisStore], clean_redis: RedisServer
+) -> None:
+    store = make_store(timeout_seconds=0.5)
+    await store.take([bucket("warm")])
+    client = store.client
+    assert isinstance(client, RespClient)
+    # A BLPOP on the store's own connection holds every later command there behind it.
+    gate = asyncio.create_task(client.execute("BLPOP", "gate", 0))
+    await asyncio.sleep(0)
+    with pytest.raises(StoreUnavailableError) as raised:
+        await store.take([bucket("gave-up", burst=5)])
+    assert raised.value.reason == "timeout"
+    takes = store.stats.takes
+    mine = asyncio.create_task(store.take([bucket("mine", burst=9)]))
+    await asyncio.sleep(0)  # it runs up to its write: no other await once connected
+    assert store.stats.takes == takes + 1  # its EVALSHA is queued behind the late one
+    with sync_client(clean_redis.url) as other:
+        other.lpush("gate", "open")  # Redis answers BLPOP, the timed-out take, then mine
+    assert (await mine).readings[0].remaining == 8  # its own bucket, not gave-up's 4
+    await gate
+    # The timed-out take did reach Redis (as with any client): its token is gone.
+    assert (await store.take([bucket("gave-up", burst=5)])).readings[0].remaining == 3
+
+
+@pytest.mark.parametrize("pipeline", [False, True], ids=["direct", "pipelined"])
+async def test_a_restart_between_takes_fails_no_take(
+    make_store: Callable[..., RedisStore], clean_redis: RedisServer, pipeline: bool
+) -> None:
+    store = make_store(pipeline=pipeline)
+    spec = bucket("across-a-restart", burst=3)
+    assert (await store.take([spec])).readings[0].remaining == 2
+    # In a thread, so the loop sees the connection close, as a running service does.
+    await asyncio.to_thread(clean_redis.restart)
+    loads = store.stats.script_loads
+    results = await asyncio.gather(*(store.take([spec]) for _ in range(3)))
+    assert sorted(result.readings[0].remaining for result in results) == [0, 1, 2]  # fresh
+    # Pipelined, the three go in one batch and one load serves them; direct, each check
+    # that met NOSCRIPT before the script was back loads it itself.
+    assert 1 <= store.stats.script_loads - loads <= (1 if pipeline else 3)
+
+
+async def test_buckets_land_in_the_database_the_url_selects(
+    make_store: Callable[..., RedisStore], clean_redis: RedisServer
+) -> None:
+    store = make_store(url=f"redis://127.0.0.1:{clean_redis.port}/5")
+    await store.take([bucket("in-db-5")])
+    base = f"redis://127.0.0.1:{clean_redis.port}"
+    with sync_client(f"{base}/5") as db5, sync_client(f"{base}/0") as db0:
+        assert db5.keys() == [store.redis_key("in-db-5")]
+        assert db0.keys() == []
+
+
+@pytest.mark.parametrize("login", ["password", "acl-user"])
+async def test_the_store_logs_in_with_the_credentials_in_its_url(
+    make_store: Callable[..., RedisStore], locked_redis: LockedRedis, login: str
+) -> None:
+    url = locked_redis.url() if login == "password" else locked_redis.url(ACL_PASSWORD, ACL_USER)
+    store = make_store(url=url)
+    assert await store.ping()
+    assert (await store.take([bucket("behind-a-password", burst=2)])).readings[0].remaining == 1
+
+
+async def test_a_wrong_password_is_a_connection_failure_that_never_shows_the_password(
+    make_store: Callable[..., RedisStore],
+    locked_redis: LockedRedis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    wrong = "wrong-Password-77"
+    store = make_store(url=locked_redis.url(wrong))
+    with pytest.raises(StoreUnavailableError) as raised:
+        await store.take([bucket("locked-out")])
+    assert raised.value.reason == "connection"
+    assert f"AUTH refused by 127.0.0.1:{locked_redis.server.port}: WRONGPASS" in str(raised.value)
+    assert not await store.ping()
+    assert "WRONGPASS" in caplog.text  # the operator learns why at startup
+    assert wrong not in str(raised.value) + caplog.text
+
+
+async def test_a_refused_connection_fails_at_once_not_at_the_timeout(
+    make_store: Callable[..., RedisStore],
+) -> None:
+    store = make_store(url=f"redis://127.0.0.1:{free_port()}/0", timeout_seconds=5.0)
+    for _ in range(3):
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError) as raised:
+            await store.take([bucket("nobody-home")])
+        assert time.monotonic() - started < HANG_BOUND_SECONDS
+        assert raised.value.reason == "connection"

@@ -3,11 +3,18 @@
 Each test gets its Redis flushed first (``clean_redis`` / ``clean_cluster``), so tests
 share the process without sharing buckets. A test that stops or pauses the shared server
 leaves it as it found it: ``clean_redis`` brings it back if it did not.
+
+``locked_redis`` asks for a password (``requirepass``), knows one ACL user and also listens
+on a unix socket: the ways the store logs in to and reaches a server.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import redis
@@ -18,6 +25,12 @@ from policy_service.dev.redis_server import RedisCluster, RedisServer
 def sync_client(url: str) -> redis.Redis:
     """A plain client for looking inside Redis (INFO, PTTL, KEYS); close it after use."""
     return redis.Redis.from_url(url, decode_responses=True, socket_timeout=5)
+
+
+# Characters a URL must escape, so a test that passes proves the store unquotes them.
+REDIS_PASSWORD = "default:pw@with/odd%chars"
+ACL_USER = "limiter"
+ACL_PASSWORD = "acl-user-pw"
 
 
 def flush(server: RedisServer) -> None:
@@ -50,3 +63,40 @@ def clean_cluster(redis_cluster: RedisCluster) -> RedisCluster:
     for node in redis_cluster.nodes:
         flush(node)
     return redis_cluster
+
+
+@dataclass(frozen=True)
+class LockedRedis:
+    """A redis-server that asks for a password, knows one ACL user, and has a unix socket."""
+
+    server: RedisServer
+    socket_path: Path
+
+    def url(self, password: str = REDIS_PASSWORD, username: str = "", db: int = 0) -> str:
+        credentials = f"{quote(username, safe='')}:{quote(password, safe='')}@"
+        return f"redis://{credentials}127.0.0.1:{self.server.port}/{db}"
+
+    def admin(self, db: int = 0) -> redis.Redis:
+        """A plain client, logged in; close it after use."""
+        return redis.Redis(
+            port=self.server.port, password=REDIS_PASSWORD, db=db, decode_responses=True
+        )
+
+
+@pytest.fixture(scope="module")
+def locked_redis_server() -> Iterator[LockedRedis]:
+    # A short directory: a unix socket path must fit in about a hundred bytes.
+    with tempfile.TemporaryDirectory(prefix="redis-sock-") as directory:
+        socket_path = Path(directory) / "redis.sock"
+        args = ["--requirepass", REDIS_PASSWORD, "--unixsocket", str(socket_path)]
+        args += ["--unixsocketperm", "700"]
+        args += ["--user", ACL_USER, "on", f">{ACL_PASSWORD}", "~*", "+@all"]
+        with RedisServer(extra_args=args) as server:
+            yield LockedRedis(server, socket_path)
+
+
+@pytest.fixture
+def locked_redis(locked_redis_server: LockedRedis) -> LockedRedis:
+    with locked_redis_server.admin() as client:
+        client.flushall()
+    return locked_redis_server
