@@ -19,6 +19,7 @@ import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.context import Context
 from opentelemetry.trace import Span
 
 from policy_service.bundles.reload import BundleReloader
@@ -42,6 +43,36 @@ _INTERNAL_DENY = Deny(
     DenyKind.INTERNAL, "internal_error", "the policy service failed; the request was refused"
 )
 _INTERNAL = to_check_response(_INTERNAL_DENY)
+_CANCELLED = Deny(
+    DenyKind.INTERNAL,
+    "cancelled",
+    "Envoy abandoned the check before it was decided (its ext_authz timeout)",
+)
+_CANCELLED_LOG_INTERVAL_SECONDS = 10.0
+
+
+class _CancelledChecks:
+    """Counts checks Envoy abandoned; one log line per interval, not one per check (they
+    come in bursts, when something the checks wait on is slow)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._unlogged = 0
+        self._last_log = -_CANCELLED_LOG_INTERVAL_SECONDS
+
+    def note(self) -> None:
+        self.total += 1
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._last_log >= _CANCELLED_LOG_INTERVAL_SECONDS:
+            log.warning(
+                "%d check(s) abandoned by Envoy before they were decided (its ext_authz "
+                "timeout; %d in all); each is audited and counted with reason cancelled",
+                self._unlogged,
+                self.total,
+            )
+            self._last_log = now
+            self._unlogged = 0
 
 
 # xds-protos ships no type stubs, so the generated servicer base is Any to mypy.
@@ -49,6 +80,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
     def __init__(self, gateway: CheckPipeline, trail: Trail) -> None:
         self.gateway = gateway
         self.trail = trail
+        self._cancelled = _CancelledChecks()
 
     async def Check(
         self,
@@ -68,18 +100,40 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
             }
             parent = parent_context(metadata, http.headers)
             with self.trail.check_span(parent) as span:
-                decision = await self._decide(http, record, span)
-                seconds = time.perf_counter() - started
-                facts = facts_of(record)  # derived once: the event, span and metrics read it
-                audited = self.trail.audit(span, parent, http, decision, record, facts, seconds)
-                if not audited and self.trail.auditor.failure_mode is AuditFailureMode.CLOSED:
-                    decision = _unaudited(http, decision, record)
-                self.trail.describe(span, http, decision, record, facts, seconds)
+                try:
+                    decided = await self._decide(http, record, span)
+                except asyncio.CancelledError:
+                    # Envoy gave up (its ext_authz timeout) and cancelled the call while the
+                    # check waited on Redis or a key fetch. Nobody reads an answer now, but
+                    # the check happened: it is audited, counted and traced as cancelled.
+                    self._conclude(span, parent, http, _CANCELLED, record, started)
+                    self._cancelled.note()
+                    raise
+                decision = self._conclude(span, parent, http, decided, record, started)
             return to_check_response(decision, record.decision_id)
         except Exception:
             # Fail closed. The traceback names code, never request content or credentials.
             log.exception("check failed; refusing the request")
             return _INTERNAL
+
+    def _conclude(
+        self,
+        span: Span,
+        parent: Context,
+        http: HttpRequest,
+        decision: Decision,
+        record: CheckRecord,
+        started: float,
+    ) -> Decision:
+        """Audit, count and describe the decision; the one to send (closed audit mode can
+        turn an allow it could not record into a refusal)."""
+        seconds = time.perf_counter() - started
+        facts = facts_of(record)  # derived once: the event, span and metrics read it
+        audited = self.trail.audit(span, parent, http, decision, record, facts, seconds)
+        if not audited and self.trail.auditor.failure_mode is AuditFailureMode.CLOSED:
+            decision = _unaudited(http, decision, record)
+        self.trail.describe(span, http, decision, record, facts, seconds)
+        return decision
 
     async def _decide(self, http: HttpRequest, record: CheckRecord, span: Span) -> Decision:
         try:

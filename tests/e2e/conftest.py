@@ -85,8 +85,12 @@ def start_stack(
     otlp: OtlpReceiver | None = None,
     audit_log: Path | None = None,
     metrics: bool = False,
+    redis_timeout: float = 0.1,
+    authz_timeout_seconds: float = 1.0,
 ) -> Iterator[Stack]:
-    """``limits`` is a bundle ``limits:`` block; with ``redis_url`` its buckets are in Redis.
+    """``limits`` is a bundle ``limits:`` block; with ``redis_url`` its buckets are in Redis
+    (waited on for ``redis_timeout`` seconds per check; Envoy waits ``authz_timeout_seconds``
+    for a check).
 
     With ``otlp``, Envoy and the service both export spans to that receiver; with
     ``audit_log`` the service appends audit events there; ``metrics`` serves /metrics.
@@ -119,7 +123,9 @@ def start_stack(
                     grace_seconds=2,
                     metrics_listen=("127.0.0.1", 0) if metrics else None,
                 ),
-                None if redis_url is None else RedisSettings(redis_url),
+                None
+                if redis_url is None
+                else RedisSettings(redis_url, timeout_seconds=redis_timeout),
             ),
             trail,
         )
@@ -134,6 +140,7 @@ def start_stack(
         tls_port=None,
         admin_port=0,
         otlp_collector=None if otlp is None else OtlpCollector("127.0.0.1", otlp.port),
+        authz_timeout_seconds=authz_timeout_seconds,
     )
     envoy = EnvoyProcess(render_envoy_config(layout)).start()
     try:
