@@ -27,7 +27,7 @@ from policy_service.gateway.clusters import (
     otel_collector_cluster,
     socket_address,
 )
-from policy_service.gateway.filters import ext_authz_filter, router_filter
+from policy_service.gateway.filters import duration, ext_authz_filter, router_filter
 from policy_service.gateway.layout import TYPE_URL, Config, EnvoyLayout, check_layout
 from policy_service.gateway.listeners import (
     HcmParts,
@@ -51,6 +51,7 @@ def render_envoy_config(layout: EnvoyLayout) -> Config:
         http_filters=[ext_authz_filter(layout), router_filter()],
         access_log=[stdout_access_log(trace_id=collector is not None)] if layout.access_log else [],
         tracing=tracing(layout) if collector is not None else None,
+        request_headers_timeout=duration(layout.request_headers_timeout_seconds),
     )
     listeners: list[Config] = []
     if layout.plain_port is not None:

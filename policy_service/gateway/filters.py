@@ -16,7 +16,7 @@ def ext_authz_filter(layout: EnvoyLayout) -> Config:
             "@type": TYPE_URL + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
             "grpc_service": {
                 "envoy_grpc": {"cluster_name": AUTHZ_CLUSTER},
-                "timeout": _duration(layout.authz_timeout_seconds),
+                "timeout": duration(layout.authz_timeout_seconds),
                 "retry_policy": _authz_retry_policy(),
             },
             "transport_api_version": "V3",
@@ -71,6 +71,7 @@ def router_filter() -> Config:
     }
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """An Envoy Duration: exact to the nanosecond, no float noise (0.25 -> \"0.25s\")."""
     text = f"{seconds:.9f}".rstrip("0").rstrip(".")
     return f"{text}s"

@@ -139,6 +139,8 @@ class EnvoyLayout:
     admin_address: str = "127.0.0.1"
     max_request_bytes: int = 65536
     authz_timeout_seconds: float = 1.0
+    # A client's request headers must arrive within this (slow-header clients).
+    request_headers_timeout_seconds: float = 10.0
     authz_tls: bool = False
     authz_ca_file: str | None = None
     authz_cert_file: str | None = None  # client certificate for mTLS to the policy service
@@ -168,6 +170,8 @@ def check_layout(layout: EnvoyLayout) -> None:
         raise ConfigError("envoy layout: max_request_bytes must be positive")
     if layout.authz_timeout_seconds <= 0:
         raise ConfigError("envoy layout: authz_timeout_seconds must be positive")
+    if layout.request_headers_timeout_seconds <= 0:
+        raise ConfigError("envoy layout: request_headers_timeout_seconds must be positive")
     if layout.authz_tls and not layout.authz_ca_file:
         # TLS without verifying the policy service would let anyone answer "allow".
         raise ConfigError("envoy layout: authz_tls needs authz_ca_file")

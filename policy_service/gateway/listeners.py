@@ -3,7 +3,10 @@
 The connection manager is where the edge's path and header rules live: paths are normalized
 before routing and before ext_authz sees them (a path that routes one way and authorizes
 another is an authorization bypass), and streams are never buffered or cut (no request
-timeout; only a stream idle for ``STREAM_IDLE_TIMEOUT`` is reclaimed).
+timeout; only a stream idle for ``STREAM_IDLE_TIMEOUT`` is reclaimed). What is bounded is
+what a client can hold without sending anything: its request headers must arrive within
+``REQUEST_HEADERS_TIMEOUT``, and a connection with no stream is closed after
+``CONNECTION_IDLE_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from policy_service.gateway.layout import TYPE_URL, Config, EnvoyLayout
 # Long enough for an idle SSE or WebSocket session to survive; short enough that a stream a
 # client abandoned without closing is eventually reclaimed.
 STREAM_IDLE_TIMEOUT = "3600s"
+REQUEST_HEADERS_TIMEOUT = "10s"  # EnvoyLayout.request_headers_timeout_seconds's default
+CONNECTION_IDLE_TIMEOUT = "300s"
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,7 @@ class HcmParts:
     http_filters: list[Config]
     access_log: list[Config]
     tracing: Config | None = None
+    request_headers_timeout: str = REQUEST_HEADERS_TIMEOUT
 
 
 def http_connection_manager(stat_prefix: str, parts: HcmParts) -> Config:
@@ -49,7 +55,14 @@ def http_connection_manager(stat_prefix: str, parts: HcmParts) -> Config:
                 # "x_user" and "x-user" can become the same header further down the line:
                 # a way to smuggle identity headers past the policy service.
                 "headers_with_underscores_action": "REJECT_REQUEST",
+                # A connection with no stream open is closed after this: idle keep-alives
+                # would otherwise hold their slot until the connection cap.
+                "idle_timeout": CONNECTION_IDLE_TIMEOUT,
             },
+            # A client must finish its request headers within this, or the stream is reset:
+            # slow-header clients (slowloris) cannot hold connections open. Streams, once
+            # their headers are in, are not cut by it.
+            "request_headers_timeout": parts.request_headers_timeout,
             "http2_protocol_options": {
                 "max_concurrent_streams": 100,
                 "initial_stream_window_size": 65536,

@@ -12,6 +12,7 @@ import asyncio
 import json
 import ssl
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
@@ -451,3 +452,26 @@ async def test_tls_listener_serves_the_same_routes(
     assert response.json()["path"] == "/mcp"
     (check,) = gateway.checks
     assert check.attributes.request.http.scheme == "https"
+
+
+# -- what a client can hold without sending anything ------------------------------------------
+
+
+async def test_a_client_that_never_finishes_its_headers_is_cut_off(
+    start_gateway: StartGateway,
+) -> None:
+    gateway = await start_gateway(request_headers_timeout_seconds=0.5)
+    assert gateway.layout.plain_port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.layout.plain_port)
+    try:
+        # No blank line: the headers never end (a slow-header client).
+        writer.write(b"GET /fininfo/mcp HTTP/1.1\r\nHost: gateway\r\n")
+        await writer.drain()
+        started = time.monotonic()
+        answer = await asyncio.wait_for(reader.read(), timeout=10)  # until Envoy closes
+        waited = time.monotonic() - started
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+    assert 0.3 < waited < 5
+    assert gateway.checks == []  # nothing reached the policy service
