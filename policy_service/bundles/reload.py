@@ -89,6 +89,7 @@ class BundleReloader:
         self._poke = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._retiring: dict[asyncio.Task[None], JwtVerifier] = {}
+        self._last_refusal: str | None = None  # why the source's current files were refused
 
     @property
     def interval_seconds(self) -> float | None:
@@ -149,6 +150,8 @@ class BundleReloader:
         try:
             files = await self._source.poll(settled=settled)
             if files is None:
+                if settled:
+                    self._say_unchanged(current.bundle.revision)
                 return ReloadOutcome.UNCHANGED
             state = await self._build(files, current.jwt)
         except Exception as exc:  # whatever it is, the bundle is refused
@@ -159,6 +162,7 @@ class BundleReloader:
         else:
             previous = self._bundles.swap(state)
         self._source.accepted(files)
+        self._last_refusal = None
         self._retire(previous.jwt)
         log.info(
             "%s revision %s -> %s loaded from %s",
@@ -201,6 +205,7 @@ class BundleReloader:
         else:
             # The traceback is for whoever fixes the bug; the line says what happened.
             reason = f"unexpected error ({type(exc).__name__})"
+        self._last_refusal = reason
         log.error(
             "%s reload refused, still serving revision %s: %s",
             self._what,
@@ -208,6 +213,26 @@ class BundleReloader:
             reason,
             exc_info=exc if unexpected else None,
         )
+
+    def _say_unchanged(self, serving: str) -> None:
+        """Answer a SIGHUP that found nothing new: whoever sent it is waiting to hear."""
+        where = self._source.location
+        if self._last_refusal is not None:
+            log.error(
+                "reload requested: %s at %s is unchanged since it was refused (%s); still "
+                "serving revision %s",
+                self._what,
+                where,
+                self._last_refusal,
+                serving,
+            )
+        else:
+            log.info(
+                "reload requested: %s at %s is unchanged; serving revision %s",
+                self._what,
+                where,
+                serving,
+            )
 
     def _retire(self, verifier: JwtVerifier) -> None:
         task = asyncio.create_task(self._close_later(verifier))

@@ -185,6 +185,42 @@ async def test_broken_yaml_is_refused_and_the_old_bundle_answers(
     assert source.read_text() == rig.bundle.path.read_text()  # nothing written by a refusal
 
 
+async def test_a_sighup_that_finds_nothing_new_says_so(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "policy_service.reload")
+    assert await rig.reloader.reload(settled=True) is ReloadOutcome.UNCHANGED
+    assert [r.getMessage() for r in caplog.records] == [
+        f"reload requested: bundle at {LOCATION} is unchanged; serving revision test-1"
+    ]
+    # Polling finds nothing new all the time: only a SIGHUP is answered.
+    caplog.clear()
+    assert await rig.reloader.reload() is ReloadOutcome.UNCHANGED
+    assert caplog.records == []
+
+
+async def test_a_sighup_on_a_still_refused_bundle_repeats_why(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig.queue(revised(rig.bundle, "broken-2") + "upstreams: [\n")
+    assert await rig.reloader.reload() is ReloadOutcome.REFUSED
+    assert len(refusals(caplog)) == 1
+    caplog.clear()
+    assert await rig.reloader.reload(settled=True) is ReloadOutcome.UNCHANGED
+    (line,) = refusals(caplog)
+    assert line.startswith(
+        f"reload requested: bundle at {LOCATION} is unchanged since it was refused ("
+    )
+    assert line.endswith("); still serving revision test-1")
+    assert "not valid YAML" in line
+    # A good bundle clears it: the next SIGHUP with nothing new is calm again.
+    rig.queue(revised(rig.bundle, "B-2"))
+    assert await rig.reloader.reload() is ReloadOutcome.LOADED
+    caplog.clear()
+    assert await rig.reloader.reload(settled=True) is ReloadOutcome.UNCHANGED
+    assert refusals(caplog) == []
+
+
 async def test_an_invalid_bundle_is_refused_with_every_problem(
     rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
