@@ -4,10 +4,12 @@ Two sources feed the JWT verifier:
 
 * ``FileKeySource`` reads a JWKS file once at start. A bad file is an operator mistake and
   raises ``KeySourceError`` so the service refuses to start with it.
-* ``UrlKeySource`` fetches a JWKS over HTTP(S). Keys are cached for ``jwks_cache_seconds``;
-  an unknown ``kid`` triggers a refetch at most once per ``jwks_min_refresh_seconds`` (so a
-  stream of garbage kids cannot make us hammer the identity provider); when the provider is
-  down we keep serving the keys we already have; concurrent refreshes share one fetch.
+* ``UrlKeySource`` fetches a JWKS over HTTP(S). Keys are refreshed in the background every
+  ``jwks_cache_seconds`` while checks go on verifying with the keys held; an unknown ``kid``
+  triggers a refetch at most once per ``jwks_min_refresh_seconds`` (so a stream of garbage
+  kids cannot make us hammer the identity provider); when the provider is down or hangs we
+  keep serving the keys we already have; one fetch runs at a time, and a check that needs
+  it waits a bounded time (``DEFAULT_WAIT_SECONDS``), never the fetch timeout.
 
 Only public signature keys are ever loaded: RSA (2048 bits or more), EC P-256 and Ed25519.
 Symmetric (``oct``) keys in a JWKS are ignored on purpose: a key published by an identity
@@ -22,6 +24,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import re
 import urllib.error
 import urllib.parse
@@ -60,11 +63,14 @@ PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | Ed25519PublicKey
 
 MIN_RSA_BITS = 2048  # shorter RSA keys are factorable in practice; refuse to trust them
 MAX_JWKS_BYTES = 1 << 20  # a JWKS is a few KiB; a bigger answer is an error, not a key set
-DEFAULT_FETCH_TIMEOUT_SECONDS = 5.0
-# While nothing at all is cached (the provider was down when we started), retry sooner than
-# the unknown-kid limit: every token is failing meanwhile, and one fetch per few seconds per
-# issuer is no burden for a provider.
-EMPTY_RETRY_SECONDS = 5.0
+DEFAULT_FETCH_TIMEOUT_SECONDS = 5.0  # a fetch runs in the background: no check waits this long
+# The longest a check waits for a fetch it needs (an unknown kid, nothing cached yet): well
+# under Envoy's 1 s ext_authz timeout, so the check is still answered (refused) in time.
+DEFAULT_WAIT_SECONDS = 0.3
+# After a failed fetch the cache is due again this soon (or after jwks_cache_seconds when
+# shorter): tokens may be failing meanwhile, and one fetch per few seconds per issuer is no
+# burden for a provider. The unknown-kid limit does not apply to these.
+FAILED_FETCH_RETRY_SECONDS = 5.0
 
 _RSA_ALGS = frozenset({"RS256", "PS256"})
 _EC_ALGS = frozenset({"ES256"})
@@ -340,7 +346,17 @@ class UrllibJwksFetcher:
 
 
 class UrlKeySource:
-    """A JWKS fetched from a URL, cached, refreshed on unknown kids with a rate limit."""
+    """A JWKS fetched from a URL: cached, refreshed in the background, never waited on long.
+
+    Two things start a fetch, each with its own pace. The cache coming due (``cache_seconds``
+    after a good fetch; after a failed one ``FAILED_FETCH_RETRY_SECONDS``, or ``cache_seconds``
+    if shorter) starts one in the background: checks keep verifying with the keys already
+    held meanwhile. An unknown ``kid``, which any client can send, starts one only if
+    no fetch at all began in the last ``min_refresh_seconds``. One fetch runs at a time; a
+    check that needs it (an unknown kid, or nothing cached yet) waits for it at most
+    ``wait_seconds`` and then answers with what is held, while the fetch carries on for the
+    checks after it.
+    """
 
     def __init__(
         self,
@@ -351,6 +367,7 @@ class UrlKeySource:
         fetcher: JwksFetcher | None = None,
         clock: Clock = SYSTEM_CLOCK,
         timeout_seconds: float = DEFAULT_FETCH_TIMEOUT_SECONDS,
+        wait_seconds: float = DEFAULT_WAIT_SECONDS,
     ) -> None:
         self._url = url
         self._where = f"JWKS URL {redact_url(url)}"
@@ -359,9 +376,10 @@ class UrlKeySource:
         self._fetcher: JwksFetcher = fetcher if fetcher is not None else UrllibJwksFetcher()
         self._clock = clock
         self._timeout_seconds = timeout_seconds
+        self._wait_seconds = wait_seconds
         self._keys: KeySet | None = None
-        self._fetched_at = 0.0  # monotonic time of the last successful fetch
-        self._last_attempt: float | None = None  # monotonic time of the last fetch attempt
+        self._due_at = -math.inf  # monotonic time the next cache-driven fetch is due
+        self._last_attempt = -math.inf  # monotonic time the last fetch (of either kind) began
         self._inflight: asyncio.Task[None] | None = None
         self.refreshes_ok = 0
         self.refreshes_failed = 0
@@ -371,39 +389,50 @@ class UrlKeySource:
         return self._keys is not None
 
     async def start(self) -> None:
-        """Prefetch. A failure is logged (by the refresh) and not raised: we retry later."""
-        await self._refresh()
+        """Prefetch, waiting for the answer (or the fetch timeout): no check waits on this.
+
+        A failure is logged (by the fetch) and not raised: the cache is due again soon.
+        """
+        inflight = self._inflight or self._begin_fetch(self._clock.monotonic())
+        await asyncio.shield(inflight)
+
+    async def wait_idle(self) -> None:
+        """Wait for the fetch under way, if any, to finish (tests, benchmarks)."""
+        inflight = self._inflight
+        if inflight is not None:
+            await asyncio.shield(inflight)
 
     async def keys_for(self, kid: str | None) -> tuple[VerificationKey, ...] | None:
-        if self._keys is None or self._clock.monotonic() - self._fetched_at >= self._cache_seconds:
-            await self._refresh()
-        if self._keys is None:
-            return None
-        found = self._keys.find(kid)
-        if not found and await self._refresh():
+        now = self._clock.monotonic()
+        if self._inflight is None and now >= self._due_at:
+            self._begin_fetch(now)  # in the background: cached keys still answer below
+        keys = self._keys
+        if keys is not None:
+            found = keys.find(kid)
+            if found:
+                return found
             # Unknown kid: the provider may have rotated keys since our last fetch.
-            found = self._keys.find(kid)
-        return found
-
-    async def _refresh(self) -> bool:
-        """Fetch now unless rate-limited; join a fetch already under way.
-
-        Returns whether a fetch ran (or was joined), so the caller knows a retry may help.
-        """
+            if self._inflight is None and now - self._last_attempt >= self._min_refresh_seconds:
+                self._begin_fetch(now)
         inflight = self._inflight
         if inflight is None:
-            now = self._clock.monotonic()
-            interval = self._min_refresh_seconds
-            if self._keys is None:
-                interval = min(interval, EMPTY_RETRY_SECONDS)
-            if self._last_attempt is not None and now - self._last_attempt < interval:
-                return False
-            self._last_attempt = now
-            inflight = self._inflight = asyncio.create_task(self._fetch())
-            inflight.add_done_callback(self._clear_inflight)
-        # shield: one waiter being cancelled must not cancel the fetch the others share.
-        await asyncio.shield(inflight)
-        return True
+            return None if keys is None else ()
+        # Bounded: Envoy gives up on the whole check after its ext_authz timeout (1 s by
+        # default), and a hanging provider must not take every new token down with it.
+        try:
+            async with asyncio.timeout(self._wait_seconds):
+                # shield: a waiter timing out or being cancelled must not cancel the fetch.
+                await asyncio.shield(inflight)
+        except TimeoutError:
+            logger.debug("%s: still fetching; answering with the keys held", self._where)
+        keys = self._keys
+        return None if keys is None else keys.find(kid)
+
+    def _begin_fetch(self, now: float) -> asyncio.Task[None]:
+        self._last_attempt = now
+        task = self._inflight = asyncio.create_task(self._fetch())
+        task.add_done_callback(self._clear_inflight)
+        return task
 
     def _clear_inflight(self, task: asyncio.Task[None]) -> None:
         if self._inflight is task:
@@ -414,18 +443,23 @@ class UrlKeySource:
             data = await self._fetcher.fetch(self._url, self._timeout_seconds)
             keys = parse_jwks(data, source=self._where, strict=False)
         except KeySourceError as exc:
-            self.refreshes_failed += 1
+            self._failed()
             cached = "serving cached keys" if self._keys is not None else "no keys cached"
             logger.warning("JWKS refresh failed (%s): %s", cached, exc)
             return
         except Exception:
-            self.refreshes_failed += 1
+            self._failed()
             logger.exception("%s: unexpected error while refreshing", self._where)
             return
         self.refreshes_ok += 1
         self._keys = keys
-        self._fetched_at = self._clock.monotonic()
+        self._due_at = self._clock.monotonic() + self._cache_seconds
         logger.info("%s: loaded %d signature key(s)", self._where, len(keys.keys))
+
+    def _failed(self) -> None:
+        self.refreshes_failed += 1
+        retry = min(self._cache_seconds, FAILED_FETCH_RETRY_SECONDS)
+        self._due_at = self._clock.monotonic() + retry
 
     async def aclose(self) -> None:
         task = self._inflight

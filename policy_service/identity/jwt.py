@@ -32,6 +32,7 @@ from policy_service.clock import SYSTEM_CLOCK, Clock
 from policy_service.identity.config import ASYMMETRIC_ALGORITHMS, IssuerConfig
 from policy_service.identity.jwks import (
     DEFAULT_FETCH_TIMEOUT_SECONDS,
+    DEFAULT_WAIT_SECONDS,
     FileKeySource,
     JwksFetcher,
     KeySource,
@@ -185,6 +186,10 @@ _UrlSettings = tuple[str, str, float, float]
 class JwtVerifier:
     """Verifies bearer JWTs against a fixed set of trusted issuers.
 
+    JWKS URLs are fetched in the background (``fetch_timeout_seconds`` each); a check that
+    needs a fetch's answer waits for it at most ``fetch_wait_seconds``, well inside Envoy's
+    ext_authz timeout, and is refused (``keys_unavailable`` or ``unknown_kid``) after that.
+
     ``previous`` (the verifier of the bundle this one replaces) lends its JWKS URL sources
     to issuers whose ``iss``, URL and cache settings are unchanged: see ``successor``.
     """
@@ -197,6 +202,7 @@ class JwtVerifier:
         fetcher: JwksFetcher | None = None,
         cache_size: int = 10_000,
         fetch_timeout_seconds: float = DEFAULT_FETCH_TIMEOUT_SECONDS,
+        fetch_wait_seconds: float = DEFAULT_WAIT_SECONDS,
         previous: JwtVerifier | None = None,
     ) -> None:
         seen: set[str] = set()
@@ -207,6 +213,7 @@ class JwtVerifier:
         self._clock = clock
         self._fetcher = fetcher
         self._fetch_timeout_seconds = fetch_timeout_seconds
+        self._fetch_wait_seconds = fetch_wait_seconds
         self._cache_size = cache_size
         self._cache: OrderedDict[str, _Verified] = OrderedDict()
         self._issuers: dict[str, _Issuer] = {}
@@ -241,6 +248,7 @@ class JwtVerifier:
                             fetcher=fetcher,
                             clock=clock,
                             timeout_seconds=fetch_timeout_seconds,
+                            wait_seconds=fetch_wait_seconds,
                         )
                     )
                 self._url_sources[settings] = shared
@@ -260,6 +268,7 @@ class JwtVerifier:
             fetcher=self._fetcher,
             cache_size=self._cache_size,
             fetch_timeout_seconds=self._fetch_timeout_seconds,
+            fetch_wait_seconds=self._fetch_wait_seconds,
             previous=self,
         )
 
@@ -289,6 +298,11 @@ class JwtVerifier:
             if shared.users == 0:
                 await shared.source.aclose()
         self._cache.clear()
+
+    async def wait_jwks_idle(self) -> None:
+        """Wait for the JWKS fetches under way to finish (tests, benchmarks)."""
+        for shared in self._url_sources.values():
+            await shared.source.wait_idle()
 
     def jwks_refreshes(self) -> dict[str, tuple[int, int]]:
         """Issuer name -> (successful, failed) JWKS fetches, for issuers with a JWKS URL."""

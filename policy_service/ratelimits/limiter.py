@@ -92,7 +92,8 @@ class RateLimiter:
         if not claims:
             return NOTHING_MATCHED
         self.stats.checks += 1
-        if not self.breaker.allow():
+        ticket = self.breaker.admit()
+        if ticket is None:
             return self._unavailable(claims, "circuit_open")
         specs = [
             BucketSpec(
@@ -110,12 +111,12 @@ class RateLimiter:
             settled = True
         except StoreUnavailableError as exc:
             settled = True
-            self.breaker.record_failure(exc.reason)
+            self.breaker.record_failure(exc.reason, ticket)
             return self._unavailable(claims, exc.reason)
         finally:
             if not settled:  # cancelled mid-call (the caller went away): not the store's fault
-                self.breaker.release_probe()
-        self.breaker.record_success()
+                self.breaker.release_probe(ticket)
+        self.breaker.record_success(ticket)
         states = _per_limit(claims, result.readings)
         if result.admitted:
             return RateLimitResult(Verdict.ADMITTED, states)

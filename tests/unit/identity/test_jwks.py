@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from policy_service.errors import KeySourceError
 from policy_service.fetching import DowngradeRefused, NoDowngradeRedirects
 from policy_service.identity.jwks import (
-    EMPTY_RETRY_SECONDS,
+    FAILED_FETCH_RETRY_SECONDS,
     FileKeySource,
     KeySet,
     UrlKeySource,
@@ -279,7 +279,8 @@ async def test_keys_are_cached_for_cache_seconds(ec_key: SigningKey) -> None:
     assert await kids(source, "ec-1") == ["ec-1"]
     assert fetcher.count() == 1
     clock.advance(1)
-    assert await kids(source, "ec-1") == ["ec-1"]
+    assert await kids(source, "ec-1") == ["ec-1"]  # due: refreshed in the background
+    await source.wait_idle()
     assert fetcher.count() == 2
 
 
@@ -321,12 +322,15 @@ async def test_cached_keys_survive_an_outage(ec_key: SigningKey) -> None:
     fetcher.fail = True
     clock.advance(61)  # stale: a refresh is attempted, fails, cached keys stay
     assert await kids(source, "ec-1") == ["ec-1"]
+    await source.wait_idle()
+    assert await kids(source, "ec-1") == ["ec-1"]
     assert fetcher.count() == 2
     for _ in range(5):  # and the failing provider is not hammered
         assert await kids(source, "ec-1") == ["ec-1"]
     assert fetcher.count() == 2
-    clock.advance(30)
+    clock.advance(FAILED_FETCH_RETRY_SECONDS)  # due again: retried, not by the kid limit
     assert await kids(source, "ec-1") == ["ec-1"]
+    await source.wait_idle()
     assert fetcher.count() == 3
 
 
@@ -337,6 +341,8 @@ async def test_a_broken_document_keeps_the_cached_keys(ec_key: SigningKey) -> No
     await source.start()
     fetcher.documents[URL] = b"<html>maintenance</html>"
     clock.advance(61)
+    assert await kids(source, "ec-1") == ["ec-1"]
+    await source.wait_idle()
     assert await kids(source, "ec-1") == ["ec-1"]
     assert fetcher.count() == 2
 
@@ -349,6 +355,8 @@ async def test_an_empty_jwks_replaces_the_cache(ec_key: SigningKey) -> None:
     await source.start()
     fetcher.documents[URL] = {"keys": []}
     clock.advance(61)
+    assert await kids(source, "ec-1") == ["ec-1"]  # the refresh runs behind this check
+    await source.wait_idle()
     assert await kids(source, "ec-1") == []
 
 
@@ -360,7 +368,7 @@ async def test_nothing_cached_means_unavailable_and_retries_sooner(ec_key: Signi
     assert source.loaded is False
     assert await kids(source, "ec-1") is None
     assert fetcher.count() == 1
-    clock.advance(EMPTY_RETRY_SECONDS - 0.5)
+    clock.advance(FAILED_FETCH_RETRY_SECONDS - 0.5)
     assert await kids(source, "ec-1") is None
     assert fetcher.count() == 1
     fetcher.documents[URL] = ec_key.jwks()
@@ -419,6 +427,131 @@ async def test_aclose_cancels_an_inflight_fetch(ec_key: SigningKey) -> None:
     with pytest.raises(asyncio.CancelledError):
         await starting
     assert source.loaded is False
+
+
+# --- UrlKeySource: a hanging provider never holds a check long --------------------------
+
+WAIT = 0.05  # the longest a check waits for a fetch here (the default is 0.3 s)
+
+
+def hanging_source(
+    fetcher: FakeJwksFetcher, clock: FakeClock, *, cache: float = 300, refresh: float = 30
+) -> UrlKeySource:
+    return UrlKeySource(
+        URL,
+        cache_seconds=cache,
+        min_refresh_seconds=refresh,
+        fetcher=fetcher,
+        clock=clock,
+        wait_seconds=WAIT,
+    )
+
+
+async def test_a_due_refresh_never_holds_a_check_with_a_cached_key(ec_key: SigningKey) -> None:
+    clock = FakeClock()
+    fetcher = FakeJwksFetcher({URL: ec_key.jwks()})
+    source = hanging_source(fetcher, clock, cache=60)
+    await source.start()
+    fetcher.gate = asyncio.Event()  # the provider accepts and never answers
+    clock.advance(61)
+    async with asyncio.timeout(1):
+        for _ in range(50):  # every check answers from the cache without waiting at all
+            assert await asyncio.wait_for(kids(source, "ec-1"), 0.01) == ["ec-1"]
+            await asyncio.sleep(0)
+    assert fetcher.count() == 2  # one refresh in flight, not one per check
+    fetcher.gate.set()
+    await source.wait_idle()
+    assert source.refreshes_ok == 2
+
+
+async def test_an_unknown_kid_waits_a_bounded_time_and_the_fetch_carries_on(
+    ec_key: SigningKey, ed_key: SigningKey
+) -> None:
+    clock = FakeClock()
+    fetcher = FakeJwksFetcher({URL: ec_key.jwks()})
+    source = hanging_source(fetcher, clock)
+    await source.start()
+    fetcher.documents[URL] = {"keys": [ec_key.public_jwk(), ed_key.public_jwk()]}
+    fetcher.gate = asyncio.Event()
+    clock.advance(30)
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(2):
+        started = loop.time()
+        assert await kids(source, "ed-1") == []  # refused as an unknown kid, in time
+        assert WAIT <= loop.time() - started < WAIT + 0.2
+        assert await kids(source, "ed-1") == []  # joins the same fetch, within the bound
+        assert fetcher.count() == 2
+        fetcher.gate.set()  # the provider answers: the next check has the new key
+        await source.wait_idle()
+        assert await kids(source, "ed-1") == ["ed-1"]
+    assert fetcher.count() == 2
+
+
+async def test_nothing_cached_and_a_hanging_provider_is_unavailable_in_time(
+    ec_key: SigningKey,
+) -> None:
+    clock = FakeClock()
+    fetcher = FakeJwksFetcher({URL: ec_key.jwks()})
+    fetcher.gate = asyncio.Event()
+    source = hanging_source(fetcher, clock)
+    async with asyncio.timeout(2):
+        assert await kids(source, "ec-1") is None
+        assert await kids(source, "ec-1") is None
+        assert fetcher.count() == 1
+        fetcher.gate.set()
+        await source.wait_idle()
+        assert await kids(source, "ec-1") == ["ec-1"]
+
+
+async def test_a_short_cache_refreshes_on_its_own_period_not_the_kid_limit(
+    ec_key: SigningKey,
+) -> None:
+    clock = FakeClock()
+    fetcher = FakeJwksFetcher({URL: ec_key.jwks()})
+    source = url_source(fetcher, clock, cache=2, refresh=30)
+    await source.start()
+    for period in range(1, 11):  # 20 s: ten refreshes, though the kid limit is 30 s
+        clock.advance(1.9)
+        assert await kids(source, "ec-1") == ["ec-1"]
+        await source.wait_idle()
+        assert fetcher.count() == period
+        clock.advance(0.1)
+        assert await kids(source, "ec-1") == ["ec-1"]
+        await source.wait_idle()
+        assert fetcher.count() == period + 1
+
+
+async def test_a_failed_refresh_retries_on_the_cache_period_when_shorter(
+    ec_key: SigningKey,
+) -> None:
+    clock = FakeClock()
+    fetcher = FakeJwksFetcher({URL: ec_key.jwks()})
+    source = url_source(fetcher, clock, cache=2, refresh=30)
+    await source.start()
+    fetcher.fail = True
+    for attempt in range(2, 6):
+        clock.advance(2)
+        assert await kids(source, "ec-1") == ["ec-1"]
+        await source.wait_idle()
+        assert fetcher.count() == attempt
+    assert source.refreshes_failed == 4
+
+
+async def test_the_kid_limit_counts_from_the_last_fetch_of_any_kind(ec_key: SigningKey) -> None:
+    # A refresh on expiry is as fresh as one for a kid: garbage kids right after it wait.
+    clock = FakeClock()
+    fetcher = FakeJwksFetcher({URL: ec_key.jwks()})
+    source = url_source(fetcher, clock, cache=60, refresh=30)
+    await source.start()
+    clock.advance(60)
+    assert await kids(source, "ec-1") == ["ec-1"]
+    await source.wait_idle()
+    clock.advance(29)
+    assert await kids(source, "garbage") == []
+    assert fetcher.count() == 2
+    clock.advance(1)
+    assert await kids(source, "garbage") == []
+    assert fetcher.count() == 3
 
 
 # --- UrllibJwksFetcher (no network needed for these) -----------------------------------

@@ -200,3 +200,122 @@ def test_success_while_closed_logs_nothing(
         breaker.record_failure("timeout")
         breaker.record_success()
     assert caplog.records == []
+
+
+# --- tickets: only calls admitted in the current generation move the breaker ------------
+
+
+def opened_by_fresh_calls(breaker: CircuitBreaker) -> None:
+    for _ in range(breaker.failure_threshold):
+        ticket = breaker.admit()
+        assert ticket is not None
+        breaker.record_failure("timeout", ticket)
+    assert state_of(breaker) is BreakerState.OPEN
+
+
+def test_a_call_started_before_the_breaker_opened_cannot_close_it(
+    breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    slow = breaker.admit()  # sent while closed; Redis answers it late
+    assert slow is not None
+    opened_by_fresh_calls(breaker)
+    breaker.record_success(slow)
+    assert state_of(breaker) is BreakerState.OPEN
+    assert breaker.allow() is False
+    assert breaker.retry_after_seconds == pytest.approx(2.0)
+    assert breaker.closed_count == 0
+
+
+def test_a_late_success_does_not_steal_the_probe(breaker: CircuitBreaker, clock: FakeClock) -> None:
+    slow = breaker.admit()
+    assert slow is not None
+    opened_by_fresh_calls(breaker)
+    clock.advance(breaker.retry_after_seconds)
+    probe = breaker.admit()
+    assert probe is not None
+    breaker.record_success(slow)  # answered while the probe is out
+    assert state_of(breaker) is BreakerState.HALF_OPEN
+    assert breaker.admit() is None
+    breaker.record_success(probe)
+    assert state_of(breaker) is BreakerState.CLOSED
+    assert (breaker.opened_count, breaker.closed_count) == (1, 1)
+
+
+def test_a_late_failure_neither_reopens_nor_lengthens_the_wait(
+    breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    slow = breaker.admit()
+    assert slow is not None
+    opened_by_fresh_calls(breaker)
+    breaker.record_failure("timeout", slow)  # while open: not counted
+    assert breaker.opened_count == 1
+    clock.advance(breaker.retry_after_seconds)
+    probe = breaker.admit()
+    assert probe is not None
+    breaker.record_failure("timeout", slow)  # while half-open: not the probe's answer
+    assert state_of(breaker) is BreakerState.HALF_OPEN
+    breaker.record_failure("timeout", probe)
+    assert state_of(breaker) is BreakerState.OPEN
+    assert breaker.retry_after_seconds == pytest.approx(4.0)  # doubled once
+    assert breaker.opened_count == 2
+
+
+def test_a_cancelled_call_other_than_the_probe_does_not_release_it(
+    breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    slow = breaker.admit()
+    assert slow is not None
+    opened_by_fresh_calls(breaker)
+    clock.advance(breaker.retry_after_seconds)
+    probe = breaker.admit()
+    breaker.release_probe(slow)
+    assert state_of(breaker) is BreakerState.HALF_OPEN
+    assert breaker.admit() is None  # still one probe at a time
+    breaker.release_probe(probe)
+    assert state_of(breaker) is BreakerState.OPEN
+    assert breaker.admit() is not None  # a new probe at once
+
+
+def test_a_probe_ticket_is_spent_once_the_probe_has_answered(
+    breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    opened_by_fresh_calls(breaker)
+    clock.advance(breaker.retry_after_seconds)
+    probe = breaker.admit()
+    assert probe is not None
+    breaker.record_success(probe)
+    fail(breaker, 2)
+    breaker.record_success(probe)  # the old probe again: not a success of the new period
+    fail(breaker, 1)
+    assert state_of(breaker) is BreakerState.OPEN
+
+
+def test_a_success_from_before_an_outage_does_not_reset_the_count_after_it(
+    breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    before = breaker.admit()
+    assert before is not None
+    opened_by_fresh_calls(breaker)
+    clock.advance(breaker.retry_after_seconds)
+    probe = breaker.admit()
+    assert probe is not None
+    breaker.record_success(probe)
+    opened_again = breaker.opened_count
+    for _ in range(breaker.failure_threshold - 1):
+        breaker.record_failure("timeout", breaker.admit())
+    breaker.record_success(before)
+    breaker.record_failure("timeout", breaker.admit())
+    assert breaker.opened_count == opened_again + 1
+
+
+def test_admitting_in_the_closed_state_hands_out_one_ticket_per_generation(
+    breaker: CircuitBreaker, clock: FakeClock
+) -> None:
+    first, second = breaker.admit(), breaker.admit()
+    assert first is second  # nothing allocated per call on the hot path
+    opened_by_fresh_calls(breaker)
+    clock.advance(breaker.retry_after_seconds)
+    probe = breaker.admit()
+    assert probe is not None
+    breaker.record_success(probe)
+    assert breaker.admit() not in (first, probe)

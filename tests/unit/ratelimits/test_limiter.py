@@ -18,7 +18,7 @@ from policy_service.policy.limits import (
 )
 from policy_service.policy.rates import parse_rate
 from policy_service.policy.targets import CallTargets
-from policy_service.ratelimits.breaker import BreakerState, CircuitBreaker
+from policy_service.ratelimits.breaker import BreakerState, CircuitBreaker, Ticket
 from policy_service.ratelimits.bucket import BucketSpec
 from policy_service.ratelimits.limiter import (
     NOTHING_MATCHED,
@@ -71,9 +71,9 @@ class RecordingBreaker(CircuitBreaker):
         super().__init__(failure_threshold=failure_threshold, open_seconds=1.0, clock=clock)
         self.reasons: list[str] = []
 
-    def record_failure(self, reason: str) -> None:
+    def record_failure(self, reason: str, ticket: Ticket | None = None) -> None:
         self.reasons.append(reason)
-        super().record_failure(reason)
+        super().record_failure(reason, ticket)
 
 
 def make_limit(
@@ -359,3 +359,41 @@ def test_default_limiter_keeps_buckets_in_process() -> None:
     limiter = build_limiter(None)
     assert isinstance(limiter.store, InProcessStore)
     assert state_of(limiter.breaker) is BreakerState.CLOSED
+
+
+class SlowStore(FakeStore):
+    """Takes wait on ``release``; then each fails (``error``) or answers, as set then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def take(self, specs: Sequence[BucketSpec]) -> TakeResult:
+        self.calls.append(list(specs))
+        await self.release.wait()
+        return await super().take(specs)
+
+
+async def test_late_answers_of_calls_sent_before_the_breaker_opened_do_not_close_it(
+    clock: FakeClock,
+) -> None:
+    store = SlowStore()
+    breaker = RecordingBreaker(clock, failure_threshold=3)
+    limiter = RateLimiter(store, breaker)
+    claims = [claim(make_limit("a"))]
+    async with asyncio.timeout(5):
+        late = [asyncio.create_task(limiter.check(claims)) for _ in range(5)]
+        await asyncio.sleep(0)
+        assert len(store.calls) == 5  # all sent while closed
+        for _ in range(3):
+            breaker.record_failure("timeout", breaker.admit())  # others timed out meanwhile
+        assert state_of(breaker) is BreakerState.OPEN
+        store.release.set()  # Redis answers the slow calls, after the breaker opened
+        results = await asyncio.gather(*late)
+    assert {result.verdict for result in results} == {Verdict.ADMITTED}
+    assert state_of(breaker) is BreakerState.OPEN  # only the probe may close it
+    assert (await limiter.check(claims)).store_error == "circuit_open"
+    clock.advance(breaker.retry_after_seconds)
+    assert (await limiter.check(claims)).verdict is Verdict.ADMITTED  # the probe
+    assert state_of(breaker) is BreakerState.CLOSED
+    assert (breaker.opened_count, breaker.closed_count) == (1, 1)
