@@ -80,8 +80,9 @@ def add_telemetry_arguments(parser: argparse.ArgumentParser, audit_log: str = "-
         "--audit-failure",
         choices=("closed", "open"),
         default="closed",
-        help="when an audit event cannot be written: refuse the call (closed) or let it "
-        "through and count it (open)",
+        help="when an audit event cannot be written (a full disk, a reader that stalls): "
+        "refuse the call (closed) or let it through and count it (open); denials go out "
+        "unaudited either way",
     )
     group.add_argument("--metrics-listen", help="HOST:PORT for the Prometheus /metrics endpoint")
 
@@ -130,7 +131,10 @@ def trail_from_args(
         )
         sink = None
     elif args.audit_log == "-":
-        sink = FileSink.stdout()
+        try:
+            sink = FileSink.stdout()
+        except OSError as exc:  # stdout closed
+            raise ConfigError(f"--audit-log -: stdout: {exc.strerror}") from None
     else:
         try:
             sink = FileSink.open(Path(args.audit_log))

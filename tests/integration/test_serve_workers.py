@@ -27,6 +27,7 @@ from typing import Any
 from envoy.service.auth.v3 import external_auth_pb2
 
 from policy_service.dev.redis_server import RedisServer
+from policy_service.telemetry.audit import TORN_LINE_END
 from tests.support.bundles import TestBundle, write_test_bundle
 from tests.support.checks import check_request
 from tests.support.serve import serve_command
@@ -169,17 +170,32 @@ def test_long_audit_events_from_both_workers_on_one_stdout_pipe_are_never_torn(
             received.extend(chunk)
             time.sleep(0.001)
 
-    with supervised(bundle.path, tmp_path, "--audit-log", "-", stdout=subprocess.PIPE) as serve:
+    # Open: a line the slow reader cannot take in time fails (a sink that cannot take an
+    # event at once is a failing one) and is counted, and the call still goes through.
+    flags = ("--audit-log", "-", "--audit-failure", "open")
+    with supervised(bundle.path, tmp_path, *flags, stdout=subprocess.PIPE) as serve:
         assert serve.process.stdout is not None
         reader = threading.Thread(target=read_slowly, args=(serve.process.stdout,), daemon=True)
         reader.start()
         send = checks_on_new_connections(serve, requests, connections=6)
         sent, counts = check_until_both_served(serve, send)
         assert all(counts.values()), counts
+        audited = {
+            sample.labels["result"]: int(sample.value)
+            for sample in samples_named(serve.metrics_port, "policy_service_audit_events_total")
+        }
         assert serve.stop() == 0
         reader.join(timeout=30)
-    events = audit_lines(bytes(received))
-    assert len(events) == sent
+    # A long line the reader took only in part within the write's bound failed, and was
+    # ended as torn before the next line: it never parses as an event and glues to none.
+    lines = bytes(received).split(b"\n")
+    assert lines[-1] == b"", "the stream must end with a whole line"
+    torn = [line for line in lines[:-1] if line.endswith(TORN_LINE_END.rstrip(b"\n"))]
+    events = [json.loads(line) for line in lines[:-1] if line not in torn]
+    assert len(events) == audited["written"]
+    assert len(torn) <= audited.get("failed", 0)
+    assert audited["written"] + audited.get("failed", 0) == sent
+    assert audited["written"] > sent // 4, "a reader slow for moments still gets lines"
 
 
 def test_sigterm_drains_every_worker_and_lets_an_in_flight_check_finish(
