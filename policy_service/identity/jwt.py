@@ -29,6 +29,7 @@ from types import MappingProxyType
 from typing import Any
 
 from policy_service.clock import SYSTEM_CLOCK, Clock
+from policy_service.identity.audiences import canonical_audience
 from policy_service.identity.config import ASYMMETRIC_ALGORITHMS, IssuerConfig
 from policy_service.identity.jwks import (
     DEFAULT_FETCH_TIMEOUT_SECONDS,
@@ -46,7 +47,6 @@ from policy_service.identity.scopes import scopes_of
 __all__ = ["JwtVerifier", "canonical_audience"]
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-_URI_PREFIX = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)(.*)", re.DOTALL)
 _DEFAULT_MAX_TOKEN_BYTES = 8192
 
 TOKEN_TOO_LARGE = IdentityFailure(
@@ -82,22 +82,6 @@ WRONG_AUDIENCE = IdentityFailure(
 )
 
 
-def canonical_audience(value: str) -> str:
-    """Normalise a resource URI for comparison the way MCP asks.
-
-    Scheme and host compare case-insensitively and one trailing slash is ignored; the path
-    stays case-sensitive. Values that are not URIs only lose a trailing slash.
-    """
-    match = _URI_PREFIX.fullmatch(value)
-    if match is not None:
-        scheme, authority, rest = match.groups()
-        value = f"{scheme.lower()}://{authority.lower()}{rest}"
-    return value[:-1] if value.endswith("/") else value
-
-
-# The caller's audiences come from configuration (an upstream's canonical URI): few distinct
-# values, so memoising keeps normalisation off the hot path. Token audiences are never put
-# here, so a client cannot grow this cache.
 _canonical_configured = functools.lru_cache(maxsize=1024)(canonical_audience)
 
 

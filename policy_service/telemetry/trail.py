@@ -26,7 +26,8 @@ from policy_service.request.model import (
     HttpRequest,
     McpRequest,
 )
-from policy_service.telemetry.audit import AuditFailureMode, Auditor, audit_event
+from policy_service.telemetry.audit import AuditFailureMode, Auditor
+from policy_service.telemetry.audit_event import audit_event
 from policy_service.telemetry.facts import CheckFacts
 from policy_service.telemetry.metrics import CheckMetrics
 from policy_service.telemetry.record import CheckRecord

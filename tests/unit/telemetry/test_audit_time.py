@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policy_service.telemetry.audit import _rfc3339
+from policy_service.telemetry.audit_event import _rfc3339
 
 
 def reference(epoch_seconds: float) -> str:
