@@ -18,6 +18,7 @@ from google.protobuf.descriptor import Descriptor
 
 from policy_service.bundles.compile import compile_bundle
 from policy_service.bundles.files import BundleFileError, BundleFiles, read_bundle_path
+from policy_service.bundles.private_keys import private_key_problems
 from policy_service.bundles.shape import check_shape
 from policy_service.errors import BundleError, BundleProblem
 from policy_service.gen.policy_service.bundle.v1 import bundle_pb2
@@ -76,8 +77,13 @@ def load_bundle_files(
     files: BundleFiles, *, environ: Mapping[str, str] | None = None
 ) -> CompiledBundle:
     """Compile a snapshot. Files the bundle names (JWKS files) are read through it, so after
-    this returns ``files`` holds every byte the bundle depends on."""
+    this returns ``files`` holds every byte the bundle depends on.
+
+    A bundle holding private key material is refused, before compiling (a directory or an
+    archive holds all its files already) and after (the files a single YAML file names are
+    read while compiling)."""
     source = files.source
+    _refuse_private_keys(files)
     try:
         text = files.entry_text
     except UnicodeDecodeError:
@@ -90,12 +96,20 @@ def load_bundle_files(
     # The shape check already proved every key and type, so this cannot fail on input;
     # it is the typed view the compiler reads.
     json_format.ParseDict(document, message)
-    return compile_bundle(
+    bundle = compile_bundle(
         message,
         source=source,
         files=files,
         environ=os.environ if environ is None else environ,
     )
+    _refuse_private_keys(files)
+    return bundle
+
+
+def _refuse_private_keys(files: BundleFiles) -> None:
+    problems = private_key_problems(files)
+    if problems:
+        raise BundleError(problems)
 
 
 def read_bundle(path: str | Path) -> BundleFiles:

@@ -24,7 +24,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from policy_service.bundles.files import BundleFiles
 from policy_service.bundles.signing import BundleVerificationKey, load_signed_bundle
@@ -52,13 +52,15 @@ class ReloadOutcome(enum.Enum):
 
 
 def bundle_loader(
-    key: BundleVerificationKey | None, environ: Mapping[str, str] | None = None
+    keys: BundleVerificationKey | Sequence[BundleVerificationKey] | None,
+    environ: Mapping[str, str] | None = None,
 ) -> BundleLoad:
-    """How every bundle is loaded, the first and each reload: verified against ``key`` when
-    there is one, so an unsigned or tampered bundle is refused at start and on reload."""
+    """How every bundle is loaded, the first and each reload: verified against ``keys`` when
+    there are any (the signature's key id picks one), so an unsigned, tampered or
+    foreign-signed bundle is refused at start and on reload."""
 
     def load(files: BundleFiles) -> CompiledBundle:
-        return load_signed_bundle(files, key, environ=environ)
+        return load_signed_bundle(files, keys, environ=environ)
 
     return load
 

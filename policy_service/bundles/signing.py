@@ -8,8 +8,9 @@ manifest, canonical JSON::
      "signed_at": "2025-06-01T12:00:00Z"}
 
 and its protected header is exactly ``alg``, ``kid`` and ``typ: policy-bundle+jws``. Keys are
-Ed25519 (``EdDSA``) or EC P-256 (``ES256``); the ``kid`` is derived from the public key, so
-"signed by another key" can be told apart from "tampered with".
+Ed25519 (``EdDSA``) or EC P-256 (``ES256``) (``signing_keys``, re-exported here); the ``kid``
+is derived from the public key, so "signed by another key" can be told apart from "tampered
+with", and of several verification keys (a rotation) the ``kid`` picks the one to check with.
 
 The verifier trusts nothing in the signature file until the signature checks out: the
 algorithm comes from the configured key, never from the header (an ``HS256`` JWS "signed"
@@ -23,24 +24,29 @@ from __future__ import annotations
 import binascii
 import hashlib
 import json
-import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from jwt.api_jws import PyJWS
 from jwt.exceptions import InvalidSignatureError, PyJWTError
 
 from policy_service.bundles.files import SIGNATURE_SUFFIX, BundleFileError, BundleFiles
 from policy_service.bundles.loader import load_bundle_files
-from policy_service.errors import BundleError, BundleProblem, ConfigError
+from policy_service.bundles.signing_keys import (
+    KEY_ALGORITHMS,
+    PASSPHRASE_ENV_VAR,
+    BundleSigningKey,
+    BundleVerificationKey,
+    generate_signing_key,
+    load_signing_key,
+    load_verification_key,
+    verification_keys,
+)
+from policy_service.errors import BundleError, BundleProblem
 from policy_service.policy.model import CompiledBundle
 
 __all__ = [
@@ -57,165 +63,16 @@ __all__ = [
     "load_verification_key",
     "sign_bundle",
     "signature_name",
+    "signed_key_id",
+    "verification_keys",
     "verify_bundle",
 ]
 
 MANIFEST_FORMAT = "policy-service.bundle-manifest.v1"
 SIGNATURE_TYPE = "policy-bundle+jws"
-PASSPHRASE_ENV_VAR = "POLICY_SERVICE_SIGNING_KEY_PASSPHRASE"  # noqa: S105 (a variable name)
-# keygen's names for the two key types, and the one JWS algorithm each may sign with.
-KEY_ALGORITHMS = {"ed25519": "EdDSA", "es256": "ES256"}
 _HEADER_KEYS = {"alg", "kid", "typ"}
 _MANIFEST_KEYS = {"format", "revision", "entry", "files", "signed_at"}
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-# A key file is a few hundred bytes; the cap only stops a wrong path (a log, /dev/zero).
-_MAX_KEY_FILE_BYTES = 64 * 1024
-
-PrivateKey = Ed25519PrivateKey | ec.EllipticCurvePrivateKey
-PublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey
-
-
-def _key_id(public_key: PublicKey) -> str:
-    der = public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(der).hexdigest()[:16]
-
-
-def _algorithm_for(key: object, what: str, path: str) -> str:
-    """The one JWS algorithm a key may use, or a ``ConfigError`` naming its type (only)."""
-    if isinstance(key, Ed25519PrivateKey | Ed25519PublicKey):
-        return "EdDSA"
-    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
-        if isinstance(key.curve, ec.SECP256R1):
-            return "ES256"
-        kind = f"an EC {key.curve.name} key"
-    elif isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
-        kind = "an RSA key"
-    else:
-        kind = "a key of another type"
-    raise ConfigError(f"{what} {path} is {kind}; bundle keys must be Ed25519 or EC P-256")
-
-
-@dataclass(frozen=True)
-class BundleVerificationKey:
-    """The public key a gateway checks bundle signatures with."""
-
-    public_key: PublicKey
-    algorithm: str  # the only JWS alg a signature may use with this key
-    key_id: str
-
-    @classmethod
-    def from_public_key(cls, public_key: PublicKey, source: str = "key") -> BundleVerificationKey:
-        algorithm = _algorithm_for(public_key, "verification key", source)
-        return cls(public_key, algorithm, _key_id(public_key))
-
-    def public_pem(self) -> bytes:
-        return self.public_key.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-
-
-@dataclass(frozen=True)
-class BundleSigningKey:
-    """A private key that signs bundles. Its repr names the key id, never the key."""
-
-    private_key: PrivateKey
-    algorithm: str
-    key_id: str
-
-    @classmethod
-    def from_private_key(cls, private_key: PrivateKey, source: str = "key") -> BundleSigningKey:
-        algorithm = _algorithm_for(private_key, "signing key", source)
-        return cls(private_key, algorithm, _key_id(private_key.public_key()))
-
-    @property
-    def verification_key(self) -> BundleVerificationKey:
-        return BundleVerificationKey.from_public_key(self.private_key.public_key())
-
-    def private_pem(self) -> bytes:
-        """Unencrypted PKCS8: keygen writes it mode 0600; encrypt it with openssl if needed."""
-        return self.private_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-
-    def __repr__(self) -> str:
-        return f"BundleSigningKey(algorithm={self.algorithm!r}, key_id={self.key_id!r})"
-
-
-def generate_signing_key(kind: str = "ed25519") -> BundleSigningKey:
-    private_key: PrivateKey
-    if kind == "ed25519":
-        private_key = Ed25519PrivateKey.generate()
-    elif kind == "es256":
-        private_key = ec.generate_private_key(ec.SECP256R1())
-    else:
-        raise ConfigError(f"unknown key algorithm '{kind}': use one of {', '.join(KEY_ALGORITHMS)}")
-    return BundleSigningKey.from_private_key(private_key)
-
-
-def _read_key_file(path: Path, what: str) -> bytes:
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(_MAX_KEY_FILE_BYTES + 1)
-    except OSError as exc:
-        reason = (exc.strerror or "cannot be read").lower()
-        raise ConfigError(f"{what} {path} cannot be read ({reason})") from None
-    if len(data) > _MAX_KEY_FILE_BYTES:
-        raise ConfigError(f"{what} {path} is too large to be a PEM key")
-    return data
-
-
-def load_signing_key(
-    path: str | Path, *, environ: Mapping[str, str] | None = None
-) -> BundleSigningKey:
-    """A PEM private key (PKCS8; an encrypted one takes its passphrase from the environment,
-    so it never appears in the process list or shell history)."""
-    environ = os.environ if environ is None else environ
-    data = _read_key_file(Path(path), "signing key")
-    # Messages below never quote the library's error: it could echo part of the input.
-    try:
-        private_key = serialization.load_pem_private_key(data, password=None)
-    except TypeError:
-        passphrase = environ.get(PASSPHRASE_ENV_VAR)
-        if not passphrase:
-            raise ConfigError(
-                f"signing key {path} is encrypted: put its passphrase in ${PASSPHRASE_ENV_VAR}"
-            ) from None
-        try:
-            private_key = serialization.load_pem_private_key(data, password=passphrase.encode())
-        except (ValueError, TypeError, UnsupportedAlgorithm):
-            raise ConfigError(
-                f"signing key {path} cannot be decrypted with ${PASSPHRASE_ENV_VAR}"
-            ) from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise ConfigError(f"signing key {path} is not a PEM private key (PKCS8)") from None
-    if not isinstance(private_key, Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
-        _algorithm_for(private_key, "signing key", str(path))  # raises, naming the type
-        raise AssertionError("unreachable")
-    return BundleSigningKey.from_private_key(private_key, str(path))
-
-
-def load_verification_key(path: str | Path) -> BundleVerificationKey:
-    """A SubjectPublicKeyInfo PEM public key (what ``keygen`` writes as ``.pub``)."""
-    data = _read_key_file(Path(path), "verification key")
-    if b"PRIVATE KEY-----" in data:
-        # Said plainly, because a private key on a gateway is a leak worth noticing.
-        raise ConfigError(
-            f"verification key {path} holds a private key; give the gateway the public key (.pub)"
-        )
-    try:
-        public_key = serialization.load_pem_public_key(data)
-    except (ValueError, UnsupportedAlgorithm):
-        raise ConfigError(
-            f"verification key {path} is not a PEM public key (SubjectPublicKeyInfo)"
-        ) from None
-    if not isinstance(public_key, Ed25519PublicKey | ec.EllipticCurvePublicKey):
-        _algorithm_for(public_key, "verification key", str(path))  # raises, naming the type
-        raise AssertionError("unreachable")
-    return BundleVerificationKey.from_public_key(public_key, str(path))
 
 
 @dataclass(frozen=True)
@@ -340,11 +197,21 @@ def sign_bundle(
     return token.encode("ascii") + b"\n"
 
 
-def verify_bundle(files: BundleFiles, key: BundleVerificationKey) -> Manifest:
+def _key_ids(keys: Sequence[BundleVerificationKey]) -> str:
+    return ", ".join(f"'{key.key_id}'" for key in keys)
+
+
+def verify_bundle(
+    files: BundleFiles, keys: BundleVerificationKey | Sequence[BundleVerificationKey]
+) -> Manifest:
     """Check ``files`` against its signature and seal it to exactly the signed files.
 
-    Raises ``BundleError`` with one problem saying precisely what failed.
+    The signature's ``kid`` picks the one key it is checked with, among ``keys``; nothing
+    else in its header is trusted. Raises ``BundleError`` with one problem saying precisely
+    what failed.
     """
+    ring = verification_keys(keys)
+    one = len(ring) == 1
 
     def refuse(message: str) -> BundleError:
         return BundleError([BundleProblem(files.source, "", message)])
@@ -361,20 +228,31 @@ def verify_bundle(files: BundleFiles, key: BundleVerificationKey) -> Manifest:
         raise refuse(
             f"the signature file '{signature_name(files)}' is not a JWS compact serialization"
         ) from None
-    if header.get("alg") != key.algorithm:
+    algorithms = sorted({key.algorithm for key in ring})
+    if header.get("alg") not in algorithms:
+        accepted = ", ".join(f"'{algorithm}'" for algorithm in algorithms)
+        whose = "the verification key accepts" if one else "the verification keys accept"
         raise refuse(
-            f"the signature uses algorithm {_quoted(header.get('alg'))}, but the verification "
-            f"key accepts only '{key.algorithm}'"
+            f"the signature uses algorithm {_quoted(header.get('alg'))}, but {whose} only "
+            f"{accepted}"
         )
     if set(header) != _HEADER_KEYS or header.get("typ") != SIGNATURE_TYPE:
         raise refuse(
             "the signature is not a policy bundle signature: its header must hold exactly "
             f"alg, kid and typ '{SIGNATURE_TYPE}'"
         )
-    if header["kid"] != key.key_id:
+    chosen = [key for key in ring if key.key_id == header["kid"]]
+    if not chosen:
+        which = "the verification key" if one else "any of the verification keys"
         raise refuse(
-            f"the bundle was signed by key {_quoted(header['kid'])}, not by the verification "
-            f"key '{key.key_id}'"
+            f"the bundle was signed by key {_quoted(header['kid'])}, not by {which} "
+            f"{_key_ids(ring)}"
+        )
+    key = chosen[0]
+    if header["alg"] != key.algorithm:
+        raise refuse(
+            f"the signature uses algorithm {_quoted(header['alg'])}, but key '{key.key_id}' "
+            f"accepts only '{key.algorithm}'"
         )
     try:
         # The allow-list is the configured key's one algorithm, so the header cannot choose.
@@ -420,21 +298,31 @@ def verify_bundle(files: BundleFiles, key: BundleVerificationKey) -> Manifest:
     return manifest
 
 
+def signed_key_id(files: BundleFiles) -> str | None:
+    """The key id a signature names; to be trusted only once ``verify_bundle`` has passed."""
+    try:
+        kid = PyJWS().get_unverified_header((files.signature or b"").strip()).get("kid")
+    except PyJWTError:
+        return None
+    return kid if isinstance(kid, str) else None
+
+
 def load_signed_bundle(
     files: BundleFiles,
-    key: BundleVerificationKey | None,
+    keys: BundleVerificationKey | Sequence[BundleVerificationKey] | None,
     *,
     environ: Mapping[str, str] | None = None,
 ) -> CompiledBundle:
     """The one way the server and the reloader turn a snapshot into a bundle.
 
-    With a key: verify, then compile the sealed snapshot, then check the signed revision is
-    the bundle's own. Without a key a signature file is not looked at at all: an unchecked
-    signature proves nothing, and checking it against nothing would only suggest it did.
+    With keys: verify (with the key the signature names), then compile the sealed snapshot,
+    then check the signed revision is the bundle's own. Without keys (None or none) a
+    signature file is not looked at at all: an unchecked signature proves nothing, and
+    checking it against nothing would only suggest it did.
     """
-    if key is None:
+    if keys is None or (not isinstance(keys, BundleVerificationKey) and not keys):
         return load_bundle_files(files, environ=environ)
-    manifest = verify_bundle(files, key)
+    manifest = verify_bundle(files, keys)
     bundle = load_bundle_files(files, environ=environ)
     if manifest.revision != bundle.revision:
         # The hashes already match, so this is a signer's mistake, not tampering; but a

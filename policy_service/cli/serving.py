@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -21,6 +22,8 @@ from policy_service.cli.flags import (
 )
 from policy_service.errors import ConfigError, PolicyServiceError
 from policy_service.event_loop import EventLoop
+
+log = logging.getLogger("policy_service.serve")
 
 if TYPE_CHECKING:
     from policy_service.bundles.reload import BundleLoad
@@ -61,7 +64,9 @@ def register(commands: Commands) -> None:
     serve.add_argument(
         "--verify-key",
         metavar="PUBLIC.pem",
-        help="refuse any bundle not signed by this key, at start and on every reload",
+        action="append",
+        help="refuse any bundle not signed by this key, at start and on every reload; "
+        "repeat it to accept several keys while rotating (the signature's key id picks one)",
     )
     serve.add_argument(
         "--dry-run-bundle",
@@ -115,7 +120,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace, channel: SupervisorChannel | None) -> int:
     from policy_service.app import BundleWatch, ServiceSettings, build_server
     from policy_service.bundles.reload import bundle_loader
-    from policy_service.bundles.signing import load_verification_key
+    from policy_service.bundles.signing import load_verification_key, verification_keys
     from policy_service.bundles.sources import source_for
     from policy_service.server import ServerSettings, TlsSettings, serve_until_signalled
 
@@ -125,8 +130,16 @@ def _serve(args: argparse.Namespace, channel: SupervisorChannel | None) -> int:
     workers = channel.seat.count if channel is not None else args.workers
     if channel is None and workers > 1:
         _check_shareable(args.listen or ["127.0.0.1:9001"], workers)
-    key = load_verification_key(args.verify_key) if args.verify_key else None
-    load = enforced_load = bundle_loader(key, os.environ)
+    keys = (
+        verification_keys([load_verification_key(path) for path in args.verify_key])
+        if args.verify_key
+        else ()
+    )
+    if keys and channel is None:  # said once, by the process the operator started
+        # Key ids only: they say which keys are trusted and nothing of the keys themselves.
+        ids = ", ".join(key.key_id for key in keys)
+        log.info("bundle signatures: verified with %d key(s): %s", len(keys), ids)
+    load = enforced_load = bundle_loader(keys, os.environ)
     if workers > 1 and redis_settings_from_args(args) is None:
         from policy_service.workers.worker import refuse_in_process_limits
 

@@ -1,8 +1,9 @@
 """The `keygen`, `sign` and `verify` commands: how a security team ships signed bundles.
 
-policy-service keygen OUT_PREFIX [--algorithm ed25519|es256]
+policy-service keygen OUT_PREFIX [--algorithm ed25519|es256]   (never inside a bundle directory)
 policy-service sign BUNDLE --key PRIVATE.pem [--archive OUT.tar.gz]
-policy-service verify BUNDLE --key PUBLIC.pem       (BUNDLE: file, directory or .tar.gz)
+policy-service verify BUNDLE --key PUBLIC.pem [--key PUBLIC.pem...]
+                                                    (BUNDLE: file, directory or .tar.gz)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from policy_service.bundles.files import BundleFiles
+from policy_service.bundles.files import DIRECTORY_ENTRY, BundleFiles
 from policy_service.errors import BundleError, ConfigError
 
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
@@ -27,10 +28,19 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
     private_path = Path(f"{args.out_prefix}.key")
     public_path = Path(f"{args.out_prefix}.pub")
+    _refuse_inside_a_bundle(private_path)
     for path in (private_path, public_path):
         if path.exists():
             raise ConfigError(f"{path} already exists; keygen does not overwrite keys")
     key = generate_signing_key(args.algorithm)
+    if not private_path.parent.is_dir():
+        try:
+            # 0700: the folder of a signing key is nobody else's business either.
+            private_path.parent.mkdir(mode=0o700, parents=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"{private_path.parent} cannot be made ({(exc.strerror or '').lower()})"
+            ) from None
     # O_EXCL: a file that appeared since the check above is still not overwritten, and the
     # private key is 0600 from its first byte rather than chmod'ed after being written.
     _write_new(private_path, key.private_pem(), 0o600)
@@ -39,6 +49,19 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     print(f"private key: {private_path} (keep it secret; it signs bundles)")
     print(f"public key: {public_path} (give it to the gateway)")
     return 0
+
+
+def _refuse_inside_a_bundle(private_path: Path) -> None:
+    """A private key in a bundle directory (or a folder below one) ships with the bundle:
+    ``sign DIR`` signs every file in it and ``--archive`` packs them all."""
+    folder = private_path.parent.resolve()
+    for candidate in (folder, *folder.parents):
+        if (candidate / DIRECTORY_ENTRY).is_file():
+            raise ConfigError(
+                f"{private_path} would be inside the bundle directory {candidate} (it holds "
+                f"{DIRECTORY_ENTRY}), and a private key must never ship in a bundle: write the "
+                "key outside it (for example keygen ../keys/signing)"
+            )
 
 
 def _write_new(path: Path, content: bytes, mode: int) -> None:
@@ -54,7 +77,6 @@ def _write_new(path: Path, content: bytes, mode: int) -> None:
 
 def _cmd_sign(args: argparse.Namespace) -> int:
     from policy_service.bundles.archive import pack_bundle
-    from policy_service.bundles.files import DIRECTORY_ENTRY
     from policy_service.bundles.loader import load_bundle_files, read_bundle
     from policy_service.bundles.signing import load_signing_key, sign_bundle, signature_name
 
@@ -106,14 +128,19 @@ def _write_replacing(path: Path, content: bytes) -> None:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from policy_service.bundles.signing import load_signed_bundle, load_verification_key
+    from policy_service.bundles.signing import (
+        load_signed_bundle,
+        load_verification_key,
+        signed_key_id,
+        verification_keys,
+    )
 
-    key = load_verification_key(args.key)
+    keys = verification_keys([load_verification_key(path) for path in args.key])
     files = _read_any_bundle(Path(args.bundle))
-    bundle = load_signed_bundle(files, key)
+    bundle = load_signed_bundle(files, keys)
     print(
         f"{args.bundle}: ok (revision {bundle.revision}; {len(files.files)} signed files; "
-        f"key id {key.key_id})"
+        f"key id {signed_key_id(files)})"
     )
     return 0
 
@@ -153,5 +180,10 @@ def register(commands: Commands) -> None:
 
     verify = commands.add_parser("verify", help="check a bundle's signature, then load it")
     verify.add_argument("bundle", metavar="BUNDLE", help="a YAML file, directory or .tar.gz")
-    verify.add_argument("--key", required=True, help="PEM public key (from keygen)")
+    verify.add_argument(
+        "--key",
+        required=True,
+        action="append",
+        help="PEM public key (from keygen); repeat it to accept any of several keys",
+    )
     verify.set_defaults(run=_cmd_verify)

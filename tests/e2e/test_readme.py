@@ -175,9 +175,12 @@ def test_the_tracing_command_traces_envoy_and_the_service_in_one_trace(
 def my_policy(clone: Path) -> Iterator[Path]:
     """The walkthrough's working copy, gone again afterwards so any order works."""
     work = clone / "my-policy"
-    shutil.rmtree(work, ignore_errors=True)
+    keys = clone / "my-keys"  # the walkthrough's keygen writes there, outside the bundle
+    for folder in (work, keys):
+        shutil.rmtree(folder, ignore_errors=True)
     yield work
-    shutil.rmtree(work, ignore_errors=True)
+    for folder in (work, keys):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def metric(name: str) -> str:
@@ -200,6 +203,9 @@ def test_the_security_walkthrough_takes_an_edit_live_and_refuses_a_tampered_bund
         assert "bundle.yaml: ok (revision finance-2026-11-21" in output
         assert "11 passed, 0 failed" in output
         assert (my_policy / "bundle.yaml.sig").is_file()
+        # The key pair lives outside the policy folder, so it can never ship with the bundle.
+        assert (clone / "my-keys" / "signing.key").is_file()
+        assert not [path for path in my_policy.rglob("*") if path.suffix in (".key", ".pub")]
         assert 'revision="finance-2026-11-21"' in metric("policy_service_bundle_info")
 
         # Then, as the README says: edit, and run lint, test and sign again.

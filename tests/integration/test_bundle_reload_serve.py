@@ -14,8 +14,8 @@ import pytest
 
 from policy_service.bundles.archive import pack_bundle
 from policy_service.bundles.files import BundleFiles
-from policy_service.bundles.loader import load_bundle_files
-from policy_service.bundles.signing import generate_signing_key
+from policy_service.bundles.loader import load_bundle_files, read_bundle
+from policy_service.bundles.signing import BundleSigningKey, generate_signing_key, sign_bundle
 from tests.integration.test_audit_concurrency import read_events
 from tests.integration.test_bundle_reload_load import (
     Load,
@@ -194,3 +194,53 @@ def test_the_poll_interval_must_be_positive(tmp_path: Path) -> None:
     result = serve_once(str(bundle.path), "--poll-interval", "0")
     assert result.returncode == 1
     assert "--poll-interval must be a positive number of seconds" in result.stderr
+
+
+async def test_serve_rotates_its_signing_key_with_repeated_verify_keys(tmp_path: Path) -> None:
+    bundle = write_test_bundle(tmp_path)
+    old, new = generate_signing_key(), generate_signing_key()
+    template = bundle.path.read_text()
+    keys_dir = tmp_path / "keys"  # outside the single-file bundle: not a file it names
+    keys_dir.mkdir()
+    old_pub, new_pub = keys_dir / "old.pub", keys_dir / "new.pub"
+    old_pub.write_bytes(old.verification_key.public_pem())
+    new_pub.write_bytes(new.verification_key.public_pem())
+
+    def sign(key: BundleSigningKey, revision: str) -> None:
+        bundle.path.write_text(good_text(template, revision))
+        files = read_bundle(bundle.path)
+        load_bundle_files(files, environ={})
+        (tmp_path / "bundle.yaml.sig").write_bytes(sign_bundle(files, key, revision=revision))
+
+    sign(old, "A-0")
+    port = free_port()
+    both = ("--verify-key", str(old_pub), "--verify-key", str(new_pub))
+    log = tmp_path / "serve-0.log"
+    command = serve_command(bundle.path, port, *both, "--poll-interval", "0.1")
+    with serving([(port, command)], tmp_path):
+        await until(lambda: "bundle signatures" in log.read_text(), "the keys line")
+        assert (
+            f"bundle signatures: verified with 2 key(s): {old.key_id}, {new.key_id}"
+            in log.read_text()
+        )
+        sign(new, "B-1")  # re-signed by the new key: taken while both are trusted
+        await until(
+            lambda: f"bundle revision A-0 -> B-1 loaded from {bundle.path}" in log.read_text(),
+            "the re-signed bundle to load",
+        )
+    for line in old.verification_key.public_pem().decode().splitlines()[1:-1]:
+        assert line not in log.read_text()
+
+    # The old key retired: the new one alone serves the bundle; the old one alone refuses it.
+    port = free_port()
+    new_only = serve_command(bundle.path, port, "--verify-key", str(new_pub))
+    with serving([(port, new_only)], tmp_path):
+        pass
+    refused = serve_once(
+        str(bundle.path), "--listen", f"127.0.0.1:{free_port()}", "--verify-key", str(old_pub)
+    )
+    assert refused.returncode == 1
+    assert (
+        f"the bundle was signed by key '{new.key_id}', not by the verification key "
+        f"'{old.key_id}'" in refused.stderr
+    )

@@ -189,3 +189,101 @@ def test_keys_swapped_between_commands_are_refused(tmp_path: Path) -> None:
     )
     for line in (tmp_path / "signer.key").read_text().splitlines()[1:-1]:
         assert line not in verify.stderr
+
+
+def test_keygen_refuses_to_write_a_key_inside_a_bundle_directory(tmp_path: Path) -> None:
+    write_test_bundle(tmp_path)
+    (tmp_path / "keys").mkdir()
+
+    for prefix in (tmp_path / "signing", tmp_path / "keys" / "signing"):
+        result = run("keygen", str(prefix))
+
+        assert result.returncode == 1
+        assert result.stderr == (
+            f"policy-service keygen: {prefix}.key would be inside the bundle directory "
+            f"{tmp_path} (it holds bundle.yaml), and a private key must never ship in a "
+            "bundle: write the key outside it (for example keygen ../keys/signing)\n"
+        )
+        assert not prefix.with_suffix(".key").exists()
+        assert not prefix.with_suffix(".pub").exists()
+
+
+def test_keygen_makes_a_private_folder_for_a_key_outside_the_bundle(tmp_path: Path) -> None:
+    keygen(tmp_path / "keys" / "signing")
+
+    assert stat.S_IMODE((tmp_path / "keys").stat().st_mode) == 0o700
+    assert (tmp_path / "keys" / "signing.key").is_file()
+
+
+def test_sign_refuses_a_bundle_holding_a_private_key_and_writes_nothing(tmp_path: Path) -> None:
+    keygen(tmp_path / "signer")
+    bundle_dir = tmp_path / "bundle"
+    bundle_dir.mkdir()
+    write_test_bundle(bundle_dir)
+    # Whatever its name: a copy of the signing key, left in the bundle.
+    shutil.copy(tmp_path / "signer.key", bundle_dir / "notes.txt")
+    archive = tmp_path / "bundle.tar.gz"
+
+    result = run(
+        "sign", str(bundle_dir), "--key", str(tmp_path / "signer.key"), "--archive", str(archive)
+    )
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        "policy-service sign: bundle is invalid (1 problem):\n"
+        f"  {bundle_dir}/bundle.yaml: file 'notes.txt' holds a PEM private key "
+        "('-----BEGIN PRIVATE KEY-----'); private keys must never ship in a bundle: move it "
+        "out of the bundle\n"
+        f"policy-service sign: {bundle_dir} was not signed\n"
+    )
+    assert not (bundle_dir / "bundle.yaml.sig").exists()
+    assert not archive.exists()
+
+
+def test_sign_refuses_a_private_jwk_in_the_jwks_file_a_bundle_names(tmp_path: Path) -> None:
+    keygen(tmp_path / "signer")
+    bundle_dir = tmp_path / "bundle"
+    bundle_dir.mkdir()
+    bundle = write_test_bundle(bundle_dir)
+    jwks = bundle_dir / "jwks.json"
+    jwks.write_text(jwks.read_text().replace('"kty"', '"d": "c2VjcmV0", "kty"', 1))
+
+    result = run("sign", str(bundle.path), "--key", str(tmp_path / "signer.key"))
+
+    assert result.returncode == 1
+    assert "file 'jwks.json' holds a private JWK (members 'd')" in result.stderr
+    assert not (bundle_dir / "bundle.yaml.sig").exists()
+
+
+def test_verify_accepts_a_bundle_signed_by_any_of_its_keys_while_rotating(
+    tmp_path: Path,
+) -> None:
+    old_id = keygen(tmp_path / "old")
+    new_id = keygen(tmp_path / "new")
+    bundle_dir = tmp_path / "bundle"
+    bundle_dir.mkdir()
+    bundle = write_test_bundle(bundle_dir)
+    old_pub, new_pub = str(tmp_path / "old.pub"), str(tmp_path / "new.pub")
+
+    def verify(*keys: str) -> subprocess.CompletedProcess[str]:
+        return run("verify", str(bundle.path), *[arg for key in keys for arg in ("--key", key)])
+
+    assert run("sign", str(bundle.path), "--key", str(tmp_path / "old.key")).returncode == 0
+    both = verify(old_pub, new_pub)
+    assert both.returncode == 0, both.stderr
+    assert both.stdout.endswith(f"key id {old_id})\n")
+
+    assert run("sign", str(bundle.path), "--key", str(tmp_path / "new.key")).returncode == 0
+    for keys in ((old_pub, new_pub), (new_pub,)):
+        result = verify(*keys)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.endswith(f"key id {new_id})\n")
+
+    refused = verify(old_pub)
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        "policy-service verify: bundle is invalid (1 problem):\n"
+        f"  {bundle.path}: the bundle was signed by key '{new_id}', not by the verification "
+        f"key '{old_id}'\n"
+    )

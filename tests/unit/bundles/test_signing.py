@@ -35,6 +35,8 @@ from policy_service.bundles.signing import (
     load_verification_key,
     sign_bundle,
     signature_name,
+    signed_key_id,
+    verification_keys,
     verify_bundle,
 )
 from policy_service.errors import BundleError, ConfigError
@@ -606,3 +608,82 @@ def test_unloaded_snapshot_signs_only_what_it_holds() -> None:
         "revision": "r1",
         "signed_at": "2025-06-01T12:00:00Z",
     }
+
+
+def test_rotation_a_bundle_loads_with_any_of_the_keys_its_signature_names(
+    tmp_path: Path,
+) -> None:
+    old, new = ED25519.verification_key, OTHER_ED25519.verification_key
+    path = _signed_directory(tmp_path, ED25519)
+    # Signed by the old key: both keys configured, in either order.
+    for keys in ([old, new], [new, old]):
+        assert load_signed_bundle(read_bundle(path), keys, environ={}).revision == "test-1"
+    # Re-signed by the new key: loads with both, then with the new one alone (old retired).
+    sign_on_disk(path, OTHER_ED25519)
+    assert load_signed_bundle(read_bundle(path), [old, new], environ={}).revision == "test-1"
+    assert load_signed_bundle(read_bundle(path), [new], environ={}).revision == "test-1"
+    # The old key alone (a gateway not yet told of the new one) refuses it.
+    with pytest.raises(BundleError) as caught:
+        load_signed_bundle(read_bundle(path), [old], environ={})
+    assert [problem.message for problem in caught.value.problems] == [
+        f"the bundle was signed by key '{OTHER_ED25519.key_id}', not by the verification key "
+        f"'{ED25519.key_id}'"
+    ]
+
+
+def test_rotation_across_algorithms(tmp_path: Path) -> None:
+    path = _signed_directory(tmp_path, ES256)
+    keys = [ED25519.verification_key, ES256.verification_key]
+    assert load_signed_bundle(read_bundle(path), keys, environ={}).revision == "test-1"
+    with pytest.raises(BundleError) as caught:
+        load_signed_bundle(read_bundle(path), [ED25519.verification_key], environ={})
+    assert [problem.message for problem in caught.value.problems] == [
+        "the signature uses algorithm 'ES256', but the verification key accepts only 'EdDSA'"
+    ]
+
+
+def test_rotation_between_keys_of_one_algorithm_is_refused_by_key_id(tmp_path: Path) -> None:
+    path = _signed_directory(tmp_path, OTHER_ED25519)
+    files = read_bundle(path)
+    assert verify_bundle(files, [ED25519.verification_key, OTHER_ED25519.verification_key])
+    assert signed_key_id(files) == OTHER_ED25519.key_id
+
+    with pytest.raises(BundleError) as caught:
+        verify_bundle(read_bundle(path), [ED25519.verification_key, ES256.verification_key])
+    assert [problem.message for problem in caught.value.problems] == [
+        f"the bundle was signed by key '{OTHER_ED25519.key_id}', not by any of the verification "
+        f"keys '{ED25519.key_id}', '{ES256.key_id}'"
+    ]
+
+
+def test_a_signature_naming_one_key_is_checked_with_that_key_only(tmp_path: Path) -> None:
+    # Signed by the other key but claiming this key's id: the named key checks it, and fails.
+    path = _signed_directory(tmp_path)
+    signature = path / "bundle.yaml.sig"
+    payload = signed_payload(path / "bundle.yaml")
+    signature.write_bytes(jws(payload, OTHER_ED25519, kid=ED25519.key_id))
+    with pytest.raises(BundleError) as caught:
+        verify_bundle(read_bundle(path), [OTHER_ED25519.verification_key, ED25519.verification_key])
+    assert [problem.message for problem in caught.value.problems] == [
+        f"the signature is not valid for key '{ED25519.key_id}'"
+    ]
+
+
+def test_a_key_id_with_the_wrong_algorithm_for_its_key_is_refused(tmp_path: Path) -> None:
+    path = _signed_directory(tmp_path)
+    signature = path / "bundle.yaml.sig"
+    signature.write_bytes(jws(signed_payload(path / "bundle.yaml"), ED25519, kid=ES256.key_id))
+    with pytest.raises(BundleError) as caught:
+        verify_bundle(read_bundle(path), [ED25519.verification_key, ES256.verification_key])
+    assert [problem.message for problem in caught.value.problems] == [
+        f"the signature uses algorithm 'EdDSA', but key '{ES256.key_id}' accepts only 'ES256'"
+    ]
+
+
+def test_verification_keys_are_one_per_key_id_and_never_none() -> None:
+    keys = verification_keys(
+        [ED25519.verification_key, ES256.verification_key, ED25519.verification_key]
+    )
+    assert [key.key_id for key in keys] == [ED25519.key_id, ES256.key_id]
+    with pytest.raises(ConfigError, match="no verification key given"):
+        verification_keys([])
