@@ -124,8 +124,11 @@ class RedisStore:
         return self._tag + bucket
 
     async def take(self, specs: Sequence[BucketSpec]) -> TakeResult:
-        # A client span per take: in a trace, the Redis round trip (or the wait for the
-        # pipelined batch it rides in) shows under the rate-limit phase.
+        if not trace.get_current_span().is_recording():
+            # Most checks are not traced: no span, and not even phase_span's generator.
+            return await self._take(specs)
+        # A client span per traced take: in a trace, the Redis round trip (or the wait for
+        # the pipelined batch it rides in) shows under the Check span.
         with phase_span(
             self._tracer, "EVALSHA", kind=SpanKind.CLIENT, attributes=self._span_attributes
         ) as span:
