@@ -21,9 +21,9 @@ walks every import to keep it so.
     layer  request                                              what is called: HTTP, MCP, A2A
     layer  identity                                             who calls: credentials, JWT, keys
     layer  policy                                               the compiled bundle phases read
-    layer  authorization, decisions, ratelimits                 the phases' decisions
+    layer  authorization, decisions, ratelimits, responses      the phases' decisions; answers
     layer  edge, telemetry                                      Envoy protos in and out; the trail
-    layer  state, pipeline                                      the bundles served; one check
+    layer  state, pipeline, answering                           bundles served; a check; an answer
     layer  bundles                                              bytes to compiled policy; reload
     layer  server                                               the gRPC service
     layer  app                                                  the one place that builds it

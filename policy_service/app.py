@@ -6,6 +6,7 @@ all ask here for what they run, so the service they test is the service that shi
     build_trail(...)            audit sink and failure mode, tracing from OTEL_*, metrics
     build_gateway(bundle, ...)  the check pipeline, with its limiter (in process or Redis)
     build_servicer(...)         the Authorization servicer, its metrics watching the gateway
+    build_answers(gateway, ...) the response side (ext_proc) beside it, sharing its state
     build_server(bundle, ...)   all of it behind a gRPC server, with the bundle watched
 
 Build the gateway and the server on the event loop that will run them: grpc.aio binds a
@@ -20,15 +21,24 @@ from dataclasses import dataclass, field
 
 from opentelemetry import trace
 
+from policy_service.answering import ResponsePipeline
 from policy_service.bundles.reload import BundleLoad, BundleReloader
 from policy_service.bundles.sources import BundleSource
 from policy_service.otel.provider import setup_tracing
 from policy_service.pipeline import CheckPipeline
 from policy_service.policy.model import CompiledBundle
 from policy_service.ratelimits.limiter import build_limiter
-from policy_service.ratelimits.redis_store import RedisSettings
-from policy_service.server import AuthorizationService, PolicyServer, ServerSettings
+from policy_service.ratelimits.redis_store import RedisSettings, RedisStore
+from policy_service.responses.guard import AnswerGuard
+from policy_service.responses.shared import InProcessState, RedisState
+from policy_service.server import (
+    AnswerProcessorService,
+    AuthorizationService,
+    PolicyServer,
+    ServerSettings,
+)
 from policy_service.state import BundleState
+from policy_service.telemetry.answer_metrics import AnswerMetrics
 from policy_service.telemetry.audit import AuditFailureMode, Auditor, AuditSink
 from policy_service.telemetry.metrics import CheckMetrics
 from policy_service.telemetry.trail import Trail
@@ -79,7 +89,18 @@ def build_gateway(
     """The check pipeline for ``bundle``; its limiter outlives bundles (buckets keep
     counting across reloads)."""
     limiter = build_limiter(redis, trail.tracer)
-    return CheckPipeline(BundleState.from_bundle(bundle), limiter)
+    store = limiter.store
+    # Bound sessions and seen tool definitions live where the buckets do: in the same
+    # Redis, so that every replica enforces them, or in this process.
+    guard = AnswerGuard(RedisState(store) if isinstance(store, RedisStore) else InProcessState())
+    return CheckPipeline(BundleState.from_bundle(bundle), limiter, guard=guard)
+
+
+def build_answers(gateway: CheckPipeline, trail: Trail) -> AnswerProcessorService:
+    """The response side (ext_proc) over the gateway's bundles and shared state."""
+    metrics = AnswerMetrics(trail.metrics.registry) if trail.metrics is not None else None
+    pipeline = ResponsePipeline(gateway.bundles, gateway.guard, trail.auditor, metrics)
+    return AnswerProcessorService(pipeline)
 
 
 def build_servicer(gateway: CheckPipeline, trail: Trail) -> AuthorizationService:
@@ -111,7 +132,12 @@ def build_server(
         gateway.bundles.swap_dry_run(BundleState.from_bundle(candidate))
         if candidate_watch is not None:
             reloaders.append(_reloader(gateway, candidate_watch, dry_run=True))
-    return PolicyServer(build_servicer(gateway, trail), settings.server, reloaders)
+    return PolicyServer(
+        build_servicer(gateway, trail),
+        settings.server,
+        reloaders,
+        answers=build_answers(gateway, trail),
+    )
 
 
 def _reloader(

@@ -55,6 +55,8 @@ from policy_service.request.model import (
     UpstreamProtocol,
     request_id_of,
 )
+from policy_service.responses.guard import AnswerGuard
+from policy_service.responses.plan import RESPONSE_MARK_HEADER, plan_response
 from policy_service.state import BundleState, ServingBundles
 from policy_service.telemetry.record import CheckRecord, DryRunRecord
 from policy_service.telemetry.tracing import (
@@ -146,9 +148,12 @@ class CheckPipeline:
         state: BundleState | ServingBundles,
         limiter: RateLimiter | None = None,
         identity: Identity = REQUEST_CREDENTIALS,
+        guard: AnswerGuard | None = None,
     ) -> None:
         self.bundles = state if isinstance(state, ServingBundles) else ServingBundles(state)
         self.identity = identity
+        # Shared with the response side: the sessions it bound, the definitions it saw.
+        self.guard = guard or AnswerGuard()
         # The limiter outlives bundles: buckets keep counting across a reload.
         self.limiter = limiter or RateLimiter(InProcessStore())
 
@@ -287,6 +292,16 @@ class CheckPipeline:
             webhook_refused = _webhook_refusal(upstream, parsed, context)
             if webhook_refused is not None:
                 return webhook_refused
+        answers = upstream.responses
+        if answers.guards and isinstance(parsed, McpRequest):
+            guarded = await self.guard.refusal(upstream, parsed, principal, outcome.targets)
+            if guarded is not None:
+                return context.deny(
+                    DenyKind.FORBIDDEN,
+                    guarded.reason,
+                    guarded.message,
+                    http_status=guarded.status,
+                )
 
         limited = NOTHING_MATCHED
         if bundle.limits and enforce_limits:
@@ -301,6 +316,13 @@ class CheckPipeline:
                 return _store_unavailable(self.limiter, context)
 
         identity = _identity_headers(principal, bundle.identity_header_prefix, record.decision_id)
+        plan = None
+        if (answers.methods or answers.sessions.bind) and isinstance(parsed, McpRequest):
+            plan = plan_response(
+                answers, upstream.name, request.method, parsed, principal, record.decision_id
+            )
+            if plan is not None:
+                identity = (*identity, (RESPONSE_MARK_HEADER, "1"))
         return Allow(
             upstream,
             principal,
@@ -309,6 +331,7 @@ class CheckPipeline:
             headers_to_set=identity,
             headers_to_remove=_strip_headers(request, bundle, identity),
             response_headers=ratelimit_headers(limited.states),
+            response_plan=plan,
         )
 
 
@@ -462,4 +485,6 @@ def _strip_headers(
     ours = {name for name, _ in setting}
     remove = ["authorization", bundle.api_key_header]
     remove.extend(name for name in request.headers if name.startswith(prefix) and name not in ours)
+    if RESPONSE_MARK_HEADER in request.headers and RESPONSE_MARK_HEADER not in ours:
+        remove.append(RESPONSE_MARK_HEADER)  # only the check marks answers for processing
     return tuple(remove)

@@ -1,8 +1,10 @@
-"""The gRPC server: Authorization v3 Check, health, reflection, graceful stop.
+"""The gRPC server: Authorization v3 Check, ExternalProcessor v3 Process (the response
+side), health, reflection, graceful stop.
 
 Check never lets an exception reach gRPC: a bug or a fault becomes a 503 denial, so an
 error can never read as an allow and Envoy's own ``status_on_error`` stays the answer for
-when we are unreachable.
+when we are unreachable. Process fails closed the same way: an answer it cannot check
+reaches the client as a JSON-RPC error, or the stream fails and Envoy refuses the answer.
 """
 
 from __future__ import annotations
@@ -11,21 +13,31 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2, external_processor_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.context import Context
 from opentelemetry.trace import Span
 
+from policy_service.answering import AnswerProcessing, BodyMode, ResponsePipeline
 from policy_service.bundles.reload import BundleReloader
 from policy_service.decisions.model import Decision, Deny, DenyKind
 from policy_service.edge.envoy_in import to_http_request
 from policy_service.edge.envoy_out import to_check_response
+from policy_service.edge.envoy_proc import (
+    body_reply,
+    continue_reply,
+    headers_reply,
+    immediate_reply,
+    plan_text_of,
+    status_and_headers,
+)
 from policy_service.otel.spans import mark_internal_error, parent_context
 from policy_service.pipeline import CheckPipeline
 from policy_service.ratelimits.redis_store import RedisStore
@@ -39,6 +51,9 @@ from policy_service.telemetry.trail import Trail
 log = logging.getLogger("policy_service.server")
 
 AUTHORIZATION_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
+PROCESSOR_SERVICE = external_processor_pb2.DESCRIPTOR.services_by_name[
+    "ExternalProcessor"
+].full_name
 _INTERNAL_DENY = Deny(
     DenyKind.INTERNAL, "internal_error", "the policy service failed; the request was refused"
 )
@@ -145,6 +160,60 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
             return _INTERNAL_DENY
 
 
+_UNCHECKED_PLAN = (
+    b'{"jsonrpc":"2.0","id":null,"error":{"code":502,"message":"the gateway could not '
+    b'check this answer","data":{"reason":"response_plan_unreadable"}}}'
+)
+
+
+class AnswerProcessorService(external_processor_pb2_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    """ext_proc: the answers the check marked, one stream per answer."""
+
+    def __init__(self, answers: ResponsePipeline) -> None:
+        self.answers = answers
+
+    async def Process(
+        self,
+        requests: AsyncIterator[external_processor_pb2.ProcessingRequest],
+        context: grpc.aio.ServicerContext[
+            external_processor_pb2.ProcessingRequest, external_processor_pb2.ProcessingResponse
+        ],
+    ) -> AsyncIterator[external_processor_pb2.ProcessingResponse]:
+        processing: AnswerProcessing | None = None
+        try:
+            async for request in requests:
+                phase = request.WhichOneof("request")
+                if phase == "response_headers":
+                    plan_text = plan_text_of(request)
+                    if plan_text is None:
+                        # Marked routes only see marked requests; should one come without
+                        # a plan, there is nothing to do to its answer.
+                        yield headers_reply((), skip_body=True)
+                        continue
+                    try:
+                        processing = self.answers.open(plan_text)
+                    except ValueError:
+                        log.exception("an answer's plan could not be read; answer refused")
+                        yield immediate_reply(502, _UNCHECKED_PLAN, "application/json")
+                        return
+                    status, headers = status_and_headers(request.response_headers)
+                    outcome = await processing.on_headers(status, headers)
+                    skip = outcome.body is BodyMode.NONE
+                    yield headers_reply(outcome.remove_headers, skip_body=skip)
+                elif phase == "response_body" and processing is not None:
+                    body = request.response_body
+                    yield body_reply(processing.on_body(body.body, body.end_of_stream))
+                    if body.end_of_stream:
+                        finished, processing = processing, None
+                        await finished.finish()
+                else:
+                    yield continue_reply(phase or "response_headers")
+        finally:
+            if processing is not None:
+                # The stream ended early (the client left, Envoy reset it): still recorded.
+                await processing.finish()
+
+
 @dataclass(frozen=True)
 class TlsSettings:
     cert_file: Path
@@ -169,6 +238,7 @@ class PolicyServer:
         servicer: AuthorizationService,
         settings: ServerSettings,
         reloaders: Sequence[BundleReloader] = (),
+        answers: AnswerProcessorService | None = None,
     ) -> None:
         self.gateway = servicer.gateway
         self.trail = servicer.trail
@@ -191,9 +261,16 @@ class PolicyServer:
             ]
         )
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicer, self._server)
+        services = [AUTHORIZATION_SERVICE]
+        if answers is not None:
+            external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(
+                answers, self._server
+            )
+            services.append(PROCESSOR_SERVICE)
+        self.services = tuple(services)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         if settings.reflection:
-            names = (AUTHORIZATION_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
+            names = (*services, health.SERVICE_NAME, reflection.SERVICE_NAME)
             reflection.enable_server_reflection(names, self._server)
         credentials = _credentials(settings.tls)
         for address in settings.listen:
@@ -216,7 +293,7 @@ class PolicyServer:
             host, port = self.settings.metrics_listen
             self.metrics_server = MetricsServer(self.trail.metrics.registry, host, port)
             log.info("metrics on http://%s:%d/metrics", host, self.metrics_server.port)
-        for service in ("", AUTHORIZATION_SERVICE):
+        for service in ("", *self.services):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving ext_authz on %s (bundle revision %s)",

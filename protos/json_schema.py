@@ -68,6 +68,7 @@ BUNDLE = SchemaSpec(
         "Upstream.denial_style": ("http", "jsonrpc", ""),
         "Rule.effect": ("allow", "deny", ""),
         "Limit.on_store_failure": ("open", "closed", ""),
+        "Pins.mode": ("enforce", "warn", "off", ""),
     },
 )
 # Limit.rate deliberately has no `pattern`: the loader matches its regex against the
@@ -93,7 +94,16 @@ CASES = SchemaSpec(
 # Call's `target` oneof stays "at most one" here, as a oneof says; that one of them must be
 # given is the case reader's check.
 
-SPECS = (BUNDLE, CASES)
+PINS = SchemaSpec(
+    proto="policy_service/pins/v1/pins.proto",
+    root="PinFile",
+    file_name="pins.schema.json",
+    schema_id="https://policy-service.dev/schemas/pins/v1/pins.schema.json",
+    title="policy-service tool-definition pins v1",
+    required=("PinFile.upstream", "ToolPin.name", "ToolPin.sha256"),
+)
+
+SPECS = (BUNDLE, CASES, PINS)
 
 _Type = descriptor_pb2.FieldDescriptorProto
 # The one well-known type the shape check reads, as free-form JSON (claims, arguments).

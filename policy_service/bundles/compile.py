@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
 from policy_service.bundles.compile_identity import check_scopes, compile_api_keys, compile_issuers
+from policy_service.bundles.compile_responses import compile_responses
 from policy_service.bundles.files import BundleFiles
 from policy_service.bundles.limits import compile_limits
 from policy_service.bundles.problems import (
@@ -76,7 +77,7 @@ def compile_bundle(
     issuers = compile_issuers(message, files, environ, problems)
     api_keys = compile_api_keys(message, problems)
     issuer_urls = tuple(issuer.issuer for issuer in issuers)
-    upstreams = _upstreams(message, issuer_urls, gateway_origins, problems)
+    upstreams = _upstreams(message, issuer_urls, gateway_origins, files, problems)
     declared = {upstream.name for upstream in message.upstreams}
     limits = compile_limits(message.limits, upstreams, declared, problems)
     audit = _audit(message.audit, problems)
@@ -143,6 +144,7 @@ def _upstreams(
     message: bundle_pb2.Bundle,
     issuer_urls: tuple[str, ...],
     gateway_origins: frozenset[str],
+    files: BundleFiles,
     problems: Problems,
 ) -> tuple[UpstreamPolicy, ...]:
     if not message.upstreams:
@@ -203,6 +205,7 @@ def _upstreams(
         )
         _check_rule_names(upstream.rules, path, problems)
         webhooks = _webhooks(upstream, protocol, f"{path}.push_notifications", problems)
+        responses = compile_responses(upstream, protocol, path, files, problems)
         auth_servers = tuple(upstream.authorization_servers) or issuer_urls
         if len(problems.items) > before:
             continue
@@ -233,6 +236,7 @@ def _upstreams(
                 enforced_rules=tuple(rule for rule in rules if not rule.dry_run),
                 dry_run_rules=frozenset(rule.name for rule in rules if rule.dry_run),
                 webhooks=webhooks,
+                responses=responses,
             )
         )
     return tuple(compiled)

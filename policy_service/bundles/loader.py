@@ -10,9 +10,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
-import yaml
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor
 
@@ -20,6 +19,7 @@ from policy_service.bundles.compile import compile_bundle
 from policy_service.bundles.files import BundleFileError, BundleFiles, read_bundle_path
 from policy_service.bundles.private_keys import private_key_problems
 from policy_service.bundles.shape import check_shape
+from policy_service.bundles.yaml_text import parse_yaml
 from policy_service.errors import BundleError, BundleProblem
 from policy_service.gen.policy_service.bundle.v1 import bundle_pb2
 from policy_service.policy.model import CompiledBundle
@@ -27,50 +27,7 @@ from policy_service.policy.model import CompiledBundle
 # The generated module's descriptor is the C implementation; it is the same API.
 _BUNDLE_DESCRIPTOR = cast("Descriptor", bundle_pb2.Bundle.DESCRIPTOR)
 
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys.
-
-    PyYAML keeps the last of two equal keys silently; in a policy that would let a second
-    `rules:` quietly replace the first, so it is an error here.
-    """
-
-    duplicate_problems: list[tuple[int, str]]
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if isinstance(key, str) and key in seen:
-            loader.duplicate_problems.append((key_node.start_mark.line + 1, key))
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def parse_yaml(text: str, source: str) -> Any:
-    loader = _StrictLoader(text)
-    loader.duplicate_problems = []
-    try:
-        document = loader.get_single_data()
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise BundleError([BundleProblem(source, where, f"not valid YAML: {problem}")]) from exc
-    finally:
-        loader.dispose()
-    if loader.duplicate_problems:
-        raise BundleError(
-            [
-                BundleProblem(source, f"line {line}", f"duplicate key '{key}'")
-                for line, key in loader.duplicate_problems
-            ]
-        )
-    return document
+__all__ = ["load_bundle", "load_bundle_files", "parse_yaml", "read_bundle"]
 
 
 def load_bundle_files(

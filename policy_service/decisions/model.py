@@ -14,6 +14,7 @@ from typing import Any
 from policy_service.identity.principal import Principal
 from policy_service.policy.model import UpstreamPolicy
 from policy_service.request.model import JsonRpcId
+from policy_service.responses.plan import ResponsePlan
 
 
 class DenyKind(StrEnum):
@@ -95,6 +96,7 @@ class Allow:
     headers_to_set: tuple[tuple[str, str], ...] = ()
     headers_to_remove: tuple[str, ...] = ()
     response_headers: tuple[tuple[str, str], ...] = ()  # added to the upstream's answer
+    response_plan: ResponsePlan | None = None  # the answer needs the response side
 
 
 @dataclass(frozen=True, slots=True)

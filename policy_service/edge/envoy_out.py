@@ -38,6 +38,10 @@ def to_check_response(decision: Decision, decision_id: str = "") -> external_aut
         metadata = response.dynamic_metadata
         metadata.fields["decision_id"].string_value = decision_id
         metadata.fields["reason"].string_value = decision.reason
+    if isinstance(decision, Allow) and decision.response_plan is not None:
+        # Envoy forwards this namespace to the ext_proc stream of the same request.
+        for key, text in decision.response_plan.to_metadata().items():
+            response.dynamic_metadata.fields[key].string_value = text
     return response
 
 

@@ -27,7 +27,12 @@ from policy_service.gateway.clusters import (
     otel_collector_cluster,
     socket_address,
 )
-from policy_service.gateway.filters import duration, ext_authz_filter, router_filter
+from policy_service.gateway.filters import (
+    duration,
+    ext_authz_filter,
+    ext_proc_filter,
+    router_filter,
+)
 from policy_service.gateway.layout import TYPE_URL, Config, EnvoyLayout, check_layout
 from policy_service.gateway.listeners import (
     HcmParts,
@@ -48,7 +53,7 @@ def render_envoy_config(layout: EnvoyLayout) -> Config:
     collector = layout.otlp_collector
     shared = HcmParts(
         route_config=route_config(layout.upstreams),
-        http_filters=[ext_authz_filter(layout), router_filter()],
+        http_filters=[ext_authz_filter(layout), ext_proc_filter(layout), router_filter()],
         access_log=[stdout_access_log(trace_id=collector is not None)] if layout.access_log else [],
         tracing=tracing(layout) if collector is not None else None,
         request_headers_timeout=duration(layout.request_headers_timeout_seconds),

@@ -1,4 +1,5 @@
-"""The gateway's HTTP filters: ext_authz (fail closed, with the body) and the router."""
+"""The gateway's HTTP filters: ext_authz (fail closed, with the body), ext_proc (the
+response side, on marked routes only) and the router."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from policy_service.gateway.clusters import AUTHZ_CLUSTER
 from policy_service.gateway.layout import TYPE_URL, Config, EnvoyLayout
 
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
+EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 ROUTER_FILTER = "envoy.filters.http.router"
 
 
@@ -39,7 +41,39 @@ def ext_authz_filter(layout: EnvoyLayout) -> Config:
             "encode_raw_headers": True,
             # An invalid header mutation from the service is a 500, not a half-applied one.
             "validate_mutations": True,
+            # An allow may mark the request for the response side (a header the routes
+            # match on); the route is chosen again after the headers the check set.
+            "clear_route_cache": True,
             "stat_prefix": "policy",
+        },
+    }
+
+
+def ext_proc_filter(layout: EnvoyLayout) -> Config:
+    """The response side: the same policy service, as an ext_proc server, for the answers
+    of requests the check marked. Every route turns it off but the marked ones, so an
+    answer that needs nothing opens no stream."""
+    return {
+        "name": EXT_PROC_FILTER,
+        "typed_config": {
+            "@type": TYPE_URL + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": {"envoy_grpc": {"cluster_name": AUTHZ_CLUSTER}},
+            # Fail closed: an answer the service can't see is not passed unchecked.
+            "failure_mode_allow": False,
+            "processing_mode": {
+                "request_header_mode": "SKIP",
+                "response_header_mode": "SEND",
+                # Chunk by chunk: SSE events go out as they complete, never held whole.
+                "response_body_mode": "STREAMED",
+                "request_trailer_mode": "SKIP",
+                "response_trailer_mode": "SKIP",
+            },
+            # The service skips the body of answers it only needs the headers of.
+            "allow_mode_override": True,
+            # The check's plan for the answer travels in the ext_authz filter's metadata.
+            "metadata_options": {"forwarding_namespaces": {"untyped": [EXT_AUTHZ_FILTER]}},
+            "message_timeout": duration(layout.answer_timeout_seconds),
+            "stat_prefix": "answers",
         },
     }
 

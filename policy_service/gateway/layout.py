@@ -139,6 +139,9 @@ class EnvoyLayout:
     admin_address: str = "127.0.0.1"
     max_request_bytes: int = 65536
     authz_timeout_seconds: float = 1.0
+    # How long Envoy waits for the response side's reply to one answer message (headers,
+    # or one body chunk); past it, the answer fails closed.
+    answer_timeout_seconds: float = 2.0
     # A client's request headers must arrive within this (slow-header clients).
     request_headers_timeout_seconds: float = 10.0
     authz_tls: bool = False
@@ -170,6 +173,8 @@ def check_layout(layout: EnvoyLayout) -> None:
         raise ConfigError("envoy layout: max_request_bytes must be positive")
     if layout.authz_timeout_seconds <= 0:
         raise ConfigError("envoy layout: authz_timeout_seconds must be positive")
+    if layout.answer_timeout_seconds <= 0:
+        raise ConfigError("envoy layout: answer_timeout_seconds must be positive")
     if layout.request_headers_timeout_seconds <= 0:
         raise ConfigError("envoy layout: request_headers_timeout_seconds must be positive")
     if layout.authz_tls and not layout.authz_ca_file:

@@ -1,19 +1,38 @@
-"""The gateway's route config: one route per upstream, longest prefix first, then a catch-all."""
+"""The gateway's route config: one route per upstream, longest prefix first, then a catch-all.
+
+An MCP upstream has a second route before its own, taken only by requests the check marked
+for the response side (``x-policy-response``): the only routes where ext_proc runs.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from policy_service.gateway.filters import EXT_AUTHZ_FILTER
+from policy_service.gateway.filters import EXT_AUTHZ_FILTER, EXT_PROC_FILTER
 from policy_service.gateway.layout import TYPE_URL, Config, UpstreamRoute
 
 CATCH_ALL_ROUTE = "catch_all"
+# The header an allow sets on requests whose answers the response side must see (the
+# policy service's responses.plan.RESPONSE_MARK_HEADER; a test holds them equal).
+RESPONSE_MARK_HEADER = "x-policy-response"
+ANSWERS_ROUTE_SUFFIX = ":answers"
+
+
+def _ext_proc_off() -> Config:
+    return {
+        "@type": TYPE_URL + "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+        "disabled": True,
+    }
 
 
 def route_config(upstreams: Sequence[UpstreamRoute]) -> Config:
     # Longest prefix first, so "/agents/helper/" is never shadowed by "/agents/".
     ordered = sorted(upstreams, key=lambda u: len(u.path_prefix), reverse=True)
-    routes = [_upstream_route(u) for u in ordered]
+    routes: list[Config] = []
+    for upstream in ordered:
+        if upstream.protocol == "mcp" and not upstream.is_direct_response:
+            routes.append(_answers_route(upstream))
+        routes.append(_upstream_route(upstream))
     routes.append(_catch_all_route())
     return {
         "name": "gateway",
@@ -21,7 +40,16 @@ def route_config(upstreams: Sequence[UpstreamRoute]) -> Config:
     }
 
 
-def _upstream_route(upstream: UpstreamRoute) -> Config:
+def _answers_route(upstream: UpstreamRoute) -> Config:
+    """The upstream's route for marked requests: ext_proc on, the mark not forwarded."""
+    route = _upstream_route(upstream, answers=True)
+    route["name"] = upstream.name + ANSWERS_ROUTE_SUFFIX
+    route["match"]["headers"] = [{"name": RESPONSE_MARK_HEADER, "present_match": True}]
+    route["request_headers_to_remove"] = [RESPONSE_MARK_HEADER]
+    return route
+
+
+def _upstream_route(upstream: UpstreamRoute, *, answers: bool = False) -> Config:
     route: Config = {"name": upstream.name, "match": {"prefix": upstream.path_prefix}}
     if upstream.is_direct_response:
         body = upstream.direct_response_body if upstream.direct_response_body is not None else ""
@@ -49,6 +77,8 @@ def _upstream_route(upstream: UpstreamRoute) -> Config:
             },
         }
     }
+    if not answers:
+        route["typed_per_filter_config"][EXT_PROC_FILTER] = _ext_proc_off()
     return route
 
 
@@ -61,4 +91,5 @@ def _catch_all_route() -> Config:
         "name": CATCH_ALL_ROUTE,
         "match": {"prefix": "/"},
         "direct_response": {"status": 404, "body": {"inline_string": "not found"}},
+        "typed_per_filter_config": {EXT_PROC_FILTER: _ext_proc_off()},
     }

@@ -109,6 +109,9 @@ class Condition:
     _expression: Any = field(repr=False, compare=False)
     # Identifiers and string literals of the source: the key names a failure may quote.
     _spelled: frozenset[str] = field(repr=False, compare=False)
+    # Whether the expression reads `args`: listing decides without arguments, and must
+    # know which conditions it cannot evaluate.
+    reads_arguments: bool = True
 
     def evaluate(self, inputs: ConditionInputs) -> bool | ConditionFailure:
         """True or false, or why not. Never raises."""
@@ -161,7 +164,18 @@ def compile_condition(source: str) -> Condition:
     result_type = expression.return_type()
     if result_type not in (_BOOL, _DYN):
         raise ConditionSyntaxError(f"must evaluate to a bool, not {_type_name(result_type)}")
-    return Condition(source, expression, _spelled_names(source))
+    return Condition(source, expression, _spelled_names(source), _reads_arguments(source))
+
+
+def _reads_arguments(source: str) -> bool:
+    """Whether ``source`` refers to ``args``: it does exactly when it fails to compile in
+    an environment without that variable (a string literal "args" is not a reference)."""
+    try:
+        with _COMPILE_LOCK:
+            _ENV_WITHOUT_ARGS.compile(source)
+    except Exception:
+        return True
+    return False
 
 
 # --- the environment ----------------------------------------------------------------------
@@ -172,6 +186,10 @@ def compile_condition(source: str) -> Condition:
 _DYN_MAP: Final = cel.Type.Map(cel.Type.STRING, cel.Type.DYN)
 _ENV: Final = cel.NewEnv(
     variables=dict.fromkeys(CONDITION_VARIABLES, _DYN_MAP),
+    extensions=[ext_strings.ExtStrings()],
+)
+_ENV_WITHOUT_ARGS: Final = cel.NewEnv(
+    variables={name: _DYN_MAP for name in CONDITION_VARIABLES if name != "args"},
     extensions=[ext_strings.ExtStrings()],
 )
 # The library doesn't say compiling is thread-safe; compiles happen at bundle load only.

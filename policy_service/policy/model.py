@@ -15,6 +15,7 @@ from policy_service.identity.config import ApiKeyEntry, IssuerConfig
 from policy_service.identity.principal import Principal
 from policy_service.policy.conditions import Condition
 from policy_service.policy.limits import CompiledLimit
+from policy_service.policy.responses import ResponsePolicy
 from policy_service.policy.targets import CallTargets
 from policy_service.policy.webhooks import WebhookPolicy
 from policy_service.request.model import UpstreamProtocol
@@ -100,6 +101,7 @@ class UpstreamPolicy:
     enforced_rules: tuple[CompiledRule, ...] = ()
     dry_run_rules: frozenset[str] = frozenset()  # names of the rules that only record
     webhooks: WebhookPolicy = field(default_factory=WebhookPolicy)  # A2A push webhook URLs
+    responses: ResponsePolicy = field(default_factory=ResponsePolicy)  # its answers (MCP only)
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,7 @@ def audit_event(
     """The event for one decision. Fields that do not apply are left out."""
     event: dict[str, Any] = {
         "schema": SCHEMA,
-        "time": _rfc3339(time.time()),
+        "time": rfc3339(time.time()),
         "decision_id": record.decision_id,
         "decision": decision_name(decision),
         "reason": decision.reason,
@@ -188,7 +188,7 @@ def _rate_limit(result: RateLimitResult) -> dict[str, Any]:
     return outcome
 
 
-def _rfc3339(epoch_seconds: float) -> str:
+def rfc3339(epoch_seconds: float) -> str:
     """``2026-12-04T21:33:50.123456Z``. Every event needs one, and many share a second: the
     date and time part is formatted once per second, only the microseconds per event."""
     # Rounded as datetime.fromtimestamp rounds, so the text is the same as it formats.

@@ -78,8 +78,13 @@ async def test_allowed_tool_call_returns_its_result(stack: Stack) -> None:
     )
     assert not result.is_error
     assert "ACME" in tool_text(result)
+    # The list shows this caller only what it may call: no place_trade without the
+    # trade scope (the response side filters it).
     tools = await mcp_list_tools(stack.fininfo_url, headers=headers)
-    assert {"get_quote", "place_trade"} <= {tool.name for tool in tools}
+    assert {tool.name for tool in tools} == {"get_quote", "list_symbols"}
+    trader = stack.bearer("fininfo:read", "fininfo:trade", audience=stack.fininfo_url)
+    tools = await mcp_list_tools(stack.fininfo_url, headers=trader)
+    assert {"get_quote", "list_symbols", "place_trade"} <= {tool.name for tool in tools}
 
 
 async def test_legacy_initialize_handshake_also_works(stack: Stack) -> None:

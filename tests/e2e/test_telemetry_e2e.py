@@ -253,10 +253,20 @@ async def test_metrics_are_scraped_and_agree_with_the_audit_log(traced: Traced) 
             key = (sample.labels["decision"], sample.labels["reason"])
             checks[key] = checks.get(key, 0) + sample.value
     audited: dict[tuple[str, str], float] = {}
+    answered: dict[str, float] = {}
     for event in traced.audit_events():
+        if event["decision"] == "answer":  # the response side's event about an answer
+            answered[str(event["reason"])] = answered.get(str(event["reason"]), 0) + 1
+            continue
         key = (str(event["decision"]), str(event["reason"]))
         audited[key] = audited.get(key, 0) + 1
     assert checks == audited
+    answers: dict[str, float] = {}
+    for sample in families["policy_service_answers"].samples:
+        if sample.name.endswith("_total"):
+            outcome = sample.labels["outcome"]
+            answers[outcome] = answers.get(outcome, 0) + sample.value
+    assert answers == answered
     assert checks[("allow", "allowed")] >= 1
 
     def value(family: str, sample_name: str, **labels: str) -> float:
@@ -267,7 +277,7 @@ async def test_metrics_are_scraped_and_agree_with_the_audit_log(traced: Traced) 
                 return sample.value
         raise AssertionError(f"no {sample_name} sample with {labels}")
 
-    total_audited = sum(audited.values())
+    total_audited = sum(audited.values()) + sum(answered.values())
     assert (
         value("policy_service_audit_events", "policy_service_audit_events_total", result="written")
         == total_audited

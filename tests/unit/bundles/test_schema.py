@@ -272,6 +272,8 @@ upstreams:
     resource: https://gw.example.com/fininfo/mcp
     rules:
       - {name: read, methods: [initialize]}
+    responses:
+      pins: {mode: 'off'}
 limits:
   - {name: per-client, rate: 600/min, key: [client]}
 """

@@ -30,6 +30,7 @@ from policy_service.gateway.layout import (
     UpstreamRoute,
     otlp_collector_from_endpoint,
 )
+from policy_service.gateway.routes import RESPONSE_MARK_HEADER
 
 Config = dict[str, Any]
 
@@ -128,9 +129,68 @@ def test_fractional_authz_timeout_is_an_exact_duration() -> None:
     assert ext_authz(config)["grpc_service"]["timeout"] == "0.25s"
 
 
-def test_filters_are_ext_authz_then_router_and_nothing_buffers() -> None:
+def test_filters_are_ext_authz_then_ext_proc_then_router() -> None:
     names = [f["name"] for f in first_hcm(render_envoy_config(LAYOUT))["http_filters"]]
-    assert names == ["envoy.filters.http.ext_authz", "envoy.filters.http.router"]
+    assert names == [
+        "envoy.filters.http.ext_authz",
+        "envoy.filters.http.ext_proc",
+        "envoy.filters.http.router",
+    ]
+
+
+def test_ext_proc_streams_answers_fails_closed_and_reads_the_checks_plan() -> None:
+    (ext_proc,) = [
+        f["typed_config"]
+        for f in first_hcm(render_envoy_config(LAYOUT))["http_filters"]
+        if f["name"] == "envoy.filters.http.ext_proc"
+    ]
+    assert ext_proc["failure_mode_allow"] is False
+    assert ext_proc["grpc_service"]["envoy_grpc"]["cluster_name"] == "authz"
+    mode = ext_proc["processing_mode"]
+    assert mode["request_header_mode"] == "SKIP"
+    assert mode["response_body_mode"] == "STREAMED"  # never buffered whole by Envoy
+    assert ext_proc["allow_mode_override"] is True
+    assert ext_proc["metadata_options"]["forwarding_namespaces"]["untyped"] == [
+        "envoy.filters.http.ext_authz"
+    ]
+
+
+def test_only_the_marked_route_of_an_mcp_upstream_runs_ext_proc() -> None:
+    config = render_envoy_config(LAYOUT)
+    ordered = [r["name"] for r in routes(config)]
+    for upstream in LAYOUT.upstreams:
+        if upstream.protocol != "mcp":
+            assert f"{upstream.name}:answers" not in ordered
+            continue
+        # The marked route comes first, or the plain one would always win.
+        assert ordered.index(f"{upstream.name}:answers") < ordered.index(upstream.name)
+    for route in routes(config):
+        per_filter = route.get("typed_per_filter_config", {})
+        ext_proc = per_filter.get("envoy.filters.http.ext_proc")
+        if route["name"].endswith(":answers"):
+            assert ext_proc is None
+            assert route["match"]["headers"] == [
+                {"name": RESPONSE_MARK_HEADER, "present_match": True}
+            ]
+            assert route["request_headers_to_remove"] == [RESPONSE_MARK_HEADER]
+        else:
+            assert ext_proc is not None, route["name"]
+            assert ext_proc["disabled"] is True, route["name"]
+
+
+def test_the_mark_header_is_the_one_the_check_sets() -> None:
+    from policy_service.responses.plan import RESPONSE_MARK_HEADER as SET_BY_THE_CHECK
+
+    assert RESPONSE_MARK_HEADER == SET_BY_THE_CHECK
+
+
+def test_ext_authz_clears_the_route_cache_so_a_mark_can_pick_the_route() -> None:
+    (ext_authz,) = [
+        f["typed_config"]
+        for f in first_hcm(render_envoy_config(LAYOUT))["http_filters"]
+        if f["name"] == "envoy.filters.http.ext_authz"
+    ]
+    assert ext_authz["clear_route_cache"] is True
 
 
 # -- routes -------------------------------------------------------------------------------
@@ -170,8 +230,8 @@ def test_catch_all_is_404_with_ext_authz_still_enabled() -> None:
     catch_all = routes(render_envoy_config(LAYOUT))[-1]
     assert catch_all["match"] == {"prefix": "/"}
     assert catch_all["direct_response"]["status"] == 404
-    # No per-route config at all: ext_authz runs, with no "upstream" context extension.
-    assert "typed_per_filter_config" not in catch_all
+    # No ext_authz per-route config: it runs, with no "upstream" context extension.
+    assert set(catch_all["typed_per_filter_config"]) == {"envoy.filters.http.ext_proc"}
 
 
 def test_direct_response_upstream_answers_200_without_a_cluster() -> None:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policy_service.telemetry.audit_event import _rfc3339
+from policy_service.telemetry.audit_event import rfc3339
 
 
 def reference(epoch_seconds: float) -> str:
@@ -18,9 +18,9 @@ def reference(epoch_seconds: float) -> str:
 @settings(max_examples=2000, deadline=None)
 @given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
 def test_the_cached_formatting_agrees_with_datetime_to_the_microsecond(epoch: float) -> None:
-    assert _rfc3339(epoch) == reference(epoch)
+    assert rfc3339(epoch) == reference(epoch)
 
 
 def test_a_fraction_that_rounds_up_carries_into_the_next_second() -> None:
-    assert _rfc3339(1_700_000_000.9999999) == "2023-11-14T22:13:21.000000Z"
-    assert _rfc3339(0.0) == "1970-01-01T00:00:00.000000Z"
+    assert rfc3339(1_700_000_000.9999999) == "2023-11-14T22:13:21.000000Z"
+    assert rfc3339(0.0) == "1970-01-01T00:00:00.000000Z"

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AuditEvent(_message.Message):
-    __slots__ = ("schema", "time", "decision_id", "trace_id", "span_id", "request_id", "bundle_revision", "decision", "reason", "http_status", "rules", "missing_scopes", "message", "caller", "target", "rate_limit", "latency_ms", "dry_run")
+    __slots__ = ("schema", "time", "decision_id", "trace_id", "span_id", "request_id", "bundle_revision", "decision", "reason", "http_status", "rules", "missing_scopes", "message", "caller", "target", "rate_limit", "latency_ms", "dry_run", "answer")
     SCHEMA_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,7 @@ class AuditEvent(_message.Message):
     RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
     schema: str
     time: _timestamp_pb2.Timestamp
     decision_id: str
@@ -48,7 +49,46 @@ class AuditEvent(_message.Message):
     rate_limit: RateLimitOutcome
     latency_ms: float
     dry_run: _containers.RepeatedCompositeFieldContainer[DryRun]
-    def __init__(self, schema: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decision_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., span_id: _Optional[str] = ..., request_id: _Optional[str] = ..., bundle_revision: _Optional[str] = ..., decision: _Optional[str] = ..., reason: _Optional[str] = ..., http_status: _Optional[int] = ..., rules: _Optional[_Iterable[str]] = ..., missing_scopes: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., caller: _Optional[_Union[Caller, _Mapping]] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., rate_limit: _Optional[_Union[RateLimitOutcome, _Mapping]] = ..., latency_ms: _Optional[float] = ..., dry_run: _Optional[_Iterable[_Union[DryRun, _Mapping]]] = ...) -> None: ...
+    answer: Answer
+    def __init__(self, schema: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decision_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., span_id: _Optional[str] = ..., request_id: _Optional[str] = ..., bundle_revision: _Optional[str] = ..., decision: _Optional[str] = ..., reason: _Optional[str] = ..., http_status: _Optional[int] = ..., rules: _Optional[_Iterable[str]] = ..., missing_scopes: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., caller: _Optional[_Union[Caller, _Mapping]] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., rate_limit: _Optional[_Union[RateLimitOutcome, _Mapping]] = ..., latency_ms: _Optional[float] = ..., dry_run: _Optional[_Iterable[_Union[DryRun, _Mapping]]] = ..., answer: _Optional[_Union[Answer, _Mapping]] = ...) -> None: ...
+
+class Answer(_message.Message):
+    __slots__ = ("status", "hidden", "redacted", "pins", "session")
+    class HiddenEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class RedactedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    REDACTED_FIELD_NUMBER: _ClassVar[int]
+    PINS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    status: int
+    hidden: _containers.ScalarMap[str, int]
+    redacted: _containers.ScalarMap[str, int]
+    pins: _containers.RepeatedCompositeFieldContainer[PinMismatch]
+    session: str
+    def __init__(self, status: _Optional[int] = ..., hidden: _Optional[_Mapping[str, int]] = ..., redacted: _Optional[_Mapping[str, int]] = ..., pins: _Optional[_Iterable[_Union[PinMismatch, _Mapping]]] = ..., session: _Optional[str] = ...) -> None: ...
+
+class PinMismatch(_message.Message):
+    __slots__ = ("tool", "status", "mode")
+    TOOL_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    tool: str
+    status: str
+    mode: str
+    def __init__(self, tool: _Optional[str] = ..., status: _Optional[str] = ..., mode: _Optional[str] = ...) -> None: ...
 
 class DryRun(_message.Message):
     __slots__ = ("source", "name", "decision", "reason", "agrees", "missing_scopes")

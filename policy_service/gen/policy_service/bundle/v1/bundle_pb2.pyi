@@ -87,7 +87,7 @@ class ClientList(_message.Message):
     def __init__(self, allow: _Optional[_Iterable[str]] = ..., deny: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Upstream(_message.Message):
-    __slots__ = ("name", "path_prefix", "protocol", "resource", "denial_style", "required_scopes", "allowed_origins", "clients", "rules", "backend", "authorization_servers", "push_notifications")
+    __slots__ = ("name", "path_prefix", "protocol", "resource", "denial_style", "required_scopes", "allowed_origins", "clients", "rules", "backend", "authorization_servers", "push_notifications", "responses")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PATH_PREFIX_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,7 @@ class Upstream(_message.Message):
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     AUTHORIZATION_SERVERS_FIELD_NUMBER: _ClassVar[int]
     PUSH_NOTIFICATIONS_FIELD_NUMBER: _ClassVar[int]
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
     name: str
     path_prefix: str
     protocol: str
@@ -112,7 +113,54 @@ class Upstream(_message.Message):
     backend: str
     authorization_servers: _containers.RepeatedScalarFieldContainer[str]
     push_notifications: PushNotifications
-    def __init__(self, name: _Optional[str] = ..., path_prefix: _Optional[str] = ..., protocol: _Optional[str] = ..., resource: _Optional[str] = ..., denial_style: _Optional[str] = ..., required_scopes: _Optional[_Iterable[str]] = ..., allowed_origins: _Optional[_Iterable[str]] = ..., clients: _Optional[_Union[ClientList, _Mapping]] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., backend: _Optional[str] = ..., authorization_servers: _Optional[_Iterable[str]] = ..., push_notifications: _Optional[_Union[PushNotifications, _Mapping]] = ...) -> None: ...
+    responses: Responses
+    def __init__(self, name: _Optional[str] = ..., path_prefix: _Optional[str] = ..., protocol: _Optional[str] = ..., resource: _Optional[str] = ..., denial_style: _Optional[str] = ..., required_scopes: _Optional[_Iterable[str]] = ..., allowed_origins: _Optional[_Iterable[str]] = ..., clients: _Optional[_Union[ClientList, _Mapping]] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., backend: _Optional[str] = ..., authorization_servers: _Optional[_Iterable[str]] = ..., push_notifications: _Optional[_Union[PushNotifications, _Mapping]] = ..., responses: _Optional[_Union[Responses, _Mapping]] = ...) -> None: ...
+
+class Responses(_message.Message):
+    __slots__ = ("filter_lists", "max_body_bytes", "redact", "pins", "sessions")
+    FILTER_LISTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BODY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REDACT_FIELD_NUMBER: _ClassVar[int]
+    PINS_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    filter_lists: bool
+    max_body_bytes: int
+    redact: Redaction
+    pins: Pins
+    sessions: Sessions
+    def __init__(self, filter_lists: _Optional[bool] = ..., max_body_bytes: _Optional[int] = ..., redact: _Optional[_Union[Redaction, _Mapping]] = ..., pins: _Optional[_Union[Pins, _Mapping]] = ..., sessions: _Optional[_Union[Sessions, _Mapping]] = ...) -> None: ...
+
+class Redaction(_message.Message):
+    __slots__ = ("secrets", "patterns")
+    SECRETS_FIELD_NUMBER: _ClassVar[int]
+    PATTERNS_FIELD_NUMBER: _ClassVar[int]
+    secrets: bool
+    patterns: _containers.RepeatedCompositeFieldContainer[RedactionPattern]
+    def __init__(self, secrets: _Optional[bool] = ..., patterns: _Optional[_Iterable[_Union[RedactionPattern, _Mapping]]] = ...) -> None: ...
+
+class RedactionPattern(_message.Message):
+    __slots__ = ("name", "regex")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REGEX_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    regex: str
+    def __init__(self, name: _Optional[str] = ..., regex: _Optional[str] = ...) -> None: ...
+
+class Pins(_message.Message):
+    __slots__ = ("mode", "file")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    file: str
+    def __init__(self, mode: _Optional[str] = ..., file: _Optional[str] = ...) -> None: ...
+
+class Sessions(_message.Message):
+    __slots__ = ("bind", "ttl_seconds")
+    BIND_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    bind: bool
+    ttl_seconds: float
+    def __init__(self, bind: _Optional[bool] = ..., ttl_seconds: _Optional[float] = ...) -> None: ...
 
 class PushNotifications(_message.Message):
     __slots__ = ("allow_http", "allow_private", "hosts")
