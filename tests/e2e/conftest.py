@@ -87,6 +87,8 @@ def start_stack(
     metrics: bool = False,
     redis_timeout: float = 0.1,
     authz_timeout_seconds: float = 1.0,
+    fininfo_responses: str = "",
+    extra_files: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
     """``limits`` is a bundle ``limits:`` block; with ``redis_url`` its buckets are in Redis
     (waited on for ``redis_timeout`` seconds per check; Envoy waits ``authz_timeout_seconds``
@@ -94,6 +96,7 @@ def start_stack(
 
     With ``otlp``, Envoy and the service both export spans to that receiver; with
     ``audit_log`` the service appends audit events there; ``metrics`` serves /metrics.
+    ``fininfo_responses`` and ``extra_files`` go to ``write_test_bundle``.
     """
     http_port = free_port()
     url = f"http://127.0.0.1:{http_port}"
@@ -110,6 +113,8 @@ def start_stack(
         denial_style=denial_style,
         peer_ports=peers.ports,
         limits=limits,
+        fininfo_responses=fininfo_responses,
+        extra_files=extra_files,
     )
 
     async def make_server() -> PolicyServer:

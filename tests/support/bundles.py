@@ -53,7 +53,7 @@ upstreams:
         resources: ["fin://*"]
         prompts: [summarize_position]
         scopes: [fininfo:read]
-{currenttime}    required_scopes: [time:read]
+{fininfo_responses}{currenttime}    required_scopes: [time:read]
     rules:
       - methods: ["*"]
       - tools: ["*"]
@@ -101,8 +101,12 @@ def write_test_bundle(
     key: SigningKey | None = None,
     limits: str = "",
     audit: str = "",
+    fininfo_responses: str = "",
+    extra_files: Mapping[str, str] | None = None,
 ) -> TestBundle:
-    """``limits`` and ``audit`` are YAML blocks (without their key) appended to the bundle.
+    """``limits`` and ``audit`` are YAML blocks (without their key) appended to the bundle;
+    ``fininfo_responses`` is the fininfo upstream's ``responses:`` block, indented as its
+    keys are (six spaces), and ``extra_files`` are written beside the bundle (pins files).
 
     The upstreams' backends are the demo peers on loopback, on ``peer_ports`` (by peer name)
     or their default ports.
@@ -113,12 +117,15 @@ def write_test_bundle(
     }
     key = key or SigningKey.generate("ES256", kid="test-key-1")
     (directory / "jwks.json").write_text(json.dumps(key.jwks()))
+    for name, text in (extra_files or {}).items():
+        (directory / name).write_text(text)
     path = directory / "bundle.yaml"
     path.write_text(
         BUNDLE_TEMPLATE.format(
             issuer=ISSUER,
             ci_bot_hash=hash_api_key(CI_BOT_KEY),
             denial_style=denial_style,
+            fininfo_responses=f"    responses:\n{fininfo_responses}" if fininfo_responses else "",
             **entries,
         )
         + (f"limits:\n{limits}" if limits else "")
