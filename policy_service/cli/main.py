@@ -3,6 +3,7 @@
 serve                                   the ext_authz gRPC service    (cli.serving)
 lint, test, explain, schema, hash-key   writing and checking policy   (cli.authoring)
 keygen, sign, verify                    signed bundles                (cli.signing)
+pin                                     tool-definition pins          (cli.pinning)
 dev, token, envoy-config                the dev stack and Envoy       (cli.dev)
 """
 
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 
 import policy_service.cli.authoring as authoring
 import policy_service.cli.dev as dev
+import policy_service.cli.pinning as pinning
 import policy_service.cli.serving as serving
 import policy_service.cli.signing as signing
 from policy_service.cli.flags import finish_help
@@ -36,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how much the service logs",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (serving, authoring, dev, signing):
+    for group in (serving, authoring, dev, signing, pinning):
         group.register(commands)
     finish_help(parser)
     return parser

@@ -74,7 +74,10 @@ class ResponsePlan:
     @classmethod
     def from_metadata(cls, text: str) -> ResponsePlan:
         """The plan ``to_metadata`` wrote; ValueError when it is not one."""
-        document = orjson.loads(text)
+        try:
+            document = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            raise ValueError("the response plan is not JSON") from None
         if not isinstance(document, dict):
             raise ValueError("the response plan is not a JSON object")
         try:
