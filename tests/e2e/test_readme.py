@@ -391,3 +391,21 @@ def drive_through(envoy: EnvoyProcess, clone: Path) -> None:
 
         # Anything else on the catch-all is refused by the service, not passed on.
         assert client.get("/elsewhere").status_code == 404
+
+        # The response side: a list shows this read-only caller only what it may call.
+        meta = {"_meta": call["params"]["_meta"]}  # type: ignore[index]
+        listing = {"jsonrpc": "2.0", "id": 8, "method": "tools/list", "params": meta}
+        list_headers = {key: value for key, value in headers.items() if key != "mcp-name"}
+        listed = client.post(
+            "/fininfo/mcp",
+            json=listing,
+            headers={
+                **list_headers,
+                "mcp-method": "tools/list",
+                "authorization": f"Bearer {token}",
+            },
+        )
+        assert listed.status_code == 200, listed.text
+        names = set(re.findall(r'"name":\s*"([a-z_]+)"', listed.text))
+        assert "get_quote" in names
+        assert "place_trade" not in names  # the trade scope is missing
