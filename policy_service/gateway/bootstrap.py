@@ -52,8 +52,12 @@ def render_envoy_config(layout: EnvoyLayout) -> Config:
     # so the YAML dump writes them once).
     collector = layout.otlp_collector
     shared = HcmParts(
-        route_config=route_config(layout.upstreams),
-        http_filters=[ext_authz_filter(layout), ext_proc_filter(layout), router_filter()],
+        route_config=route_config(layout.upstreams, response_side=layout.response_side),
+        http_filters=[
+            ext_authz_filter(layout),
+            *([ext_proc_filter(layout)] if layout.response_side else []),
+            router_filter(),
+        ],
         access_log=[stdout_access_log(trace_id=collector is not None)] if layout.access_log else [],
         tracing=tracing(layout) if collector is not None else None,
         request_headers_timeout=duration(layout.request_headers_timeout_seconds),

@@ -43,7 +43,7 @@ def ext_authz_filter(layout: EnvoyLayout) -> Config:
             "validate_mutations": True,
             # An allow may mark the request for the response side (a header the routes
             # match on); the route is chosen again after the headers the check set.
-            "clear_route_cache": True,
+            "clear_route_cache": layout.response_side,
             "stat_prefix": "policy",
         },
     }

@@ -53,6 +53,7 @@ class UpstreamRoute:
     protocol: str = "mcp"  # mcp | a2a | http, sent to the policy service per route
     backend_http2: bool = False  # h2c to the backend (A2A gRPC binding); else HTTP/1.1
     direct_response_body: str | None = None
+    direct_response_content_type: str | None = None  # e.g. application/json for a canned answer
 
     @property
     def is_direct_response(self) -> bool:
@@ -158,6 +159,9 @@ class EnvoyLayout:
     trace_sampling_percent: float = 100.0  # of all requests, whatever the client asks
     # Envoy's OpenTelemetry tracer buffers spans per worker thread; see tracing_runtime.
     trace_flush_interval_ms: int = 1000
+    # The response side (ext_proc on marked routes). Off renders the gateway as it was
+    # before it: ext_authz alone (the benchmark's control row).
+    response_side: bool = True
 
 
 def check_layout(layout: EnvoyLayout) -> None:

@@ -25,15 +25,15 @@ def _ext_proc_off() -> Config:
     }
 
 
-def route_config(upstreams: Sequence[UpstreamRoute]) -> Config:
+def route_config(upstreams: Sequence[UpstreamRoute], *, response_side: bool = True) -> Config:
     # Longest prefix first, so "/agents/helper/" is never shadowed by "/agents/".
     ordered = sorted(upstreams, key=lambda u: len(u.path_prefix), reverse=True)
     routes: list[Config] = []
     for upstream in ordered:
-        if upstream.protocol == "mcp" and not upstream.is_direct_response:
+        if response_side and upstream.protocol == "mcp":
             routes.append(_answers_route(upstream))
-        routes.append(_upstream_route(upstream))
-    routes.append(_catch_all_route())
+        routes.append(_upstream_route(upstream, response_side=response_side))
+    routes.append(_catch_all_route(response_side=response_side))
     return {
         "name": "gateway",
         "virtual_hosts": [{"name": "gateway", "domains": ["*"], "routes": routes}],
@@ -42,18 +42,30 @@ def route_config(upstreams: Sequence[UpstreamRoute]) -> Config:
 
 def _answers_route(upstream: UpstreamRoute) -> Config:
     """The upstream's route for marked requests: ext_proc on, the mark not forwarded."""
-    route = _upstream_route(upstream, answers=True)
+    route = _upstream_route(upstream, response_side=True, answers=True)
     route["name"] = upstream.name + ANSWERS_ROUTE_SUFFIX
     route["match"]["headers"] = [{"name": RESPONSE_MARK_HEADER, "present_match": True}]
     route["request_headers_to_remove"] = [RESPONSE_MARK_HEADER]
     return route
 
 
-def _upstream_route(upstream: UpstreamRoute, *, answers: bool = False) -> Config:
+def _upstream_route(
+    upstream: UpstreamRoute, *, response_side: bool, answers: bool = False
+) -> Config:
     route: Config = {"name": upstream.name, "match": {"prefix": upstream.path_prefix}}
     if upstream.is_direct_response:
         body = upstream.direct_response_body if upstream.direct_response_body is not None else ""
         route["direct_response"] = {"status": 200, "body": {"inline_string": body}}
+        if upstream.direct_response_content_type is not None:
+            route["response_headers_to_add"] = [
+                {
+                    "header": {
+                        "key": "content-type",
+                        "value": upstream.direct_response_content_type,
+                    },
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                }
+            ]
     else:
         route["route"] = {
             "cluster": upstream.cluster_name,
@@ -77,19 +89,21 @@ def _upstream_route(upstream: UpstreamRoute, *, answers: bool = False) -> Config
             },
         }
     }
-    if not answers:
+    if response_side and not answers:
         route["typed_per_filter_config"][EXT_PROC_FILTER] = _ext_proc_off()
     return route
 
 
-def _catch_all_route() -> Config:
+def _catch_all_route(*, response_side: bool) -> Config:
     # ext_authz stays enabled here and this route carries no "upstream" context extension:
     # the policy service answers public discovery documents (OAuth protected-resource
     # metadata) on it with a "denied" response of status 200, and denies anything else.
     # Only what it explicitly allows falls through to this 404.
-    return {
+    route: Config = {
         "name": CATCH_ALL_ROUTE,
         "match": {"prefix": "/"},
         "direct_response": {"status": 404, "body": {"inline_string": "not found"}},
-        "typed_per_filter_config": {EXT_PROC_FILTER: _ext_proc_off()},
     }
+    if response_side:
+        route["typed_per_filter_config"] = {EXT_PROC_FILTER: _ext_proc_off()}
+    return route

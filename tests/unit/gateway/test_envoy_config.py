@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import stat
 from dataclasses import replace
 from pathlib import Path
@@ -633,3 +634,36 @@ def test_regenerating_replaces_the_pair(tmp_path: Path) -> None:
     second_cert, _ = generate_self_signed(tmp_path)
     assert second_cert.read_bytes() != first
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
+
+
+def test_without_the_response_side_the_gateway_is_ext_authz_alone() -> None:
+    config = render_envoy_config(replace(LAYOUT, response_side=False))
+    filters = first_hcm(config)["http_filters"]
+    assert [f["name"] for f in filters] == [
+        "envoy.filters.http.ext_authz",
+        "envoy.filters.http.router",
+    ]
+    assert filters[0]["typed_config"]["clear_route_cache"] is False
+    assert not [r for r in routes(config) if r["name"].endswith(":answers")]
+    assert "envoy.filters.http.ext_proc" not in json.dumps(routes(config))
+
+
+def test_a_canned_answer_can_say_it_is_json() -> None:
+    layout = replace(
+        LAYOUT,
+        upstreams=(
+            UpstreamRoute(
+                "bench",
+                "/bench/",
+                "",
+                0,
+                direct_response_body="{}",
+                direct_response_content_type="application/json",
+            ),
+        ),
+    )
+    by_name = {r["name"]: r for r in routes(render_envoy_config(layout))}
+    (added,) = by_name["bench"]["response_headers_to_add"]
+    assert added["header"] == {"key": "content-type", "value": "application/json"}
+    # A canned MCP answer has its marked twin too: the benchmark's response-side rows.
+    assert "direct_response" in by_name["bench:answers"]
