@@ -34,10 +34,14 @@ def route_config(upstreams: Sequence[UpstreamRoute], *, response_side: bool = Tr
             routes.append(_answers_route(upstream))
         routes.append(_upstream_route(upstream, response_side=response_side))
     routes.append(_catch_all_route(response_side=response_side))
-    return {
+    config: Config = {
         "name": "gateway",
         "virtual_hosts": [{"name": "gateway", "domains": ["*"], "routes": routes}],
     }
+    canned = max((len(u.direct_response_body or "") for u in upstreams), default=0)
+    if canned > 4096:  # Envoy's default limit for a direct response body
+        config["max_direct_response_body_size_bytes"] = canned
+    return config
 
 
 def _answers_route(upstream: UpstreamRoute) -> Config:
