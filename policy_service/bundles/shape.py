@@ -213,3 +213,77 @@ def _check_json(value: Any, file: str, path: str, problems: list[BundleProblem])
             _check_json(item, file, _join(path, key), problems)
         return
     problems.append(BundleProblem(file, path, f"expected a JSON value, got {describe(value)}"))
+
+
+# --- what is left when the wrong parts are taken out ---------------------------------------
+
+
+def shape_valid_part(document: Mapping[str, Any], descriptor: Descriptor) -> dict[str, Any]:
+    """``document`` without what the shape check refuses: unknown keys, values of the wrong
+    type, and all but the first of a oneof's fields. The meaning pass then runs on the rest,
+    so one shape error does not hide the meaning errors elsewhere in the file. Items of a
+    list of mappings are kept (emptied where wrong), so the paths of the rest still hold."""
+    return _valid_message(document, descriptor)
+
+
+_DROP = object()
+
+
+def _valid_message(value: Mapping[Any, Any], descriptor: Descriptor) -> dict[str, Any]:
+    fields = descriptor.fields_by_name
+    kept: dict[str, Any] = {}
+    for key, item in value.items():
+        field = fields.get(key) if isinstance(key, str) else None
+        if field is None:
+            continue
+        valid = _valid_field(item, field)
+        if valid is not _DROP:
+            kept[key] = valid
+    for oneof in descriptor.oneofs:
+        for extra in [field.name for field in oneof.fields if field.name in kept][1:]:
+            del kept[extra]
+    return kept
+
+
+def _valid_field(value: Any, field: FieldDescriptor) -> Any:
+    if value is None:
+        return _DROP
+    if _is_map(field):
+        if not isinstance(value, Mapping):
+            return _DROP
+        assert field.message_type is not None
+        entry = field.message_type.fields_by_name["value"]
+        entries = {k: _valid_field(v, entry) for k, v in value.items() if isinstance(k, str)}
+        return {k: v for k, v in entries.items() if v is not _DROP}
+    if field.is_repeated:
+        if not isinstance(value, list):
+            return _DROP
+        if field.type == FieldDescriptor.TYPE_MESSAGE and not _is_struct(field):
+            return [
+                _valid_single(item, field) if isinstance(item, Mapping) else {} for item in value
+            ]
+        items = [_valid_single(item, field) for item in value]
+        return [item for item in items if item is not _DROP]
+    return _valid_single(value, field)
+
+
+def _is_struct(field: FieldDescriptor) -> bool:
+    return field.message_type is not None and field.message_type.full_name == STRUCT
+
+
+def _valid_single(value: Any, field: FieldDescriptor) -> Any:
+    if _is_struct(field):
+        problems: list[BundleProblem] = []
+        _check_struct(value, "", "", problems)
+        return _DROP if problems else value
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        if not isinstance(value, Mapping):
+            return _DROP
+        assert field.message_type is not None
+        return _valid_message(value, field.message_type)
+    if not _scalar_matches(value, field.type):
+        return _DROP
+    bounds = _INTEGER_RANGES.get(field.type)
+    if bounds is not None and not bounds[0] <= value <= bounds[1]:
+        return _DROP
+    return value
