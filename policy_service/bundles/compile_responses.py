@@ -123,32 +123,33 @@ def _pins(
                 "is needed with mode enforce or warn: write it with `policy-service pin`",
             )
         return PinPolicy(mode)
-    pins = read_pin_file(files, section.file, upstream, f"{path}.file", problems)
-    return PinPolicy(mode, pins)
+    pins, arguments = read_pin_file(files, section.file, upstream, f"{path}.file", problems)
+    return PinPolicy(mode, pins, arguments)
 
 
 def read_pin_file(
     files: BundleFiles, reference: str, upstream: str, path: str, problems: Problems
-) -> dict[str, str]:
-    """Tool name -> pinned SHA-256, from the pins file ``reference`` names."""
+) -> tuple[dict[str, str], dict[str, frozenset[str]]]:
+    """Tool name -> pinned SHA-256, and tool name -> the argument names its pinned
+    definition declares, from the pins file ``reference`` names."""
     try:
         name = files.resolve(reference)
         text = files.read(name).decode("utf-8")
     except BundleFileError as exc:
         problems.add(path, f"file '{reference}' {exc.message}")
-        return {}
+        return {}, {}
     except UnicodeDecodeError:
         problems.add(path, f"file '{reference}' is not UTF-8 text")
-        return {}
+        return {}, {}
     try:
         document = parse_yaml(text, reference)
     except BundleError as exc:
         problems.items.extend(exc.problems)
-        return {}
+        return {}, {}
     shape = check_shape(document, _PIN_FILE, reference)
     if shape:
         problems.items.extend(shape)
-        return {}
+        return {}, {}
     message = pins_pb2.PinFile()
     json_format.ParseDict(document, message)
     if message.upstream != upstream:
@@ -157,6 +158,7 @@ def read_pin_file(
             f"file '{reference}' pins upstream '{message.upstream}', not '{upstream}'",
         )
     pins: dict[str, str] = {}
+    arguments: dict[str, frozenset[str]] = {}
     for index, pin in enumerate(message.tools):
         if not pin.name:
             problems.add(f"{path}: tools[{index}].name", "must not be empty")
@@ -165,4 +167,13 @@ def read_pin_file(
         if not _SHA256.match(pin.sha256):
             problems.add(f"{path}: tools[{index}].sha256", "must be 64 lower-case hex digits")
         pins[pin.name] = pin.sha256
-    return pins
+        declared = _declared_arguments(json_format.MessageToDict(pin.definition))
+        if declared is not None:
+            arguments[pin.name] = declared
+    return pins, arguments
+
+
+def _declared_arguments(definition: dict[str, object]) -> frozenset[str] | None:
+    schema = definition.get("inputSchema")
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    return frozenset(properties) if isinstance(properties, dict) else None

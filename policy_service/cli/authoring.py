@@ -248,6 +248,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_lint(args: argparse.Namespace) -> int:
+    from policy_service.authoring.findings import lint_findings
     from policy_service.bundles.loader import load_bundle
 
     failed = False
@@ -257,6 +258,18 @@ def _cmd_lint(args: argparse.Namespace) -> int:
         except BundleError as exc:
             failed = True
             print(exc, file=sys.stderr)
+            continue
+        findings = lint_findings(bundle)
+        if findings:
+            failed = True
+            count = len(findings)
+            print(
+                f"{path}: loads, but {count} rule{'s' if count != 1 else ''} will not do "
+                "what they say:",
+                file=sys.stderr,
+            )
+            for finding in findings:
+                print(f"  {path}: {finding}", file=sys.stderr)
             continue
         rules = sum(len(upstream.rules) for upstream in bundle.upstreams)
         print(

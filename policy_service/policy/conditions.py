@@ -112,6 +112,9 @@ class Condition:
     # Whether the expression reads `args`: listing decides without arguments, and must
     # know which conditions it cannot evaluate.
     reads_arguments: bool = True
+    # Whether the type checker could only say "dyn" (a value read from the request, such
+    # as `principal.client_id`): such a condition fails at run time unless it is a bool.
+    result_is_dyn: bool = False
 
     def evaluate(self, inputs: ConditionInputs) -> bool | ConditionFailure:
         """True or false, or why not. Never raises."""
@@ -164,7 +167,13 @@ def compile_condition(source: str) -> Condition:
     result_type = expression.return_type()
     if result_type not in (_BOOL, _DYN):
         raise ConditionSyntaxError(f"must evaluate to a bool, not {_type_name(result_type)}")
-    return Condition(source, expression, _spelled_names(source), _reads_arguments(source))
+    return Condition(
+        source,
+        expression,
+        _spelled_names(source),
+        _reads_arguments(source),
+        result_is_dyn=result_type == _DYN,
+    )
 
 
 def _reads_arguments(source: str) -> bool:

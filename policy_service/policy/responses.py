@@ -47,6 +47,9 @@ class RedactionPolicy:
 class PinPolicy:
     mode: PinMode = PinMode.OFF
     pins: Mapping[str, str] = field(default_factory=dict)  # tool name -> sha256 hex
+    # The argument names each pinned definition declares (its inputSchema's properties),
+    # where the pins file holds the definition: lint checks conditions against them.
+    arguments: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:

@@ -82,6 +82,15 @@ def test_lint_reports_every_problem_and_fails() -> None:
     assert f"{fixture}: upstreams[2].name: duplicate upstream name 'clock'" in result.stderr
 
 
+def test_lint_fails_on_a_bundle_that_loads_but_has_dead_rules() -> None:
+    fixture = INVALID.parent / "findings" / "shadowed_rule.yaml"
+    result = run("lint", str(fixture))
+    assert result.returncode == 1
+    assert "loads, but 2 rules will not do what they say:" in result.stderr
+    assert f"{fixture}: upstreams[0].rules[1]: rule 'quotes' can never apply" in result.stderr
+    assert "ok (" not in result.stdout
+
+
 def test_hash_key_reads_stdin() -> None:
     result = run("hash-key", stdin="my-secret-key\n")
     assert result.returncode == 0
