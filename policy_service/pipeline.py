@@ -72,6 +72,7 @@ _REFUSAL_MESSAGES = {
     RefusalReason.DENIED_BY_RULE: "the policy denies this call",
     RefusalReason.NO_MATCHING_RULE: "no policy rule allows this call",
     RefusalReason.CONDITION_NOT_MET: "a condition of the policy is not met for this call",
+    RefusalReason.CONDITION_ERROR: "a condition of the policy could not be evaluated for this call",
     RefusalReason.INSUFFICIENT_SCOPE: "the token lacks a scope this call needs",
 }
 

@@ -10,7 +10,11 @@ Semantics, in the order they apply:
    out (a deny rule kept out by its condition explains nothing about the refusal: that is
    ``no_matching_rule``). A ``deny`` rule refuses. A rule's client list must admit the
    principal. A condition that fails to evaluate never lets a call in: it is false for
-   allow rules, true for deny rules.
+   allow rules, true for deny rules; and when such a failure decides the refusal (a deny
+   rule that applied because its condition failed, or an allow rule that a failure kept
+   out, with nothing after it taking the call) the reason is ``condition_error``, not
+   ``denied_by_rule`` or ``condition_not_met``: a broken condition is told apart from a
+   condition that said no.
 3. The principal must hold the upstream's ``required_scopes`` plus the matching rule's
    ``scopes``, for every call. When only scopes are missing the refusal names *all* the
    scopes the operation needs (MCP 2026-07-28: one challenge with every needed scope).
@@ -48,6 +52,7 @@ class RefusalReason(StrEnum):
     DENIED_BY_RULE = "denied_by_rule"
     NO_MATCHING_RULE = "no_matching_rule"
     CONDITION_NOT_MET = "condition_not_met"
+    CONDITION_ERROR = "condition_error"
     INSUFFICIENT_SCOPE = "insufficient_scope"
 
 
@@ -64,6 +69,8 @@ class Refused:
     required_scopes: tuple[str, ...] = ()  # every scope the operation needs, sorted
     missing_scopes: tuple[str, ...] = ()
     request_id: JsonRpcId = None  # the refused call's id, to echo
+    # For condition_error: why the condition failed (names keys and types, never values).
+    condition_failure: str | None = None
 
 
 PolicyOutcome = Granted | Refused
@@ -142,14 +149,29 @@ def authorize(
     targets = call_targets(request)
     for target in targets:
         request_id = target.request_id
-        rule, held_back = _deciding_rule(rules, target, inputs, steps)
+        decided = _deciding_rule(rules, target, inputs, steps)
+        rule, held_back = decided.rule, decided.held_back
         if rule is None:
             if held_back is not None:
+                if decided.held_back_failure is not None:
+                    return Refused(
+                        RefusalReason.CONDITION_ERROR,
+                        rule=held_back.name,
+                        request_id=request_id,
+                        condition_failure=decided.held_back_failure,
+                    )
                 return Refused(
                     RefusalReason.CONDITION_NOT_MET, rule=held_back.name, request_id=request_id
                 )
             return Refused(RefusalReason.NO_MATCHING_RULE, request_id=request_id)
         if rule.effect is Effect.DENY:
+            if decided.failure is not None:
+                return Refused(
+                    RefusalReason.CONDITION_ERROR,
+                    rule=rule.name,
+                    request_id=request_id,
+                    condition_failure=decided.failure,
+                )
             return Refused(RefusalReason.DENIED_BY_RULE, rule=rule.name, request_id=request_id)
         if not rule.clients.admits(principal):
             return Refused(RefusalReason.CLIENT_NOT_ALLOWED, rule=rule.name, request_id=request_id)
@@ -170,15 +192,24 @@ def authorize(
     return Granted(tuple(admitted), targets)
 
 
+@dataclass(frozen=True, slots=True)
+class _Decided:
+    rule: CompiledRule | None  # the rule that applies, if any
+    failure: str | None = None  # its condition failed (so it applied: a deny rule)
+    held_back: CompiledRule | None = None  # the first allow rule its condition kept out
+    held_back_failure: str | None = None  # that condition failed rather than said no
+
+
 def _deciding_rule(
     rules: tuple[CompiledRule, ...],
     target: CallTarget,
     inputs: _ConditionInputs,
     steps: list[tuple[CallTarget, RuleStep]] | None,
-) -> tuple[CompiledRule | None, CompiledRule | None]:
+) -> _Decided:
     """The first rule that applies to ``target``, and the first one whose target matched
     but whose condition kept it out (named when nothing applies)."""
     held_back: CompiledRule | None = None
+    held_back_failure: str | None = None
     for rule in rules:
         if not rule.targets.matches(target):
             if steps is not None:
@@ -193,8 +224,10 @@ def _deciding_rule(
             applies = result if isinstance(result, bool) else rule.effect is Effect.DENY
         if steps is not None:
             steps.append((target, RuleStep(rule, True, result, applies)))
+        failure = result.reason if isinstance(result, ConditionFailure) else None
         if applies:
-            return rule, held_back
+            return _Decided(rule, failure, held_back, held_back_failure)
         if rule.effect is Effect.ALLOW and held_back is None:
             held_back = rule  # an allow rule that would have applied but for its condition
-    return None, held_back
+            held_back_failure = failure
+    return _Decided(None, None, held_back, held_back_failure)

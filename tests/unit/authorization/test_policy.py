@@ -485,17 +485,32 @@ def test_an_allow_rule_whose_condition_holds_grants(fininfo: UpstreamPolicy) -> 
     assert outcome.rules == ("small",)
 
 
-@pytest.mark.parametrize(
-    "arguments", [{"quantity": 5000}, {}], ids=["condition-false", "condition-fails"]
-)
 def test_an_allow_rule_kept_out_by_its_condition_is_named_as_condition_not_met(
-    fininfo: UpstreamPolicy, arguments: dict[str, Any]
+    fininfo: UpstreamPolicy,
 ) -> None:
     upstream = with_rules(fininfo, rule("small", tools=("place_trade",), when=SMALL_ORDERS))
 
-    outcome = authorize(upstream, caller(), mcp(tool("place_trade", 7, **arguments)))
+    outcome = authorize(upstream, caller(), mcp(tool("place_trade", 7, quantity=5000)))
 
     assert outcome == Refused(RefusalReason.CONDITION_NOT_MET, rule="small", request_id=7)
+
+
+def test_an_allow_rule_kept_out_by_a_failing_condition_is_a_condition_error(
+    fininfo: UpstreamPolicy,
+) -> None:
+    upstream = with_rules(fininfo, rule("small", tools=("place_trade",), when=SMALL_ORDERS))
+
+    outcome = authorize(upstream, caller(), mcp(tool("place_trade", 7)))
+
+    assert isinstance(outcome, Refused)
+    assert (outcome.reason, outcome.rule, outcome.request_id) == (
+        RefusalReason.CONDITION_ERROR,
+        "small",
+        7,
+    )
+    # Why it failed names the key, never a value.
+    assert outcome.condition_failure is not None
+    assert "quantity" in outcome.condition_failure
 
 
 def test_condition_not_met_names_the_first_allow_rule_held_back(fininfo: UpstreamPolicy) -> None:
@@ -528,10 +543,15 @@ def test_a_call_an_allow_rules_condition_keeps_out_goes_on_to_the_next_rule(
 
 
 @pytest.mark.parametrize(
-    "arguments", [{"quantity": 5000}, {}], ids=["condition-true", "condition-fails"]
+    ("arguments", "reason"),
+    [
+        ({"quantity": 5000}, RefusalReason.DENIED_BY_RULE),
+        ({}, RefusalReason.CONDITION_ERROR),  # it refuses too, and says why it did
+    ],
+    ids=["condition-true", "condition-fails"],
 )
 def test_a_deny_rule_refuses_when_its_condition_holds_or_fails(
-    fininfo: UpstreamPolicy, arguments: dict[str, Any]
+    fininfo: UpstreamPolicy, arguments: dict[str, Any], reason: RefusalReason
 ) -> None:
     upstream = with_rules(
         fininfo,
@@ -541,7 +561,8 @@ def test_a_deny_rule_refuses_when_its_condition_holds_or_fails(
 
     outcome = authorize(upstream, caller(), mcp(tool("place_trade", 7, **arguments)))
 
-    assert outcome == Refused(RefusalReason.DENIED_BY_RULE, rule="large", request_id=7)
+    assert isinstance(outcome, Refused)
+    assert (outcome.reason, outcome.rule, outcome.request_id) == (reason, "large", 7)
 
 
 def test_a_deny_rule_whose_condition_is_false_lets_the_next_rule_decide(
@@ -680,7 +701,12 @@ def test_steps_record_how_each_rule_fared_up_to_the_deciding_one(
 
     no_quantity = ConditionFailure("no such key 'quantity'")
     target = CallTarget(TargetKind.TOOL, "place_trade", "tools/call", 7, {"price": 10})
-    assert outcome == Refused(RefusalReason.DENIED_BY_RULE, rule="large", request_id=7)
+    assert outcome == Refused(
+        RefusalReason.CONDITION_ERROR,
+        rule="large",
+        request_id=7,
+        condition_failure=no_quantity.reason,
+    )
     assert steps == [
         (target, RuleStep(quotes, target_matched=False)),
         (target, RuleStep(small, target_matched=True, condition=no_quantity, applies=False)),
