@@ -233,6 +233,7 @@ def _upstreams(
                 enforced_rules=tuple(rule for rule in rules if not rule.dry_run),
                 dry_run_rules=frozenset(rule.name for rule in rules if rule.dry_run),
                 webhooks=webhooks,
+                expose_rule_names=message.gateway.expose_rule_names,
             )
         )
     return tuple(compiled)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 
 from policy_service.identity.config import ApiKeyEntry, IssuerConfig
@@ -100,6 +101,9 @@ class UpstreamPolicy:
     enforced_rules: tuple[CompiledRule, ...] = ()
     dry_run_rules: frozenset[str] = frozenset()  # names of the rules that only record
     webhooks: WebhookPolicy = field(default_factory=WebhookPolicy)  # A2A push webhook URLs
+    # The bundle's gateway.expose_rule_names, on each upstream because a denial is rendered
+    # from what it carries, and it carries its upstream.
+    expose_rule_names: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +130,9 @@ class CompiledBundle:
     metadata_documents: Mapping[str, bytes] = field(default_factory=dict)
     limits: tuple[CompiledLimit, ...] = ()
     audit: AuditPolicy = AuditPolicy()
+    # When its verified signature says it was signed; None for a bundle loaded unverified.
+    # Rollback protection orders bundles by it (bundles.rollback).
+    signed_at: datetime | None = None
 
     def route(self, path: str, context_extensions: Mapping[str, str]) -> UpstreamPolicy | None:
         """The upstream a request is for: Envoy's per-route tag first, then the path prefix."""
