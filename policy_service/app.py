@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from opentelemetry import trace
 
 from policy_service.answering import ResponsePipeline
-from policy_service.bundles.reload import BundleLoad, BundleReloader
+from policy_service.bundles.reload import BundleLoad, BundleLoaded, BundleReloader
 from policy_service.bundles.sources import BundleSource
 from policy_service.otel.provider import setup_tracing
 from policy_service.pipeline import CheckPipeline
@@ -52,6 +52,7 @@ class BundleWatch:
     load: BundleLoad | None = None  # default: unsigned bundles
     watch: bool = True  # False: reload on SIGHUP only
     interval_seconds: float | None = None  # default: the source's own
+    loaded: BundleLoaded | None = None  # told of each bundle a reload puts into service
 
 
 @dataclass(frozen=True)
@@ -150,4 +151,5 @@ def _reloader(
         watch=watch.watch,
         interval_seconds=watch.interval_seconds,
         dry_run=dry_run,
+        loaded=watch.loaded,
     )

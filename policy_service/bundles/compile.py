@@ -237,6 +237,7 @@ def _upstreams(
                 dry_run_rules=frozenset(rule.name for rule in rules if rule.dry_run),
                 webhooks=webhooks,
                 responses=responses,
+                expose_rule_names=message.gateway.expose_rule_names,
             )
         )
     return tuple(compiled)

@@ -34,11 +34,20 @@ from policy_service.identity.jwt import JwtVerifier
 from policy_service.policy.model import CompiledBundle
 from policy_service.state import BundleState, ServingBundles
 
-__all__ = ["RETIRE_AFTER_SECONDS", "BundleLoad", "BundleReloader", "ReloadOutcome", "bundle_loader"]
+__all__ = [
+    "RETIRE_AFTER_SECONDS",
+    "BundleLoad",
+    "BundleLoaded",
+    "BundleReloader",
+    "ReloadOutcome",
+    "bundle_loader",
+]
 
 log = logging.getLogger("policy_service.reload")
 
 BundleLoad = Callable[[BundleFiles], CompiledBundle]
+# Told of each bundle put into service by a reload (rollback protection raises its floor).
+BundleLoaded = Callable[[CompiledBundle], None]
 # A check holds the state it started with until it answers: within its gRPC deadline
 # (Envoy's ext_authz timeout, usually well under a second), or a JWKS fetch timeout if it
 # waits on one. Far longer than either, and still no real cost to keep a verifier open.
@@ -76,11 +85,13 @@ class BundleReloader:
         interval_seconds: float | None = None,
         retire_after_seconds: float = RETIRE_AFTER_SECONDS,
         dry_run: bool = False,
+        loaded: BundleLoaded | None = None,
     ) -> None:
         """``watch=False`` reloads on ``poke`` (SIGHUP) only; ``interval_seconds`` defaults
         to the source's own (a second for a path, 30 for a URL). ``dry_run``: this source
         feeds the bundle the gateway evaluates beside the enforced one, never enforcing it;
-        its refusals are logged, and not counted with the enforced bundle's loads."""
+        its refusals are logged, and not counted with the enforced bundle's loads.
+        ``loaded`` is told of each bundle once it serves."""
         self._bundles = bundles
         self._dry_run = dry_run
         self._what = "dry-run bundle" if dry_run else "bundle"
@@ -92,6 +103,7 @@ class BundleReloader:
         self._task: asyncio.Task[None] | None = None
         self._retiring: dict[asyncio.Task[None], JwtVerifier] = {}
         self._last_refusal: str | None = None  # why the source's current files were refused
+        self._loaded = loaded
 
     @property
     def interval_seconds(self) -> float | None:
@@ -173,6 +185,13 @@ class BundleReloader:
             state.bundle.revision,
             self._source.location,
         )
+        if self._loaded is not None:
+            try:
+                self._loaded(state.bundle)
+            except PolicyServiceError as exc:
+                # It serves already (it passed every check); what failed is bookkeeping
+                # about it, such as the rollback floor's state file.
+                log.error("%s revision %s serves, but %s", self._what, state.bundle.revision, exc)
         return ReloadOutcome.LOADED
 
     def _serving(self) -> BundleState:

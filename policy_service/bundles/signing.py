@@ -22,6 +22,7 @@ cannot read a byte that was not signed.
 from __future__ import annotations
 
 import binascii
+import dataclasses
 import hashlib
 import json
 import re
@@ -337,7 +338,7 @@ def load_signed_bundle(
                 )
             ]
         )
-    return bundle
+    return dataclasses.replace(bundle, signed_at=datetime.fromisoformat(manifest.signed_at))
 
 
 def _quoted(value: object) -> str:

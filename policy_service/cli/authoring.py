@@ -5,6 +5,7 @@ policy-service explain BUNDLE --upstream U --tool T [--scope S ...]   why one re
                                            decided the way it is
 policy-service schema [--cases]            print the JSON Schema of the bundle format, or of
                                            the policy test case file
+policy-service schema --write DIR          both schemas into DIR, its YAML files pointed at them
 """
 
 from __future__ import annotations
@@ -20,10 +21,16 @@ from typing import TYPE_CHECKING, Any
 from policy_service.errors import BundleError, ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from policy_service.cli.flags import Commands
+    from policy_service.policy.model import CompiledBundle
     from policy_service.ratelimits.limiter import RateLimiter
 
 CASES_SUFFIX = ".cases.yaml"
+BUNDLE_SCHEMA_FILE = "bundle.schema.json"
+CASES_SCHEMA_FILE = "cases.schema.json"
+SCHEMA_COMMENT = "# yaml-language-server: $schema="
 
 
 def register(commands: Commands) -> None:
@@ -98,41 +105,59 @@ def register(commands: Commands) -> None:
         action="store_true",
         help=f"the schema of policy test case files (*{CASES_SUFFIX}) instead",
     )
+    schema.add_argument(
+        "--write",
+        metavar="DIR",
+        help=f"write both schemas into DIR ({BUNDLE_SCHEMA_FILE}, {CASES_SCHEMA_FILE}) and "
+        f"point the '{SCHEMA_COMMENT}' line of DIR's YAML files at them, so editors check "
+        "a policy folder wherever it lives",
+    )
     schema.set_defaults(run=_cmd_schema)
 
 
 def _cmd_test(args: argparse.Namespace) -> int:
-    from policy_service.authoring.cases import check_case_targets, load_cases
-    from policy_service.authoring.runner import report, run_cases
     from policy_service.bundles.loader import load_bundle
 
     bundle_path = Path(args.bundle)
-    case_paths = [Path(path) for path in args.cases] or _cases_beside(bundle_path)
+    case_paths = [Path(path) for path in args.cases] or cases_beside(bundle_path)
     if not case_paths:
         raise ConfigError(
             f"no case files given and none found beside {bundle_path} (*{CASES_SUFFIX})"
         )
     try:
         bundle = load_bundle(bundle_path)
+        failed = run_case_files(bundle, case_paths, str(bundle_path), verbose=args.verbose)
     except BundleError as exc:
         print(exc, file=sys.stderr)
         return 1
-    failed = 0
-    for path in case_paths:
-        try:
-            cases = load_cases(path)
-            check_case_targets(bundle, cases, str(path))
-        except BundleError as exc:
-            print(exc, file=sys.stderr)
-            return 1
-        results = asyncio.run(run_cases(bundle, cases))
-        print(f"{path} against {bundle_path} (revision {bundle.revision})")
-        print(report(results, verbose=args.verbose))
-        failed += sum(1 for result in results if not result.passed)
     return 1 if failed else 0
 
 
-def _cases_beside(bundle: Path) -> list[Path]:
+def run_case_files(
+    bundle: CompiledBundle, case_paths: Sequence[Path], label: str, *, verbose: bool = False
+) -> int:
+    """Run each case file against ``bundle``, printing its report; how many cases failed.
+
+    ``test`` and ``sign`` (which refuses to sign when one fails) both run tests this way.
+    Raises ``BundleError`` for a case file that is malformed or names what is not there.
+    """
+    from policy_service.authoring.cases import check_case_targets, load_cases
+    from policy_service.authoring.runner import report, run_cases
+
+    failed = 0
+    for path in case_paths:
+        cases = load_cases(path)
+        check_case_targets(bundle, cases, str(path))
+        results = asyncio.run(run_cases(bundle, cases))
+        print(f"{path} against {label} (revision {bundle.revision})")
+        print(report(results, verbose=verbose))
+        failed += sum(1 for result in results if not result.passed)
+    return failed
+
+
+def cases_beside(bundle: Path) -> list[Path]:
+    """The policy tests that go with a bundle: NAME.cases.yaml beside NAME.yaml, or every
+    *.cases.yaml in a bundle directory."""
     if bundle.is_dir():
         return sorted(bundle.glob(f"*{CASES_SUFFIX}"))
     beside = bundle.with_name(bundle.name.removesuffix(bundle.suffix) + CASES_SUFFIX)
@@ -236,6 +261,8 @@ def _live_limiter(args: argparse.Namespace) -> RateLimiter:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
+    if args.write:
+        return _write_schemas(Path(args.write))
     if args.cases:
         from policy_service.authoring.cases import cases_schema_text
 
@@ -244,6 +271,35 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     from policy_service.bundles.schema import bundle_schema_text
 
     sys.stdout.write(bundle_schema_text())
+    return 0
+
+
+def _write_schemas(folder: Path) -> int:
+    """The schemas beside the policy, and its YAML files pointed at them by a plain file
+    name: a relative path into the repository (the examples' own) breaks once the folder is
+    copied elsewhere, and a path into this install breaks with the next one."""
+    from policy_service.authoring.cases import cases_schema_text
+    from policy_service.bundles.schema import bundle_schema_text
+
+    if not folder.is_dir():
+        raise ConfigError(f"--write {folder}: not a folder")
+    try:
+        (folder / BUNDLE_SCHEMA_FILE).write_text(bundle_schema_text(), encoding="utf-8")
+        (folder / CASES_SCHEMA_FILE).write_text(cases_schema_text(), encoding="utf-8")
+        print(f"wrote {folder / BUNDLE_SCHEMA_FILE} and {folder / CASES_SCHEMA_FILE}")
+        for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+            lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+            # Only a line that names one of our schemas: any other YAML is left alone.
+            if not lines or not lines[0].startswith(SCHEMA_COMMENT):
+                continue
+            named = lines[0].removeprefix(SCHEMA_COMMENT).strip().rsplit("/", 1)[-1]
+            if named not in (BUNDLE_SCHEMA_FILE, CASES_SCHEMA_FILE):
+                continue
+            lines[0] = f"{SCHEMA_COMMENT}{named}\n"
+            path.write_text("".join(lines), encoding="utf-8")
+            print(f"{path}: $schema={named}")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--write {folder}: {exc}") from None
     return 0
 
 

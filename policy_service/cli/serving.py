@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,9 @@ from policy_service.event_loop import EventLoop
 log = logging.getLogger("policy_service.serve")
 
 if TYPE_CHECKING:
-    from policy_service.bundles.reload import BundleLoad
+    from policy_service.bundles.reload import BundleLoad, BundleLoaded
+    from policy_service.bundles.rollback import RollbackGuard
+    from policy_service.bundles.signing import BundleVerificationKey
     from policy_service.bundles.sources import BundleSource
     from policy_service.cli.flags import Commands
     from policy_service.policy.model import CompiledBundle
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
 
 
 def register(commands: Commands) -> None:
+    from policy_service.bundles.rollback import STATE_DIR_ENV_VAR
     from policy_service.bundles.sources import BUNDLE_TOKEN_ENV_VAR
 
     serve = commands.add_parser("serve", help="run the ext_authz gRPC service")
@@ -67,6 +71,20 @@ def register(commands: Commands) -> None:
         action="append",
         help="refuse any bundle not signed by this key, at start and on every reload; "
         "repeat it to accept several keys while rotating (the signature's key id picks one)",
+    )
+    serve.add_argument(
+        "--rollback-state",
+        metavar="FILE",
+        help="with --verify-key: where the signing time of the newest bundle served is kept, "
+        "so a bundle signed earlier is refused, across restarts too (default: a file per "
+        f"bundle location in ${STATE_DIR_ENV_VAR}, else $XDG_STATE_HOME/policy-service, "
+        "else ~/.local/state/policy-service)",
+    )
+    serve.add_argument(
+        "--allow-rollback",
+        action="store_true",
+        help="start with this bundle even if it was signed before the newest one served "
+        "(an intended rollback; logged); reloads stay protected",
     )
     serve.add_argument(
         "--dry-run-bundle",
@@ -140,6 +158,7 @@ def _serve(args: argparse.Namespace, channel: SupervisorChannel | None) -> int:
         ids = ", ".join(key.key_id for key in keys)
         log.info("bundle signatures: verified with %d key(s): %s", len(keys), ids)
     load = enforced_load = bundle_loader(keys, os.environ)
+    guard = _rollback_guard(args, keys, quiet=channel is not None)
     if workers > 1 and redis_settings_from_args(args) is None:
         from policy_service.workers.worker import refuse_in_process_limits
 
@@ -155,6 +174,16 @@ def _serve(args: argparse.Namespace, channel: SupervisorChannel | None) -> int:
         return source, bundle
 
     source, bundle = first_load(args.bundle, enforced_load)
+    if guard is not None:
+        # The workers of serve --workers only check: the supervisor applied the flag once,
+        # and a worker it restarts later must not lower the floor again.
+        if args.allow_rollback and channel is None:
+            guard.allow(bundle)
+        else:
+            guard.check(bundle, source.location)
+        guard.accepted(bundle)  # a state file that cannot be written stops the start
+        # Reloads are refused below the floor, and raise it as they serve.
+        enforced_load = guard.guarded(enforced_load)
     dry_run_source = dry_run_bundle = None
     if args.dry_run_bundle:
         # Checked like the enforced bundle (signature included): it is policy too.
@@ -189,8 +218,12 @@ def _serve(args: argparse.Namespace, channel: SupervisorChannel | None) -> int:
         args, os.environ, audit_lock_fd=channel.seat.audit_lock_fd if channel else None
     )
 
-    def watched(source: BundleSource, load: BundleLoad) -> BundleWatch:
-        return BundleWatch(source, load, watch=args.watch, interval_seconds=args.poll_interval)
+    def watched(
+        source: BundleSource, load: BundleLoad, loaded: BundleLoaded | None = None
+    ) -> BundleWatch:
+        return BundleWatch(
+            source, load, watch=args.watch, interval_seconds=args.poll_interval, loaded=loaded
+        )
 
     async def run() -> None:
         # Built on the loop that serves: grpc.aio and the Redis client bind to it.
@@ -198,7 +231,7 @@ def _serve(args: argparse.Namespace, channel: SupervisorChannel | None) -> int:
             bundle,
             service,
             trail,
-            watch=watched(source, enforced_load),
+            watch=watched(source, enforced_load, guard.accepted if guard else None),
             dry_run=(
                 (dry_run_bundle, watched(dry_run_source, load))
                 if dry_run_source is not None and dry_run_bundle is not None
@@ -209,6 +242,31 @@ def _serve(args: argparse.Namespace, channel: SupervisorChannel | None) -> int:
 
     event_loop.run(run(), EventLoop(args.event_loop) if args.event_loop else None)
     return 0
+
+
+def _rollback_guard(
+    args: argparse.Namespace, keys: Sequence[BundleVerificationKey], *, quiet: bool
+) -> RollbackGuard | None:
+    """Rollback protection, for signed bundles only: an unsigned bundle's time is anyone's."""
+    from policy_service.bundles.rollback import RollbackGuard, default_state_file
+
+    if not keys:
+        if args.allow_rollback or args.rollback_state:
+            flag = "--allow-rollback" if args.allow_rollback else "--rollback-state"
+            raise ConfigError(
+                f"{flag} needs --verify-key: rollback protection orders bundles by their "
+                "signing time, and only a verified signature gives one"
+            )
+        return None
+    if args.rollback_state:
+        state_file = Path(args.rollback_state)
+    else:
+        state_file = default_state_file(args.bundle, os.environ)
+    guard = RollbackGuard.open(state_file)
+    if not quiet:  # said once, by the process the operator started
+        floor = guard.floor.describe() if guard.floor else "none yet"
+        log.info("rollback protection: state in %s, newest served: %s", state_file, floor)
+    return guard
 
 
 def _supervise(

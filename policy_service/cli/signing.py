@@ -1,7 +1,8 @@
 """The `keygen`, `sign` and `verify` commands: how a security team ships signed bundles.
 
 policy-service keygen OUT_PREFIX [--algorithm ed25519|es256]   (never inside a bundle directory)
-policy-service sign BUNDLE --key PRIVATE.pem [--archive OUT.tar.gz]
+policy-service sign BUNDLE --key PRIVATE.pem [--archive OUT.tar.gz] [--skip-tests]
+                                                    (runs the bundle's policy tests first)
 policy-service verify BUNDLE --key PUBLIC.pem [--key PUBLIC.pem...]
                                                     (BUNDLE: file, directory or .tar.gz)
 """
@@ -21,6 +22,7 @@ _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 
 if TYPE_CHECKING:
     from policy_service.cli.flags import Commands
+    from policy_service.policy.model import CompiledBundle
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
@@ -96,6 +98,8 @@ def _cmd_sign(args: argparse.Namespace) -> int:
         print(f"policy-service sign: {exc}", file=sys.stderr)
         print(f"policy-service sign: {args.bundle} was not signed", file=sys.stderr)
         return 1
+    if not _policy_tests_pass(args, bundle):
+        return 1
     signature = sign_bundle(files, key, revision=bundle.revision)
     signature_path = _entry_directory(files) / signature_name(files)
     _write_replacing(signature_path, signature)
@@ -109,6 +113,37 @@ def _cmd_sign(args: argparse.Namespace) -> int:
         _write_replacing(Path(args.archive), pack_bundle(files))
         print(f"archive: {args.archive}")
     return 0
+
+
+def _policy_tests_pass(args: argparse.Namespace, bundle: CompiledBundle) -> bool:
+    """The bundle's own tests, as ``test`` finds and runs them: a signature vouches for a
+    bundle, and one that fails its own tests should not be vouched for by accident."""
+    from policy_service.cli.authoring import CASES_SUFFIX, cases_beside, run_case_files
+
+    def say(message: str) -> None:
+        print(f"policy-service sign: {message}", file=sys.stderr)
+
+    if args.skip_tests:
+        say(f"--skip-tests: the policy tests of {args.bundle} were not run")
+        return True
+    case_paths = cases_beside(Path(args.bundle))
+    if not case_paths:
+        say(f"note: no policy tests beside {args.bundle} (*{CASES_SUFFIX}) to run before signing")
+        return True
+    try:
+        failed = run_case_files(bundle, case_paths, args.bundle)
+    except BundleError as exc:
+        say(str(exc))
+        say(f"{args.bundle} was not signed")
+        return False
+    if failed:
+        case_word = "case fails" if failed == 1 else "cases fail"
+        say(
+            f"{failed} policy test {case_word}, so {args.bundle} was not signed; see "
+            f"policy-service test {args.bundle} (or sign with --skip-tests to sign it anyway)"
+        )
+        return False
+    return True
 
 
 def _entry_directory(files: BundleFiles) -> Path:
@@ -172,10 +207,16 @@ def register(commands: Commands) -> None:
     )
     keygen.set_defaults(run=_cmd_keygen)
 
-    sign = commands.add_parser("sign", help="lint a bundle, then sign it")
+    sign = commands.add_parser("sign", help="lint a bundle, run its policy tests, then sign it")
     sign.add_argument("bundle", metavar="BUNDLE", help="a bundle YAML file or directory")
     sign.add_argument("--key", required=True, help="PEM private key (from keygen)")
     sign.add_argument("--archive", metavar="OUT.tar.gz", help="also write a signed archive")
+    sign.add_argument(
+        "--skip-tests",
+        action="store_true",
+        help="sign without running the bundle's policy tests (which are run by default, as "
+        "`test` runs them, and a failing case refuses the signature)",
+    )
     sign.set_defaults(run=_cmd_sign)
 
     verify = commands.add_parser("verify", help="check a bundle's signature, then load it")

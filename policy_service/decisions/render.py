@@ -111,7 +111,9 @@ def _data(deny: Deny) -> dict[str, Any]:
     if deny.required_scopes:
         data["scopes"] = list(deny.required_scopes)
         data["missing_scopes"] = list(deny.missing_scopes)
-    if deny.rule:
+    if deny.rule and deny.upstream is not None and deny.upstream.expose_rule_names:
+        # Only when the bundle says so: a rule's name tells the refused caller about the
+        # policy. The audit event names it either way.
         data["rule"] = deny.rule
     if deny.upstream is not None and deny.kind in (
         DenyKind.MISSING_CREDENTIAL,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 
 from policy_service.identity.config import ApiKeyEntry, IssuerConfig
@@ -102,6 +103,9 @@ class UpstreamPolicy:
     dry_run_rules: frozenset[str] = frozenset()  # names of the rules that only record
     webhooks: WebhookPolicy = field(default_factory=WebhookPolicy)  # A2A push webhook URLs
     responses: ResponsePolicy = field(default_factory=ResponsePolicy)  # its answers (MCP only)
+    # The bundle's gateway.expose_rule_names, on each upstream because a denial is rendered
+    # from what it carries, and it carries its upstream.
+    expose_rule_names: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +132,9 @@ class CompiledBundle:
     metadata_documents: Mapping[str, bytes] = field(default_factory=dict)
     limits: tuple[CompiledLimit, ...] = ()
     audit: AuditPolicy = AuditPolicy()
+    # When its verified signature says it was signed; None for a bundle loaded unverified.
+    # Rollback protection orders bundles by it (bundles.rollback).
+    signed_at: datetime | None = None
 
     def route(self, path: str, context_extensions: Mapping[str, str]) -> UpstreamPolicy | None:
         """The upstream a request is for: Envoy's per-route tag first, then the path prefix."""

@@ -83,15 +83,19 @@ class AnswerGuard:
             )
         except SharedStateUnavailableError:
             return _STATE_UNAVAILABLE
-        if verdict is SessionVerdict.OWNED:
-            return None
-        if verdict is SessionVerdict.FOREIGN:
-            message = "this session belongs to another principal; start a new session"
-        else:
-            message = "this session is unknown or has ended; start a new session"
         # 404: what MCP clients read as "session gone, initialize again"; it tells a caller
         # replaying another's session id nothing about that session.
-        return GuardRefusal(verdict.value, message, 404)
+        if verdict is SessionVerdict.FOREIGN:
+            return GuardRefusal(
+                "session_principal_mismatch",
+                "this session belongs to another principal; start a new session",
+                404,
+            )
+        if verdict is SessionVerdict.UNKNOWN:
+            return GuardRefusal(
+                "session_unknown", "this session is unknown or has ended; start a new session", 404
+            )
+        return None
 
     async def tool_refusal(self, upstream: UpstreamPolicy, tool: str) -> GuardRefusal | None:
         """Under ``enforce``: a refusal for a tool with no pin, or whose definition was

@@ -10,10 +10,11 @@ and stop what they started.
 from __future__ import annotations
 
 import json
+import os
 import re
-import shutil
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from tests.support.readme import (
     block,
     copy_working_tree,
     envoy_snippet,
+    new_terminal_env,
     output_block_after,
     run_block,
 )
@@ -171,16 +173,31 @@ def test_the_tracing_command_traces_envoy_and_the_service_in_one_trace(
     assert check_spans[0].trace_id in envoy_traces
 
 
+@dataclass(frozen=True)
+class Home:
+    """The walkthrough's home folder, outside the repository: ``~/my-policy``, ``~/my-keys``."""
+
+    path: Path
+    clone: Path
+
+    @property
+    def policy(self) -> Path:
+        return self.path / "my-policy"
+
+    @property
+    def env(self) -> dict[str, str]:
+        # Its own home, and the clone's venv on PATH as the walkthrough's first line puts it
+        # (later blocks run in the same terminal).
+        path = f"{self.clone / '.venv' / 'bin'}{os.pathsep}{new_terminal_env()['PATH']}"
+        return {"HOME": str(self.path), "PATH": path}
+
+
 @pytest.fixture
-def my_policy(clone: Path) -> Iterator[Path]:
-    """The walkthrough's working copy, gone again afterwards so any order works."""
-    work = clone / "my-policy"
-    keys = clone / "my-keys"  # the walkthrough's keygen writes there, outside the bundle
-    for folder in (work, keys):
-        shutil.rmtree(folder, ignore_errors=True)
-    yield work
-    for folder in (work, keys):
-        shutil.rmtree(folder, ignore_errors=True)
+def home(clone: Path, tmp_path_factory: pytest.TempPathFactory) -> Home:
+    """A home folder of its own for the walkthrough, outside the clone, gone with the test."""
+    folder = tmp_path_factory.mktemp("home")
+    assert not folder.resolve().is_relative_to(clone.resolve())
+    return Home(folder, clone)
 
 
 def metric(name: str) -> str:
@@ -189,27 +206,37 @@ def metric(name: str) -> str:
 
 
 def test_the_security_walkthrough_takes_an_edit_live_and_refuses_a_tampered_bundle(
-    clone: Path, my_policy: Path, tmp_path: Path
+    clone: Path, home: Home, tmp_path: Path
 ) -> None:
     walkthrough = block("walkthrough")
     lines = walkthrough.strip().splitlines()
-    assert lines[0].startswith("cp -r examples/finance my-policy && cd my-policy")
+    assert lines[0].startswith(". .venv/bin/activate")
+    assert lines[1].startswith("cp -r examples/finance ~/my-policy && cd ~/my-policy")
     assert lines[-1].rstrip().endswith("&"), "the walkthrough's last line serves in the background"
+    my_policy = home.policy
     # As pasted into a terminal that stays open: the shell waits for the background serve.
-    session = Background(walkthrough + "wait\n", clone, tmp_path / "walkthrough.log")
+    # Its home is outside the repository, so the policy folder is too.
+    session = Background(
+        walkthrough + "wait\n", clone, tmp_path / "walkthrough.log", {"HOME": str(home.path)}
+    )
     try:
         session.wait_for(SERVING, timeout=120)
         output = session.output
         assert "bundle.yaml: ok (revision finance-2026-11-21" in output
-        assert "11 passed, 0 failed" in output
+        assert output.count("11 passed, 0 failed") == 2, output  # test, then sign's own run
         assert (my_policy / "bundle.yaml.sig").is_file()
         # The key pair lives outside the policy folder, so it can never ship with the bundle.
-        assert (clone / "my-keys" / "signing.key").is_file()
+        assert (home.path / "my-keys" / "signing.key").is_file()
         assert not [path for path in my_policy.rglob("*") if path.suffix in (".key", ".pub")]
+        # Editors find the schemas wherever the folder lives: beside it, by a plain name.
+        for name, schema in (("bundle.yaml", "bundle"), ("bundle.cases.yaml", "cases")):
+            first = (my_policy / name).read_text().splitlines()[0]
+            assert first == f"# yaml-language-server: $schema={schema}.schema.json", first
+            assert json.loads((my_policy / f"{schema}.schema.json").read_text())
         assert 'revision="finance-2026-11-21"' in metric("policy_service_bundle_info")
 
         # Then, as the README says: edit, and run lint, test and sign again.
-        resign = "\n".join(line.split("  #", 1)[0] for line in lines[2:5])
+        resign = "\n".join(line.split("  #", 1)[0] for line in lines[4:7])
         assert [line.split()[1] for line in resign.splitlines()] == ["lint", "test", "sign"]
         bundle = my_policy / "bundle.yaml"
         bundle.write_text(
@@ -217,7 +244,7 @@ def test_the_security_walkthrough_takes_an_edit_live_and_refuses_a_tampered_bund
             .replace("revision: finance-2026-11-21", "revision: finance-2026-11-22")
             .replace("args.quantity > 1000", "args.quantity > 500")
         )
-        signed = run_block(resign, my_policy)
+        signed = run_block(resign, my_policy, env=home.env)
         assert signed.returncode == 0, signed.stdout + signed.stderr
         session.wait_for(
             "bundle revision finance-2026-11-21 -> finance-2026-11-22 loaded from bundle.yaml"
@@ -233,15 +260,24 @@ def test_the_security_walkthrough_takes_an_edit_live_and_refuses_a_tampered_bund
         loads = metric("policy_service_bundle_loads_total")
         assert re.search(r'result="failed"\} 1\.0', loads), loads
         assert re.search(r'result="ok"\} 2\.0', loads), loads
+
+        # And sign, as the README says, refuses that edit: a case of the bundle's fails.
+        refused = run_block(lines[6].split("  #", 1)[0], my_policy, env=home.env)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert refused.stderr == (
+            "policy-service sign: 1 policy test case fails, so bundle.yaml was not signed; see "
+            "policy-service test bundle.yaml (or sign with --skip-tests to sign it anyway)\n"
+        )
+        assert refused.stderr.strip() in README.read_text().replace("`", "")
     finally:
         # A shell starts background jobs with SIGINT ignored: SIGTERM, as a supervisor would.
         session.terminate()
 
 
-def test_explain_prints_what_the_readme_shows(clone: Path, my_policy: Path) -> None:
-    copied = run_block("cp -r examples/finance my-policy", clone)
+def test_explain_prints_what_the_readme_shows(clone: Path, home: Home) -> None:
+    copied = run_block("cp -r examples/finance ~/my-policy", clone, env=home.env)
     assert copied.returncode == 0, copied.stderr
-    result = run_block(block("explain"), my_policy)
+    result = run_block(block("explain"), home.policy, env=home.env)
     assert result.returncode == 0, result.stdout + result.stderr
     shown = output_block_after("explain").splitlines()
     assert len(shown) > 5

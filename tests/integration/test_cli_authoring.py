@@ -144,3 +144,40 @@ def test_schema_cases_prints_the_case_file_schema() -> None:
     assert schema["$id"] == "https://policy-service.dev/schemas/cases/v1/cases.schema.json"
     shipped = ROOT / "policy_service/gen/policy_service/cases/v1/cases.schema.json"
     assert schema == json.loads(shipped.read_text())
+
+
+def test_schema_write_puts_the_schemas_beside_a_copied_policy_and_points_at_them(
+    tmp_path: Path,
+) -> None:
+    policy = tmp_path / "my-policy"
+    shutil.copytree(FINANCE, policy)
+    # A YAML file of the team's own naming another schema is left as it is.
+    other = policy / "compose.yaml"
+    other.write_text("# yaml-language-server: $schema=https://example.com/compose.json\na: 1\n")
+    before = (policy / "bundle.yaml").read_text().splitlines()
+
+    result = run("schema", "--write", str(policy))
+
+    assert result.returncode == 0, result.stderr
+    for name, schema, flags in (
+        ("bundle.yaml", "bundle.schema.json", ()),
+        ("bundle.cases.yaml", "cases.schema.json", ("--cases",)),
+    ):
+        lines = (policy / name).read_text().splitlines()
+        assert lines[0] == f"# yaml-language-server: $schema={schema}"
+        assert (policy / schema).read_text() == run("schema", *flags).stdout
+        assert f"{policy / name}: $schema={schema}" in result.stdout
+    assert (policy / "bundle.yaml").read_text().splitlines()[1:] == before[1:]
+    assert before[0].endswith(
+        "../../policy_service/gen/policy_service/bundle/v1/bundle.schema.json"
+    )
+    assert other.read_text().startswith("# yaml-language-server: $schema=https://example.com/")
+    # Still the same policy: its tests pass where it now lives.
+    assert run("test", str(policy / "bundle.yaml")).returncode == 0
+
+
+def test_schema_write_wants_a_folder(tmp_path: Path) -> None:
+    result = run("schema", "--write", str(tmp_path / "absent"))
+    assert result.returncode == 1
+    assert "--write" in result.stderr
+    assert "not a folder" in result.stderr

@@ -287,3 +287,89 @@ def test_verify_accepts_a_bundle_signed_by_any_of_its_keys_while_rotating(
         f"  {bundle.path}: the bundle was signed by key '{new_id}', not by the verification "
         f"key '{old_id}'\n"
     )
+
+
+# --- sign runs the bundle's own policy tests -----------------------------------------------
+
+FINANCE = Path(__file__).parent.parent.parent / "examples" / "finance"
+
+
+def finance_copy(tmp_path: Path, *, analysts_may_trade: bool = False) -> Path:
+    """The finance example with its tests beside it; optionally broken so one case fails."""
+    copy = tmp_path / "policy"
+    shutil.copytree(FINANCE, copy)
+    if analysts_may_trade:
+        bundle = copy / "bundle.yaml"
+        text = bundle.read_text()
+        assert text.count("scopes: [fininfo:trade]") == 1
+        bundle.write_text(text.replace("scopes: [fininfo:trade]", "scopes: []"))
+    return copy / "bundle.yaml"
+
+
+def test_sign_runs_the_policy_tests_beside_the_bundle_first(tmp_path: Path) -> None:
+    keygen(tmp_path / "signer")
+    bundle = finance_copy(tmp_path)
+
+    result = run("sign", str(bundle), "--key", str(tmp_path / "signer.key"))
+
+    assert result.returncode == 0, result.stderr
+    assert f"{bundle.with_name('bundle.cases.yaml')} against {bundle}" in result.stdout
+    assert "\n11 passed, 0 failed\nsigned " in result.stdout
+    assert result.stderr == ""
+    assert (bundle.parent / "bundle.yaml.sig").is_file()
+
+
+def test_sign_refuses_a_bundle_whose_policy_tests_fail(tmp_path: Path) -> None:
+    keygen(tmp_path / "signer")
+    bundle = finance_copy(tmp_path, analysts_may_trade=True)
+
+    result = run("sign", str(bundle), "--key", str(tmp_path / "signer.key"))
+
+    assert result.returncode == 1
+    assert "  FAIL  an analyst cannot trade" in result.stdout
+    assert result.stderr == (
+        f"policy-service sign: 1 policy test case fails, so {bundle} was not signed; see "
+        f"policy-service test {bundle} (or sign with --skip-tests to sign it anyway)\n"
+    )
+    assert not (bundle.parent / "bundle.yaml.sig").exists()
+
+
+def test_sign_skips_the_policy_tests_only_when_told_and_says_so(tmp_path: Path) -> None:
+    keygen(tmp_path / "signer")
+    bundle = finance_copy(tmp_path, analysts_may_trade=True)
+
+    result = run("sign", str(bundle), "--key", str(tmp_path / "signer.key"), "--skip-tests")
+
+    assert result.returncode == 0, result.stderr
+    assert "FAIL" not in result.stdout
+    assert result.stderr == (
+        f"policy-service sign: --skip-tests: the policy tests of {bundle} were not run\n"
+    )
+    assert (bundle.parent / "bundle.yaml.sig").is_file()
+
+
+def test_sign_without_policy_tests_signs_and_notes_it(tmp_path: Path) -> None:
+    keygen(tmp_path / "signer")
+    bundle = write_test_bundle(tmp_path).path
+
+    result = run("sign", str(bundle), "--key", str(tmp_path / "signer.key"))
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        f"policy-service sign: note: no policy tests beside {bundle} (*.cases.yaml) to run "
+        "before signing\n"
+    )
+    assert (tmp_path / "bundle.yaml.sig").is_file()
+
+
+def test_sign_refuses_a_malformed_case_file_beside_the_bundle(tmp_path: Path) -> None:
+    keygen(tmp_path / "signer")
+    bundle = finance_copy(tmp_path)
+    bundle.with_name("bundle.cases.yaml").write_text("cases: [\n")
+
+    result = run("sign", str(bundle), "--key", str(tmp_path / "signer.key"))
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("policy-service sign: case file is invalid (1 problem):")
+    assert result.stderr.endswith(f"policy-service sign: {bundle} was not signed\n")
+    assert not (bundle.parent / "bundle.yaml.sig").exists()

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from policy_service.bundles.loader import load_bundle
 from policy_service.decisions.model import Allow, Deny, DenyKind, Serve
 from policy_service.decisions.render import render_deny, render_serve
 from policy_service.pipeline import CheckPipeline
@@ -138,8 +139,56 @@ async def test_missing_scope_names_every_needed_scope(
         "reason": "insufficient_scope",
         "scopes": ["fininfo:trade"],
         "missing_scopes": ["fininfo:trade"],
-        "rule": "trade",  # the rule whose scopes are missing
+        # No "rule": clients are not told rule names unless the bundle says so.
     }
+    assert decision.rule == "trade"  # the audit event names it (test_trail checks it does)
+
+
+async def test_a_bundle_may_name_the_refusing_rule_to_clients(tmp_path: Path) -> None:
+    test_bundle = write_test_bundle(tmp_path, denial_style="jsonrpc")
+    test_bundle.path.write_text(
+        test_bundle.path.read_text() + "gateway:\n  expose_rule_names: true\n"
+    )
+    bundle = load_bundle(test_bundle.path)
+    assert all(upstream.expose_rule_names for upstream in bundle.upstreams)
+    state = BundleState.from_bundle(bundle)
+    await state.jwt.start()
+    try:
+        pipeline = CheckPipeline(state)
+        scope = await pipeline.check(
+            mcp_post(tool_call("place_trade"), token=test_bundle.token("fininfo:read"))
+        )
+        denied = await pipeline.check(
+            mcp_post(tool_call("halt_trading"), token=test_bundle.token("fininfo:read"))
+        )
+    finally:
+        await state.jwt.aclose()
+    assert isinstance(scope, Deny)
+    assert isinstance(denied, Deny)
+    assert json.loads(render_deny(scope).body)["error"]["data"]["rule"] == "trade"
+    assert json.loads(render_deny(denied).body)["error"]["data"] == {
+        "reason": "denied_by_rule",
+        "rule": "trading-off-hours",
+    }
+
+
+async def test_by_default_no_denial_names_a_rule_to_the_client(tmp_path: Path) -> None:
+    test_bundle = write_test_bundle(tmp_path, denial_style="jsonrpc")
+    assert not any(upstream.expose_rule_names for upstream in test_bundle.bundle.upstreams)
+    state = BundleState.from_bundle(test_bundle.bundle)
+    await state.jwt.start()
+    try:
+        denied = await CheckPipeline(state).check(
+            mcp_post(tool_call("halt_trading"), token=test_bundle.token("fininfo:read"))
+        )
+    finally:
+        await state.jwt.aclose()
+    assert isinstance(denied, Deny)
+    assert denied.rule == "trading-off-hours"
+    answer = render_deny(denied)
+    assert json.loads(answer.body)["error"]["data"] == {"reason": "denied_by_rule"}
+    assert b"trading-off-hours" not in answer.body
+    assert not any("trading-off-hours" in value for _, value in answer.headers)
 
 
 async def test_jsonrpc_denial_style_answers_200_with_the_request_id(tmp_path: Path) -> None:

@@ -35,14 +35,16 @@ class Audit(_message.Message):
     def __init__(self, include_arguments: _Optional[bool] = ..., redact_keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Gateway(_message.Message):
-    __slots__ = ("identity_header_prefix", "allowed_origins", "api_key_header")
+    __slots__ = ("identity_header_prefix", "allowed_origins", "api_key_header", "expose_rule_names")
     IDENTITY_HEADER_PREFIX_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_ORIGINS_FIELD_NUMBER: _ClassVar[int]
     API_KEY_HEADER_FIELD_NUMBER: _ClassVar[int]
+    EXPOSE_RULE_NAMES_FIELD_NUMBER: _ClassVar[int]
     identity_header_prefix: str
     allowed_origins: _containers.RepeatedScalarFieldContainer[str]
     api_key_header: str
-    def __init__(self, identity_header_prefix: _Optional[str] = ..., allowed_origins: _Optional[_Iterable[str]] = ..., api_key_header: _Optional[str] = ...) -> None: ...
+    expose_rule_names: bool
+    def __init__(self, identity_header_prefix: _Optional[str] = ..., allowed_origins: _Optional[_Iterable[str]] = ..., api_key_header: _Optional[str] = ..., expose_rule_names: _Optional[bool] = ...) -> None: ...
 
 class Issuer(_message.Message):
     __slots__ = ("name", "issuer", "jwks_url", "jwks_file", "algorithms", "audiences", "leeway_seconds", "hs256_secret_env", "jwks_cache_seconds")
