@@ -66,6 +66,12 @@ from policy_service.telemetry.tracing import (
 )
 
 _NO_CONTEXT = DenialContext()  # before the upstream is known: a plain JSON problem
+# What the response side's refusals are answered as, by the status each asks for.
+_GUARD_KINDS = {
+    403: DenyKind.FORBIDDEN,
+    404: DenyKind.SESSION_NOT_FOUND,
+    503: DenyKind.INTERNAL,
+}
 
 _REFUSAL_MESSAGES = {
     RefusalReason.CLIENT_NOT_ALLOWED: "this client is not allowed to use this upstream",
@@ -287,6 +293,7 @@ class CheckPipeline:
         if recording:
             policy_event(span, outcome, started)
         if isinstance(outcome, Refused):
+            record.condition_failure = outcome.condition_failure
             return _refusal(outcome, context)
         assert isinstance(outcome, Granted)
         if isinstance(parsed, A2aRequest) and parsed.push_urls:
@@ -297,12 +304,7 @@ class CheckPipeline:
         if answers.guards and isinstance(parsed, McpRequest):
             guarded = await self.guard.refusal(upstream, parsed, principal, outcome.targets)
             if guarded is not None:
-                return context.deny(
-                    DenyKind.FORBIDDEN,
-                    guarded.reason,
-                    guarded.message,
-                    http_status=guarded.status,
-                )
+                return context.deny(_GUARD_KINDS[guarded.status], guarded.reason, guarded.message)
 
         limited = NOTHING_MATCHED
         if bundle.limits and enforce_limits:

@@ -68,6 +68,8 @@ def audit_event(
             event["rules"] = [decision.rule]
         if decision.missing_scopes:
             event["missing_scopes"] = list(decision.missing_scopes)
+        if record.condition_failure is not None:
+            event["condition_error"] = record.condition_failure
 
     caller = _caller(request, record)
     if caller:

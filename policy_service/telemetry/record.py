@@ -47,6 +47,7 @@ class CheckRecord:
     principal: Principal | None = None
     limits: RateLimitResult | None = None
     dry_runs: tuple[DryRunRecord, ...] = ()
+    condition_failure: str | None = None  # why a condition failed, when that decided
 
     @classmethod
     def new(cls) -> CheckRecord:

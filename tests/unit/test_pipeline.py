@@ -446,3 +446,59 @@ def test_every_denial_kind_has_one_row_in_the_answer_table() -> None:
     from policy_service.decisions.model import ANSWERS
 
     assert set(ANSWERS) == set(DenyKind)
+
+
+async def test_a_failing_condition_that_decides_is_a_condition_error_with_its_why() -> None:
+    from policy_service.identity.principal import CredentialKind, Principal
+    from policy_service.pipeline import GivenPrincipal
+    from policy_service.telemetry.audit_event import audit_event
+    from policy_service.telemetry.facts import facts_of
+    from policy_service.telemetry.record import CheckRecord
+
+    finance = Path(__file__).parents[2] / "examples" / "finance" / "bundle.yaml"
+    bob = Principal("bob", "corp", "trading-desk", frozenset({"fininfo:trade"}), CredentialKind.JWT)
+    gateway = CheckPipeline(
+        BundleState.from_bundle(load_bundle(finance)), identity=GivenPrincipal(bob)
+    )
+    # A quantity that is a string: the large-orders deny rule's comparison fails.
+    request = mcp_post(
+        tool_call("place_trade", arguments={"symbol": "ACME", "side": "buy", "quantity": "10"}),
+        token="unused",
+    )
+    record = CheckRecord.new()
+    decision = await gateway.check(request, record)
+    assert isinstance(decision, Deny)
+    assert (decision.reason, decision.rule) == ("condition_error", "large-orders")
+    # The finance upstream answers policy denials as HTTP 200 + a JSON-RPC error.
+    assert json.loads(render_deny(decision).body)["error"]["data"]["reason"] == "condition_error"
+    event = audit_event(
+        request, decision, record, facts_of(record), latency_seconds=0, trace_id="", span_id=""
+    )
+    assert event["reason"] == "condition_error"
+    assert "overload" in event["condition_error"]  # names the operator and the types
+    assert '"10"' not in json.dumps(event)  # the value itself is never in the why
+
+
+async def test_a_session_refusal_is_a_404_even_where_denials_are_in_band(tmp_path: Path) -> None:
+    from policy_service.identity.principal import CredentialKind, Principal
+    from policy_service.pipeline import GivenPrincipal
+
+    bundle = write_test_bundle(
+        tmp_path, denial_style="jsonrpc", fininfo_responses="      sessions: {bind: true}\n"
+    )
+    alice = Principal("alice", "test-idp", "app", frozenset({"fininfo:read"}), CredentialKind.JWT)
+    bob = Principal("bob", "test-idp", "app", frozenset({"fininfo:read"}), CredentialKind.JWT)
+    state = BundleState.from_bundle(bundle.bundle)
+    as_alice = CheckPipeline(state, identity=GivenPrincipal(alice))
+    as_bob = CheckPipeline(state, identity=GivenPrincipal(bob), guard=as_alice.guard)
+    await as_alice.guard.sessions.bind("fininfo", "s-1", alice, 60)
+    request = mcp_post(tool_call("get_quote"), token="unused", headers={"mcp-session-id": "s-1"})
+
+    assert isinstance(await as_alice.check(request), Allow)
+    refused = await as_bob.check(request)
+    assert isinstance(refused, Deny)
+    assert refused.reason == "session_principal_mismatch"
+    answer = render_deny(refused)
+    # 404, never 200 + error: the client must drop the session and start a new one.
+    assert answer.status == 404
+    assert json.loads(answer.body)["error"]["data"]["reason"] == "session_principal_mismatch"

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#policy_service/audit/v1/audit.proto\x12\x17policy_service.audit.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\x04\n\nAuditEvent\x12\x0e\n\x06schema\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x03 \x01(\t\x12\x10\n\x08trace_id\x18\x04 \x01(\t\x12\x0f\n\x07span_id\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x17\n\x0f\x62undle_revision\x18\x07 \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x13\n\x0bhttp_status\x18\n \x01(\x05\x12\r\n\x05rules\x18\x0b \x03(\t\x12\x16\n\x0emissing_scopes\x18\x0c \x03(\t\x12\x0f\n\x07message\x18\r \x01(\t\x12/\n\x06\x63\x61ller\x18\x0e \x01(\x0b\x32\x1f.policy_service.audit.v1.Caller\x12/\n\x06target\x18\x0f \x01(\x0b\x32\x1f.policy_service.audit.v1.Target\x12=\n\nrate_limit\x18\x10 \x01(\x0b\x32).policy_service.audit.v1.RateLimitOutcome\x12\x12\n\nlatency_ms\x18\x11 \x01(\x01\x12\x30\n\x07\x64ry_run\x18\x12 \x03(\x0b\x32\x1f.policy_service.audit.v1.DryRun\x12/\n\x06\x61nswer\x18\x13 \x01(\x0b\x32\x1f.policy_service.audit.v1.Answer\"\xbb\x02\n\x06\x41nswer\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12;\n\x06hidden\x18\x02 \x03(\x0b\x32+.policy_service.audit.v1.Answer.HiddenEntry\x12?\n\x08redacted\x18\x03 \x03(\x0b\x32-.policy_service.audit.v1.Answer.RedactedEntry\x12\x32\n\x04pins\x18\x04 \x03(\x0b\x32$.policy_service.audit.v1.PinMismatch\x12\x0f\n\x07session\x18\x05 \x01(\t\x1a-\n\x0bHiddenEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a/\n\rRedactedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"9\n\x0bPinMismatch\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\t\"p\n\x06\x44ryRun\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06\x61grees\x18\x05 \x01(\x08\x12\x16\n\x0emissing_scopes\x18\x06 \x03(\t\"\x8e\x01\n\x06\x43\x61ller\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0e\n\x06issuer\x18\x02 \x01(\t\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12\x12\n\ncredential\x18\x04 \x01(\t\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12\x14\n\x0cpeer_address\x18\x06 \x01(\t\x12\x16\n\x0epeer_principal\x18\x07 \x01(\t\"\xb3\x01\n\x06Target\x12\x10\n\x08upstream\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\t\x12\x13\n\x0bhttp_method\x18\x03 \x01(\t\x12\x0c\n\x04path\x18\x04 \x01(\t\x12,\n\x05\x63\x61lls\x18\x05 \x03(\x0b\x32\x1d.policy_service.audit.v1.Call\x12\x16\n\x0emcp_session_id\x18\x06 \x01(\t\x12\x1c\n\x14mcp_protocol_version\x18\x07 \x01(\t\"r\n\x04\x43\x61ll\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x12\n\njsonrpc_id\x18\x04 \x01(\t\x12*\n\targuments\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"m\n\x10RateLimitOutcome\x12\x0f\n\x07verdict\x18\x01 \x01(\t\x12\x13\n\x0bstore_error\x18\x02 \x01(\t\x12\x33\n\x06limits\x18\x03 \x03(\x0b\x32#.policy_service.audit.v1.LimitState\"\x8b\x01\n\nLimitState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x11\n\tremaining\x18\x03 \x01(\x03\x12\r\n\x05limit\x18\x04 \x01(\x03\x12\x16\n\x0ewindow_seconds\x18\x05 \x01(\x03\x12\x16\n\x0eretry_after_ms\x18\x06 \x01(\x03\x12\x0e\n\x06shadow\x18\x07 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#policy_service/audit/v1/audit.proto\x12\x17policy_service.audit.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\x04\n\nAuditEvent\x12\x0e\n\x06schema\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x03 \x01(\t\x12\x10\n\x08trace_id\x18\x04 \x01(\t\x12\x0f\n\x07span_id\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x17\n\x0f\x62undle_revision\x18\x07 \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x13\n\x0bhttp_status\x18\n \x01(\x05\x12\r\n\x05rules\x18\x0b \x03(\t\x12\x16\n\x0emissing_scopes\x18\x0c \x03(\t\x12\x0f\n\x07message\x18\r \x01(\t\x12/\n\x06\x63\x61ller\x18\x0e \x01(\x0b\x32\x1f.policy_service.audit.v1.Caller\x12/\n\x06target\x18\x0f \x01(\x0b\x32\x1f.policy_service.audit.v1.Target\x12=\n\nrate_limit\x18\x10 \x01(\x0b\x32).policy_service.audit.v1.RateLimitOutcome\x12\x12\n\nlatency_ms\x18\x11 \x01(\x01\x12\x30\n\x07\x64ry_run\x18\x12 \x03(\x0b\x32\x1f.policy_service.audit.v1.DryRun\x12/\n\x06\x61nswer\x18\x13 \x01(\x0b\x32\x1f.policy_service.audit.v1.Answer\x12\x17\n\x0f\x63ondition_error\x18\x14 \x01(\t\"\xbb\x02\n\x06\x41nswer\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12;\n\x06hidden\x18\x02 \x03(\x0b\x32+.policy_service.audit.v1.Answer.HiddenEntry\x12?\n\x08redacted\x18\x03 \x03(\x0b\x32-.policy_service.audit.v1.Answer.RedactedEntry\x12\x32\n\x04pins\x18\x04 \x03(\x0b\x32$.policy_service.audit.v1.PinMismatch\x12\x0f\n\x07session\x18\x05 \x01(\t\x1a-\n\x0bHiddenEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a/\n\rRedactedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"9\n\x0bPinMismatch\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\t\"p\n\x06\x44ryRun\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06\x61grees\x18\x05 \x01(\x08\x12\x16\n\x0emissing_scopes\x18\x06 \x03(\t\"\x8e\x01\n\x06\x43\x61ller\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0e\n\x06issuer\x18\x02 \x01(\t\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12\x12\n\ncredential\x18\x04 \x01(\t\x12\x0e\n\x06scopes\x18\x05 \x03(\t\x12\x14\n\x0cpeer_address\x18\x06 \x01(\t\x12\x16\n\x0epeer_principal\x18\x07 \x01(\t\"\xb3\x01\n\x06Target\x12\x10\n\x08upstream\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\t\x12\x13\n\x0bhttp_method\x18\x03 \x01(\t\x12\x0c\n\x04path\x18\x04 \x01(\t\x12,\n\x05\x63\x61lls\x18\x05 \x03(\x0b\x32\x1d.policy_service.audit.v1.Call\x12\x16\n\x0emcp_session_id\x18\x06 \x01(\t\x12\x1c\n\x14mcp_protocol_version\x18\x07 \x01(\t\"r\n\x04\x43\x61ll\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x12\n\njsonrpc_id\x18\x04 \x01(\t\x12*\n\targuments\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"m\n\x10RateLimitOutcome\x12\x0f\n\x07verdict\x18\x01 \x01(\t\x12\x13\n\x0bstore_error\x18\x02 \x01(\t\x12\x33\n\x06limits\x18\x03 \x03(\x0b\x32#.policy_service.audit.v1.LimitState\"\x8b\x01\n\nLimitState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x11\n\tremaining\x18\x03 \x01(\x03\x12\r\n\x05limit\x18\x04 \x01(\x03\x12\x16\n\x0ewindow_seconds\x18\x05 \x01(\x03\x12\x16\n\x0eretry_after_ms\x18\x06 \x01(\x03\x12\x0e\n\x06shadow\x18\x07 \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,25 +38,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ANSWER_REDACTEDENTRY']._loaded_options = None
   _globals['_ANSWER_REDACTEDENTRY']._serialized_options = b'8\001'
   _globals['_AUDITEVENT']._serialized_start=128
-  _globals['_AUDITEVENT']._serialized_end=690
-  _globals['_ANSWER']._serialized_start=693
-  _globals['_ANSWER']._serialized_end=1008
-  _globals['_ANSWER_HIDDENENTRY']._serialized_start=914
-  _globals['_ANSWER_HIDDENENTRY']._serialized_end=959
-  _globals['_ANSWER_REDACTEDENTRY']._serialized_start=961
-  _globals['_ANSWER_REDACTEDENTRY']._serialized_end=1008
-  _globals['_PINMISMATCH']._serialized_start=1010
-  _globals['_PINMISMATCH']._serialized_end=1067
-  _globals['_DRYRUN']._serialized_start=1069
-  _globals['_DRYRUN']._serialized_end=1181
-  _globals['_CALLER']._serialized_start=1184
-  _globals['_CALLER']._serialized_end=1326
-  _globals['_TARGET']._serialized_start=1329
-  _globals['_TARGET']._serialized_end=1508
-  _globals['_CALL']._serialized_start=1510
-  _globals['_CALL']._serialized_end=1624
-  _globals['_RATELIMITOUTCOME']._serialized_start=1626
-  _globals['_RATELIMITOUTCOME']._serialized_end=1735
-  _globals['_LIMITSTATE']._serialized_start=1738
-  _globals['_LIMITSTATE']._serialized_end=1877
+  _globals['_AUDITEVENT']._serialized_end=715
+  _globals['_ANSWER']._serialized_start=718
+  _globals['_ANSWER']._serialized_end=1033
+  _globals['_ANSWER_HIDDENENTRY']._serialized_start=939
+  _globals['_ANSWER_HIDDENENTRY']._serialized_end=984
+  _globals['_ANSWER_REDACTEDENTRY']._serialized_start=986
+  _globals['_ANSWER_REDACTEDENTRY']._serialized_end=1033
+  _globals['_PINMISMATCH']._serialized_start=1035
+  _globals['_PINMISMATCH']._serialized_end=1092
+  _globals['_DRYRUN']._serialized_start=1094
+  _globals['_DRYRUN']._serialized_end=1206
+  _globals['_CALLER']._serialized_start=1209
+  _globals['_CALLER']._serialized_end=1351
+  _globals['_TARGET']._serialized_start=1354
+  _globals['_TARGET']._serialized_end=1533
+  _globals['_CALL']._serialized_start=1535
+  _globals['_CALL']._serialized_end=1649
+  _globals['_RATELIMITOUTCOME']._serialized_start=1651
+  _globals['_RATELIMITOUTCOME']._serialized_end=1760
+  _globals['_LIMITSTATE']._serialized_start=1763
+  _globals['_LIMITSTATE']._serialized_end=1902
 # @@protoc_insertion_point(module_scope)

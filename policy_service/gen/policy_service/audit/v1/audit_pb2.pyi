@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AuditEvent(_message.Message):
-    __slots__ = ("schema", "time", "decision_id", "trace_id", "span_id", "request_id", "bundle_revision", "decision", "reason", "http_status", "rules", "missing_scopes", "message", "caller", "target", "rate_limit", "latency_ms", "dry_run", "answer")
+    __slots__ = ("schema", "time", "decision_id", "trace_id", "span_id", "request_id", "bundle_revision", "decision", "reason", "http_status", "rules", "missing_scopes", "message", "caller", "target", "rate_limit", "latency_ms", "dry_run", "answer", "condition_error")
     SCHEMA_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class AuditEvent(_message.Message):
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
+    CONDITION_ERROR_FIELD_NUMBER: _ClassVar[int]
     schema: str
     time: _timestamp_pb2.Timestamp
     decision_id: str
@@ -50,7 +51,8 @@ class AuditEvent(_message.Message):
     latency_ms: float
     dry_run: _containers.RepeatedCompositeFieldContainer[DryRun]
     answer: Answer
-    def __init__(self, schema: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decision_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., span_id: _Optional[str] = ..., request_id: _Optional[str] = ..., bundle_revision: _Optional[str] = ..., decision: _Optional[str] = ..., reason: _Optional[str] = ..., http_status: _Optional[int] = ..., rules: _Optional[_Iterable[str]] = ..., missing_scopes: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., caller: _Optional[_Union[Caller, _Mapping]] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., rate_limit: _Optional[_Union[RateLimitOutcome, _Mapping]] = ..., latency_ms: _Optional[float] = ..., dry_run: _Optional[_Iterable[_Union[DryRun, _Mapping]]] = ..., answer: _Optional[_Union[Answer, _Mapping]] = ...) -> None: ...
+    condition_error: str
+    def __init__(self, schema: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decision_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., span_id: _Optional[str] = ..., request_id: _Optional[str] = ..., bundle_revision: _Optional[str] = ..., decision: _Optional[str] = ..., reason: _Optional[str] = ..., http_status: _Optional[int] = ..., rules: _Optional[_Iterable[str]] = ..., missing_scopes: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., caller: _Optional[_Union[Caller, _Mapping]] = ..., target: _Optional[_Union[Target, _Mapping]] = ..., rate_limit: _Optional[_Union[RateLimitOutcome, _Mapping]] = ..., latency_ms: _Optional[float] = ..., dry_run: _Optional[_Iterable[_Union[DryRun, _Mapping]]] = ..., answer: _Optional[_Union[Answer, _Mapping]] = ..., condition_error: _Optional[str] = ...) -> None: ...
 
 class Answer(_message.Message):
     __slots__ = ("status", "hidden", "redacted", "pins", "session")
