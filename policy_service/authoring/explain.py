@@ -8,13 +8,14 @@ so explaining a request never spends anybody's budget.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from policy_service.authoring.cases import Call, Caller
+from policy_service.authoring.condition_view import ConditionView, view_condition
 from policy_service.authoring.runner import Outcome, http_request_for, outcome_of
 from policy_service.authoring.runner import principal_for as case_principal
-from policy_service.authorization.policy import RuleStep, authorize
+from policy_service.authorization.policy import RuleStep, authorize, condition_inputs
 from policy_service.identity.principal import Principal
 from policy_service.pipeline import CheckPipeline, GivenPrincipal
 from policy_service.policy.conditions import ConditionFailure
@@ -44,6 +45,8 @@ class Explanation:
     limits: tuple[LimitView, ...]
     limits_source: str  # "fresh buckets" or "live buckets"
     limits_unavailable: str | None = None
+    # Each evaluated condition taken apart, by the index of its step.
+    conditions: Mapping[int, ConditionView] = field(default_factory=dict)
 
 
 async def explain(
@@ -71,8 +74,14 @@ async def explain(
         steps: list[tuple[CallTarget, RuleStep]] = []
         views: tuple[LimitView, ...] = ()
         unavailable = None
+        conditions: dict[int, ConditionView] = {}
         if principal is not None:
             authorize(upstream, principal, record.parsed, http=request, steps=steps)
+            redact = bundle.audit.redact_keys
+            for index, (target, step) in enumerate(steps):
+                if step.condition is not None and step.rule.condition is not None:
+                    inputs = condition_inputs(upstream, principal, request, target)
+                    conditions[index] = view_condition(step.rule.condition, inputs, redact)
             targets = call_targets(record.parsed)
             claims = claims_for(bundle.limits, upstream.name, principal, targets)
             if claims:
@@ -95,6 +104,7 @@ async def explain(
             views,
             "live buckets" if live_limiter is not None else "fresh buckets",
             unavailable,
+            conditions,
         )
     finally:
         await state.jwt.aclose()
@@ -118,7 +128,7 @@ def render(explanation: Explanation) -> str:
         lines.append(f"missing scopes: {' '.join(outcome.missing_scopes)}")
     if explanation.steps:
         lines.append("rules (in order, until one applies)")
-        lines.extend(_step_lines(explanation.steps, explanation.principal))
+        lines.extend(_step_lines(explanation.steps, explanation.principal, explanation.conditions))
     elif explanation.principal is not None and upstream.rules:
         lines.append("rules      not reached")
     for dry_run in outcome.dry_runs:
@@ -143,7 +153,9 @@ def _caller_line(principal: Principal | None) -> str:
 
 
 def _step_lines(
-    steps: Sequence[tuple[CallTarget, RuleStep]], principal: Principal | None
+    steps: Sequence[tuple[CallTarget, RuleStep]],
+    principal: Principal | None,
+    conditions: Mapping[int, ConditionView],
 ) -> list[str]:
     lines: list[str] = []
     for position, (_, step) in enumerate(steps, start=1):
@@ -159,6 +171,23 @@ def _step_lines(
         else:
             parts.append("-> does not apply")
         lines.append(", ".join(parts))
+        view = conditions.get(position - 1)
+        if view is not None:
+            lines.extend(_condition_lines(view))
+    return lines
+
+
+def _condition_lines(view: ConditionView) -> list[str]:
+    lines = []
+    if view.values:
+        read = ", ".join(f"{name} = {value}" for name, value in view.values)
+        lines.append(f"       read: {read}")
+    for index, part in enumerate(view.parts):
+        decided = "  <- decides" if index == view.deciding else ""
+        lines.append(
+            f"       {view.operator if index else '  '} {part.source}: "
+            f"{_condition_text(part.result)}{decided}"
+        )
     return lines
 
 

@@ -124,6 +124,13 @@ class _ConditionInputs:
         )
 
 
+def condition_inputs(
+    upstream: UpstreamPolicy, principal: Principal, http: HttpRequest | None, target: CallTarget
+) -> ConditionInputs:
+    """What the conditions of ``upstream`` read for ``target``, as a check builds it."""
+    return _ConditionInputs(upstream, principal, http).for_target(target)
+
+
 def authorize(
     upstream: UpstreamPolicy,
     principal: Principal,
