@@ -51,6 +51,7 @@ class BodyMode(StrEnum):
 class HeadersOutcome:
     body: BodyMode
     remove_headers: tuple[str, ...] = ()
+    set_headers: tuple[tuple[str, str], ...] = ()
 
 
 class ResponsePipeline:
@@ -91,7 +92,6 @@ class AnswerProcessing:
         self._limit = upstream.responses.max_body_bytes
         self._held = bytearray()
         self._sse = SseSplitter()
-        self._skipping_event = False  # an SSE event over the limit: its rest is dropped
         self._started = time.perf_counter()
 
     # --- headers ---------------------------------------------------------------------
@@ -109,9 +109,13 @@ class AnswerProcessing:
             self.mode = BodyMode.JSON
         else:
             # A 2xx answer to a call whose result must be checked, in a form that can't
-            # be: it is replaced, not passed.
+            # be: it is replaced, not passed, and labelled as what replaces it (a client
+            # drops a body whose content type it doesn't speak, error or not).
             self.mode = BodyMode.JSON
             self.report.failure = "response_unreadable"
+            return HeadersOutcome(
+                self.mode, ("content-length",), (("content-type", "application/json"),)
+            )
         # The body's length changes: Envoy sends it chunked (HTTP/1.1) or framed (HTTP/2).
         return HeadersOutcome(self.mode, ("content-length",))
 
@@ -171,30 +175,24 @@ class AnswerProcessing:
 
     def _sse_chunk(self, chunk: bytes, end: bool) -> bytes:
         out = bytearray()
-        if self._skipping_event:
-            chunk = self._skip_to_event_end(chunk)
         for event in self._sse.feed(chunk):
-            out += self._event(event)
+            # The cap holds however the event came: whole in one chunk or over many.
+            if len(event.raw) > self._limit:
+                self.report.failure = "response_too_large"
+                out += self._error_event()
+            else:
+                out += self._event(event)
         if self._sse.pending > self._limit:
             # One event larger than may be read: its place gets an error event, and the
-            # rest of it is dropped as it arrives.
-            self._sse.discard()
+            # rest of it is dropped as it arrives; the events after it are still read.
+            self._sse.drop_event()
             self.report.failure = "response_too_large"
             out += self._error_event()
-            self._skipping_event = True
         if end:
             tail = self._sse.finish()
             if tail is not None:
                 out += self._event(tail)
         return bytes(out)
-
-    def _skip_to_event_end(self, chunk: bytes) -> bytes:
-        for marker in (b"\n\n", b"\r\n\r\n", b"\r\r"):
-            found = chunk.find(marker)
-            if found >= 0:
-                self._skipping_event = False
-                return chunk[found + len(marker) :]
-        return b""
 
     def _event(self, event: SseEvent) -> bytes:
         if event.data is None:

@@ -199,7 +199,9 @@ class AnswerProcessorService(external_processor_pb2_grpc.ExternalProcessorServic
                     status, headers = status_and_headers(request.response_headers)
                     outcome = await processing.on_headers(status, headers)
                     skip = outcome.body is BodyMode.NONE
-                    yield headers_reply(outcome.remove_headers, skip_body=skip)
+                    yield headers_reply(
+                        outcome.remove_headers, skip_body=skip, set_headers=outcome.set_headers
+                    )
                 elif phase == "response_body" and processing is not None:
                     body = request.response_body
                     yield body_reply(processing.on_body(body.body, body.end_of_stream))

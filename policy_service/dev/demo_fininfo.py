@@ -14,17 +14,24 @@ tool-definition pins: ``POST /_debug/tool-description`` with ``{"tool": "get_quo
 "description": "..."}`` changes that tool's description from then on (``{"tool": ...}``
 alone puts the original back).
 
+For the gateway's response side it also has ``get_account_notes`` (an answer with fake
+secrets planted in it, for redaction), ``stream_report`` (progress events over a few
+seconds: an SSE answer) and ``get_statement`` (an answer as large as asked).
+
 Run it alone with ``python -m policy_service.dev.demo_fininfo [--host H] [--port P]``.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from typing import Any, Final, Literal, TypedDict
 
-from mcp.server.mcpserver import MCPServer
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -45,6 +52,22 @@ class Quote(TypedDict):
     symbol: str
     price: float
     currency: str
+
+
+class AccountNotes(TypedDict):
+    account: str
+    notes: str
+    credentials: dict[str, str]
+
+
+class StreamedReport(TypedDict):
+    steps: int
+    last_event_sent_at: float  # time.time() just before the last progress event was sent
+
+
+class Statement(TypedDict):
+    account: str
+    lines: list[str]
 
 
 class TradeConfirmation(TypedDict):
@@ -70,6 +93,51 @@ def _listed(symbol: str) -> str:
         # reaches the caller as an isError result carrying this message.
         raise ToolError(f"unknown symbol {symbol!r}; listed: {', '.join(SYMBOLS)}")
     return normalized
+
+
+def _fake(*parts: str) -> str:
+    # The planted secrets are assembled at run time so that secret scanners reading this
+    # source (and pushes of it) see no key-shaped literal; none of them is a real secret.
+    return "".join(parts)
+
+
+def _segment(document: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(document).encode()).rstrip(b"=").decode()
+
+
+# Fake secrets of the shapes the gateway's redaction detects (see tests/e2e and README).
+FAKE_AWS_ACCESS_KEY: Final = _fake("AKIA", "IOSFODNN7", "EXAMPLE")  # AWS's documented example
+FAKE_JWT: Final = ".".join(
+    (
+        _segment({"alg": "HS256", "typ": "JWT"}),
+        _segment({"sub": "demo-service-account", "note": "fake"}),
+        "ZmFrZS1zaWduYXR1cmUtZm9yLWRlbW9z",
+    )
+)
+FAKE_PRIVATE_KEY: Final = _fake(
+    "-----BEGIN ",
+    "PRIVATE KEY-----\n",
+    "RkFLRS1ERU1PLUtFWS1OT1QtQS1SRUFMLUtFWS1GQUtFLURFTU8tS0VZLU5PVC1B\n",
+    "-----END ",
+    "PRIVATE KEY-----",
+)
+FAKE_GITHUB_TOKEN: Final = _fake("ghp_", "FAKEdemoTOKENfor", "REDACTIONtests000000")
+STREAM_MAX_STEPS: Final = 10
+STREAM_MAX_DELAY_SECONDS: Final = 2.0
+STATEMENT_MAX_LINES: Final = 10_000
+
+
+def account_notes(account: str) -> AccountNotes:
+    """The planted secrets of ``get_account_notes``, with an employee id (``EMP-`` and six
+    digits) for a bundle-defined pattern."""
+    notes = (
+        f"Support notes for account {account}. Owner: EMP-204817.\n"
+        f"Legacy export job uses key {FAKE_AWS_ACCESS_KEY}; session token {FAKE_JWT}\n"
+        f"Signing key pasted by mistake:\n{FAKE_PRIVATE_KEY}\n"
+    )
+    return AccountNotes(
+        account=account, notes=notes, credentials={"github_token": FAKE_GITHUB_TOKEN}
+    )
 
 
 def build_server() -> MCPServer:
@@ -132,6 +200,37 @@ def build_server() -> MCPServer:
         return (
             f"Summarize a position of {quantity} shares of {symbol.upper()} "
             f"at {quote_price(symbol):.2f} USD per share, in two sentences."
+        )
+
+    # --- for tests and demos of the gateway's response side (redaction, streaming, cap) ---
+
+    @server.tool(description="Support notes of an account. Demo: they contain fake secrets.")
+    def get_account_notes(account: str) -> AccountNotes:
+        return account_notes(account)
+
+    @server.tool(
+        description="A slow report that streams progress. Demo: the answer is an SSE stream."
+    )
+    async def stream_report(
+        ctx: Context, steps: int = 3, delay_seconds: float = 0.5
+    ) -> StreamedReport:
+        # Bounded: a demo peer must not be made to hold a stream open for long.
+        steps = max(1, min(steps, STREAM_MAX_STEPS))
+        delay_seconds = max(0.0, min(delay_seconds, STREAM_MAX_DELAY_SECONDS))
+        sent_at = time.time()
+        for step in range(1, steps + 1):
+            if step > 1:
+                await anyio.sleep(delay_seconds)
+            sent_at = time.time()
+            await ctx.report_progress(step, steps, f"step {step} of {steps}")
+        return StreamedReport(steps=steps, last_event_sent_at=sent_at)
+
+    @server.tool(description="An account statement of `lines` fake transactions.")
+    def get_statement(account: str, lines: int = 10) -> Statement:
+        count = max(0, min(lines, STATEMENT_MAX_LINES))
+        return Statement(
+            account=account,
+            lines=[f"{n:05d} {SYMBOLS[n % len(SYMBOLS)]} buy 1" for n in range(count)],
         )
 
     return server

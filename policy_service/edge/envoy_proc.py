@@ -45,12 +45,22 @@ def status_and_headers(headers: ext_proc.HttpHeaders) -> tuple[int, dict[str, st
     return status, found
 
 
-def headers_reply(remove: tuple[str, ...], *, skip_body: bool) -> ext_proc.ProcessingResponse:
+def headers_reply(
+    remove: tuple[str, ...],
+    *,
+    skip_body: bool,
+    set_headers: tuple[tuple[str, str], ...] = (),
+) -> ext_proc.ProcessingResponse:
     reply = ext_proc.ProcessingResponse()
     common = reply.response_headers.response
     common.SetInParent()
     if remove:
         common.header_mutation.remove_headers.extend(remove)
+    for name, value in set_headers:
+        option = common.header_mutation.set_headers.add()
+        option.header.key = name
+        option.header.raw_value = value.encode()
+        option.append_action = option.OVERWRITE_IF_EXISTS_OR_ADD
     if skip_body:
         reply.mode_override.CopyFrom(_SKIP_BODY)
     return reply

@@ -62,10 +62,16 @@ class AnswerRewriter:
 
     def message(self, message: dict[str, Any]) -> dict[str, Any] | None:
         """One JSON-RPC message: rewritten if it answers a planned call, else None."""
-        if "method" in message or "result" not in message:
-            return None  # a request or notification from the server, or an error
+        if "method" in message:
+            return self._server_message(message)
         call = self.plan.call_for(message.get("id"))
         if call is None:
+            return None
+        if "error" in message and call.method == "tools/call":
+            # A tool's failure can quote what it read as well as its result can.
+            error = self._redacted(message["error"])
+            return None if error is None else self._rewritten({**message, "error": error})
+        if "result" not in message:
             return None
         result = message["result"]
         if not isinstance(result, dict):
@@ -73,8 +79,28 @@ class AnswerRewriter:
         new_result = self._result(call, result)
         if new_result is None:
             return None
+        return self._rewritten({**message, "result": new_result})
+
+    def _server_message(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        """A notification or request the server sends in a tool call's answer (progress,
+        log messages, elicitation): its text reaches the client like the result's does."""
+        if not any(call.method == "tools/call" for call in self.plan.calls):
+            return None
+        params = self._redacted(message.get("params"))
+        return None if params is None else self._rewritten({**message, "params": params})
+
+    def _redacted(self, value: Any) -> Any | None:
+        """``value`` redacted, or None when it held nothing to redact."""
+        if self._redactor is None:
+            return None
+        before = sum(self._redactor.found.values())
+        redacted = self._redactor.value(value)
+        self.report.redacted = Counter(self._redactor.found)
+        return redacted if sum(self._redactor.found.values()) > before else None
+
+    def _rewritten(self, message: dict[str, Any]) -> dict[str, Any]:
         self.report.rewritten += 1
-        return {**message, "result": new_result}
+        return message
 
     def _result(self, call: PlannedCall, result: dict[str, Any]) -> dict[str, Any] | None:
         if call.method == "tools/call":

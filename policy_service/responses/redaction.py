@@ -80,7 +80,15 @@ class Redactor:
         if isinstance(value, list):
             return [self.value(item) for item in value]
         if isinstance(value, dict):
-            return {self.text(key): self.value(item) for key, item in value.items()}
+            redacted: dict[str, Any] = {}
+            for key, item in value.items():
+                new_key = self.text(key) if isinstance(key, str) else key
+                if new_key in redacted:
+                    # A redacted key can equal another (two secrets redacted alike): the
+                    # later entry would silently replace the earlier one for the client.
+                    new_key = _distinct(new_key, redacted)
+                redacted[new_key] = self.value(item)
+            return redacted
         return value
 
     def tool_result(self, result: Any) -> Any:
@@ -106,3 +114,10 @@ class Redactor:
         if isinstance(resource, dict) and isinstance(resource.get("text"), str):
             block["resource"] = {**resource, "text": self.text(resource["text"])}
         return block
+
+
+def _distinct(key: str, taken: dict[str, Any]) -> str:
+    number = 2
+    while f"{key}#{number}" in taken:
+        number += 1
+    return f"{key}#{number}"

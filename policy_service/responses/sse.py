@@ -10,9 +10,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# The end of an event: a line break followed by an empty line.
-_EVENT_END = re.compile(rb"(?:\r\n|\n|\r)(?:\r\n|\n|\r)")
+# The end of an event: a line break followed by an empty line. The groups are atomic: a
+# CRLF is one line break, never a CR and then an LF (which would end every CRLF line's
+# event, splitting one event's data lines into events the rewriter can't read).
+_EVENT_END = re.compile(rb"(?>\r\n|\n|\r)(?>\r\n|\n|\r)")
 _LINE = re.compile(rb"\r\n|\n|\r")
+# While an event is dropped, the bytes kept to find its end across chunks: its end is at
+# most four bytes, at least one of them in the next chunk.
+_END_CONTEXT = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,36 +46,45 @@ class SseSplitter:
 
     def __init__(self) -> None:
         self._pending = bytearray()
+        self._dropping = False  # the pending event is dropped up to its end
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        """The bytes of the event not yet complete (none of a dropped one)."""
+        return 0 if self._dropping else len(self._pending)
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
         self._pending += chunk
         events = []
         start = 0
         buffer = bytes(self._pending)
-        # A CR at the very end may be half of a CRLF: wait for the next byte.
         for match in _EVENT_END.finditer(buffer):
             end = match.end()
+            # A CR at the very end may be half of a CRLF: wait for the next byte.
             if buffer[end - 1 : end] == b"\r" and end == len(buffer):
                 break
-            events.append(parse_event(buffer[start:end]))
+            if self._dropping:
+                self._dropping = False
+            else:
+                events.append(parse_event(buffer[start:end]))
             start = end
         del self._pending[:start]
+        if self._dropping:
+            del self._pending[:-_END_CONTEXT]
         return events
 
     def finish(self) -> SseEvent | None:
         """The unterminated tail at the end of the stream, as an event (or nothing)."""
-        if not self._pending:
-            return None
-        tail = parse_event(bytes(self._pending))
+        dropped, self._dropping = self._dropping, False
+        tail = None if dropped or not self._pending else parse_event(bytes(self._pending))
         self._pending.clear()
         return tail
 
-    def discard(self) -> None:
-        self._pending.clear()
+    def drop_event(self) -> None:
+        """Drop the pending event, and the rest of it as it arrives: the next event handed
+        out is the one after it."""
+        self._dropping = True
+        del self._pending[:-_END_CONTEXT]
 
 
 def parse_event(raw: bytes) -> SseEvent:

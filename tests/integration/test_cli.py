@@ -31,7 +31,7 @@ def test_lint_accepts_a_good_bundle(tmp_path: Path) -> None:
     result = run("lint", str(bundle.path))
     assert result.returncode == 0, result.stderr
     assert (
-        "ok (revision test-1; 3 upstreams, 7 rules, 0 limits, 1 issuers, 1 api keys)"
+        "ok (revision test-1; 3 upstreams, 8 rules, 0 limits, 1 issuers, 1 api keys)"
         in result.stdout
     )
 
@@ -40,7 +40,7 @@ def test_lint_counts_limits(tmp_path: Path) -> None:
     bundle = write_test_bundle(tmp_path, limits="  - name: everyone\n    rate: 100/s\n")
     result = run("lint", str(bundle.path))
     assert result.returncode == 0, result.stderr
-    assert "7 rules, 1 limits," in result.stdout
+    assert "8 rules, 1 limits," in result.stdout
 
 
 def test_serve_refuses_a_redis_url_that_is_not_redis(tmp_path: Path) -> None:

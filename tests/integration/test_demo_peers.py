@@ -45,7 +45,14 @@ async def peers() -> AsyncIterator[DemoPeers]:
 async def test_fininfo_lists_its_tools(peers: DemoPeers) -> None:
     tools = await mcp_list_tools(peers.fininfo.mcp_url, headers=HEADERS)
 
-    assert sorted(tool.name for tool in tools) == ["get_quote", "list_symbols", "place_trade"]
+    assert sorted(tool.name for tool in tools) == [
+        "get_account_notes",
+        "get_quote",
+        "get_statement",
+        "list_symbols",
+        "place_trade",
+        "stream_report",
+    ]
 
 
 async def test_get_quote_is_deterministic(peers: DemoPeers) -> None:

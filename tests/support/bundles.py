@@ -53,6 +53,11 @@ upstreams:
         resources: ["fin://*"]
         prompts: [summarize_position]
         scopes: [fininfo:read]
+      # The demo tools of the response side (planted secrets, a streamed answer, a large
+      # one): a scope of their own, so the read scope's tool list stays as it was.
+      - name: notes
+        tools: [get_account_notes, stream_report, get_statement]
+        scopes: [fininfo:notes]
 {fininfo_responses}{currenttime}    required_scopes: [time:read]
     rules:
       - methods: ["*"]

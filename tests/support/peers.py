@@ -71,6 +71,7 @@ from a2a.types.a2a_pb2 import AgentCard, Role, SendMessageRequest
 from a2a.utils.errors import A2AError
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.dispatcher import ProgressFnT
 from mcp.types import CallToolResult, GetPromptResult, ReadResourceResult, TextContent, Tool
 
 DEFAULT_TIME_LIMIT: Final = 15.0
@@ -143,6 +144,7 @@ async def mcp_call_tool(
     headers: Mapping[str, str],
     mode: str = "auto",
     time_limit: float = DEFAULT_TIME_LIMIT,
+    progress_callback: ProgressFnT | None = None,
 ) -> CallToolResult:
     """Connect, call one tool, disconnect. A tool's own failure is ``result.is_error``.
 
@@ -150,11 +152,12 @@ async def mcp_call_tool(
 
     Raises ``GatewayDenied``, ``RpcError`` or ``TimeoutError`` (module docstring). ``mode``
     is the SDK's: "auto" (probe ``server/discover``, fall back to ``initialize``), "legacy"
-    (``initialize`` only) or a modern protocol version.
+    (``initialize`` only) or a modern protocol version. ``progress_callback`` gets the
+    tool's progress notifications as they arrive.
     """
 
     async def step(client: Client) -> CallToolResult:
-        return await client.call_tool(name, arguments)
+        return await client.call_tool(name, arguments, progress_callback=progress_callback)
 
     return await _mcp_run(url, headers, mode, time_limit, step)
 

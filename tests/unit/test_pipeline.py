@@ -47,7 +47,8 @@ async def test_protected_resource_metadata_is_served_without_a_token(
     document = json.loads(render_serve(decision).body)
     assert document["resource"] == FININFO_RESOURCE
     assert document["authorization_servers"] == ["https://idp.test.example"]
-    assert document["scopes_supported"] == ["fininfo:read", "fininfo:trade"]
+    # fininfo:notes is the scope of the demo's response-side tools (tests/support/bundles.py).
+    assert document["scopes_supported"] == ["fininfo:notes", "fininfo:read", "fininfo:trade"]
     assert document["bearer_methods_supported"] == ["header"]
 
 
