@@ -56,7 +56,7 @@ from policy_service.request.model import (
     request_id_of,
 )
 from policy_service.responses.guard import AnswerGuard
-from policy_service.responses.plan import RESPONSE_MARK_HEADER, plan_response
+from policy_service.responses.plan import plan_response
 from policy_service.state import BundleState, ServingBundles
 from policy_service.telemetry.record import CheckRecord, DryRunRecord
 from policy_service.telemetry.tracing import (
@@ -324,8 +324,6 @@ class CheckPipeline:
             plan = plan_response(
                 answers, upstream.name, request.method, parsed, principal, record.decision_id
             )
-            if plan is not None:
-                identity = (*identity, (RESPONSE_MARK_HEADER, "1"))
         return Allow(
             upstream,
             principal,
@@ -488,6 +486,4 @@ def _strip_headers(
     ours = {name for name, _ in setting}
     remove = ["authorization", bundle.api_key_header]
     remove.extend(name for name in request.headers if name.startswith(prefix) and name not in ours)
-    if RESPONSE_MARK_HEADER in request.headers and RESPONSE_MARK_HEADER not in ours:
-        remove.append(RESPONSE_MARK_HEADER)  # only the check marks answers for processing
     return tuple(remove)

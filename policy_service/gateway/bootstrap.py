@@ -52,7 +52,7 @@ def render_envoy_config(layout: EnvoyLayout) -> Config:
     # so the YAML dump writes them once).
     collector = layout.otlp_collector
     shared = HcmParts(
-        route_config=route_config(layout.upstreams, response_side=layout.response_side),
+        route_config=route_config(layout.upstreams),
         http_filters=[
             ext_authz_filter(layout),
             *([ext_proc_filter(layout)] if layout.response_side else []),

@@ -1,5 +1,5 @@
 """The gateway's HTTP filters: ext_authz (fail closed, with the body), ext_proc (the
-response side, on marked routes only) and the router."""
+response side, for the answers the check left a plan for) and the router."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from policy_service.gateway.layout import TYPE_URL, Config, EnvoyLayout
 
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
+# The key of the ext_authz dynamic metadata under which an allow leaves the plan for its
+# answer (the policy service's responses.plan.PLAN_METADATA_KEY; a test holds them equal).
+RESPONSE_PLAN_KEY = "response_plan"
 ROUTER_FILTER = "envoy.filters.http.router"
 
 
@@ -41,9 +44,6 @@ def ext_authz_filter(layout: EnvoyLayout) -> Config:
             "encode_raw_headers": True,
             # An invalid header mutation from the service is a 500, not a half-applied one.
             "validate_mutations": True,
-            # An allow may mark the request for the response side (a header the routes
-            # match on); the route is chosen again after the headers the check set.
-            "clear_route_cache": layout.response_side,
             "stat_prefix": "policy",
         },
     }
@@ -51,29 +51,68 @@ def ext_authz_filter(layout: EnvoyLayout) -> Config:
 
 def ext_proc_filter(layout: EnvoyLayout) -> Config:
     """The response side: the same policy service, as an ext_proc server, for the answers
-    of requests the check marked. Every route turns it off but the marked ones, so an
-    answer that needs nothing opens no stream."""
+    of requests the check marked. The filter is wrapped in a matcher that skips it unless
+    the request carries the mark (``RESPONSE_MARK_HEADER``, set by the check and read
+    after it): an answer that needs nothing opens no stream, and neither do the replies
+    Envoy makes itself before any check (a 408 for slow headers, a path redirect)."""
+    processor = {
+        "@type": TYPE_URL + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+        "grpc_service": {"envoy_grpc": {"cluster_name": AUTHZ_CLUSTER}},
+        # Fail closed: an answer the service can't see is not passed unchecked.
+        "failure_mode_allow": False,
+        "processing_mode": {
+            "request_header_mode": "SKIP",
+            "response_header_mode": "SEND",
+            # Chunk by chunk: SSE events go out as they complete, never held whole.
+            "response_body_mode": "STREAMED",
+            "request_trailer_mode": "SKIP",
+            "response_trailer_mode": "SKIP",
+        },
+        # The service skips the body of answers it only needs the headers of.
+        "allow_mode_override": True,
+        # The check's plan for the answer travels in the ext_authz filter's metadata.
+        "metadata_options": {"forwarding_namespaces": {"untyped": [EXT_AUTHZ_FILTER]}},
+        "message_timeout": duration(layout.answer_timeout_seconds),
+        "stat_prefix": "answers",
+    }
+    unmarked = {
+        "single_predicate": {
+            "input": {
+                "name": "envoy.matching.inputs.dynamic_metadata",
+                "typed_config": {
+                    "@type": TYPE_URL
+                    + "envoy.extensions.matching.common_inputs.network.v3.DynamicMetadataInput",
+                    "filter": EXT_AUTHZ_FILTER,
+                    "path": [{"key": RESPONSE_PLAN_KEY}],
+                },
+            },
+            "custom_match": {
+                "name": "envoy.matching.matchers.metadata_matcher",
+                "typed_config": {
+                    "@type": TYPE_URL
+                    + "envoy.extensions.matching.input_matchers.metadata.v3.Metadata",
+                    "value": {"present_match": True},
+                    "invert": True,
+                },
+            },
+        }
+    }
+    skip = {
+        "action": {
+            "name": "skip",
+            "typed_config": {
+                "@type": TYPE_URL + "envoy.extensions.filters.common.matcher.action.v3.SkipFilter"
+            },
+        }
+    }
     return {
         "name": EXT_PROC_FILTER,
         "typed_config": {
-            "@type": TYPE_URL + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
-            "grpc_service": {"envoy_grpc": {"cluster_name": AUTHZ_CLUSTER}},
-            # Fail closed: an answer the service can't see is not passed unchecked.
-            "failure_mode_allow": False,
-            "processing_mode": {
-                "request_header_mode": "SKIP",
-                "response_header_mode": "SEND",
-                # Chunk by chunk: SSE events go out as they complete, never held whole.
-                "response_body_mode": "STREAMED",
-                "request_trailer_mode": "SKIP",
-                "response_trailer_mode": "SKIP",
+            "@type": TYPE_URL + "envoy.extensions.common.matching.v3.ExtensionWithMatcher",
+            "xds_matcher": {
+                "matcher_list": {"matchers": [{"predicate": unmarked, "on_match": skip}]}
             },
-            # The service skips the body of answers it only needs the headers of.
-            "allow_mode_override": True,
-            # The check's plan for the answer travels in the ext_authz filter's metadata.
-            "metadata_options": {"forwarding_namespaces": {"untyped": [EXT_AUTHZ_FILTER]}},
-            "message_timeout": duration(layout.answer_timeout_seconds),
-            "stat_prefix": "answers",
+            "extension_config": {"name": EXT_PROC_FILTER, "typed_config": processor},
         },
     }
 

@@ -159,7 +159,7 @@ class EnvoyLayout:
     trace_sampling_percent: float = 100.0  # of all requests, whatever the client asks
     # Envoy's OpenTelemetry tracer buffers spans per worker thread; see tracing_runtime.
     trace_flush_interval_ms: int = 1000
-    # The response side (ext_proc on marked routes). Off renders the gateway as it was
+    # The response side (ext_proc, for answers the check planned). Off renders the gateway as it was
     # before it: ext_authz alone (the benchmark's control row).
     response_side: bool = True
 

@@ -1,39 +1,20 @@
-"""The gateway's route config: one route per upstream, longest prefix first, then a catch-all.
-
-An MCP upstream has a second route before its own, taken only by requests the check marked
-for the response side (``x-policy-response``): the only routes where ext_proc runs.
-"""
+"""The gateway's route config: one route per upstream, longest prefix first, then a catch-all."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from policy_service.gateway.filters import EXT_AUTHZ_FILTER, EXT_PROC_FILTER
+from policy_service.gateway.filters import EXT_AUTHZ_FILTER
 from policy_service.gateway.layout import TYPE_URL, Config, UpstreamRoute
 
 CATCH_ALL_ROUTE = "catch_all"
-# The header an allow sets on requests whose answers the response side must see (the
-# policy service's responses.plan.RESPONSE_MARK_HEADER; a test holds them equal).
-RESPONSE_MARK_HEADER = "x-policy-response"
-ANSWERS_ROUTE_SUFFIX = ":answers"
 
 
-def _ext_proc_off() -> Config:
-    return {
-        "@type": TYPE_URL + "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
-        "disabled": True,
-    }
-
-
-def route_config(upstreams: Sequence[UpstreamRoute], *, response_side: bool = True) -> Config:
+def route_config(upstreams: Sequence[UpstreamRoute]) -> Config:
     # Longest prefix first, so "/agents/helper/" is never shadowed by "/agents/".
     ordered = sorted(upstreams, key=lambda u: len(u.path_prefix), reverse=True)
-    routes: list[Config] = []
-    for upstream in ordered:
-        if response_side and upstream.protocol == "mcp":
-            routes.append(_answers_route(upstream))
-        routes.append(_upstream_route(upstream, response_side=response_side))
-    routes.append(_catch_all_route(response_side=response_side))
+    routes = [_upstream_route(u) for u in ordered]
+    routes.append(_catch_all_route())
     config: Config = {
         "name": "gateway",
         "virtual_hosts": [{"name": "gateway", "domains": ["*"], "routes": routes}],
@@ -44,18 +25,7 @@ def route_config(upstreams: Sequence[UpstreamRoute], *, response_side: bool = Tr
     return config
 
 
-def _answers_route(upstream: UpstreamRoute) -> Config:
-    """The upstream's route for marked requests: ext_proc on, the mark not forwarded."""
-    route = _upstream_route(upstream, response_side=True, answers=True)
-    route["name"] = upstream.name + ANSWERS_ROUTE_SUFFIX
-    route["match"]["headers"] = [{"name": RESPONSE_MARK_HEADER, "present_match": True}]
-    route["request_headers_to_remove"] = [RESPONSE_MARK_HEADER]
-    return route
-
-
-def _upstream_route(
-    upstream: UpstreamRoute, *, response_side: bool, answers: bool = False
-) -> Config:
+def _upstream_route(upstream: UpstreamRoute) -> Config:
     route: Config = {"name": upstream.name, "match": {"prefix": upstream.path_prefix}}
     if upstream.is_direct_response:
         body = upstream.direct_response_body if upstream.direct_response_body is not None else ""
@@ -93,21 +63,16 @@ def _upstream_route(
             },
         }
     }
-    if response_side and not answers:
-        route["typed_per_filter_config"][EXT_PROC_FILTER] = _ext_proc_off()
     return route
 
 
-def _catch_all_route(*, response_side: bool) -> Config:
+def _catch_all_route() -> Config:
     # ext_authz stays enabled here and this route carries no "upstream" context extension:
     # the policy service answers public discovery documents (OAuth protected-resource
     # metadata) on it with a "denied" response of status 200, and denies anything else.
     # Only what it explicitly allows falls through to this 404.
-    route: Config = {
+    return {
         "name": CATCH_ALL_ROUTE,
         "match": {"prefix": "/"},
         "direct_response": {"status": 404, "body": {"inline_string": "not found"}},
     }
-    if response_side:
-        route["typed_per_filter_config"] = {EXT_PROC_FILTER: _ext_proc_off()}
-    return route

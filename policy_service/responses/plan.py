@@ -3,8 +3,9 @@
 The plan travels from the check to the response processor inside Envoy: the check puts
 it in the ext_authz filter's dynamic metadata, and Envoy forwards that to the ext_proc
 stream of the same request. Envoy is the only writer of dynamic metadata (a client can't
-set it), so the processor trusts what it reads there. A request whose answer needs no work
-gets no plan, and Envoy opens no ext_proc stream for it.
+set it, and can't forge a plan), so the processor trusts what it reads there. A request
+whose answer needs no work gets no plan, and Envoy's ext_proc filter, behind a matcher on
+that metadata, is skipped for it: no stream opens.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ from policy_service.identity.principal import CredentialKind, Principal
 from policy_service.policy.responses import LIST_RESULT_KEYS, ResponsePolicy
 from policy_service.request.model import JsonRpcId, McpRequest
 
-# The request header the check sets on requests whose answers need work; the generated
-# Envoy routes match on it to turn the ext_proc filter on, and remove it before the
-# upstream sees the request.
-RESPONSE_MARK_HEADER = "x-policy-response"
+# The key of the ext_authz dynamic metadata the plan travels under. Its presence is also
+# what turns Envoy's ext_proc filter on for the request (the generated config's matcher,
+# gateway.filters.RESPONSE_PLAN_KEY): a request without a plan opens no ext_proc stream.
 PLAN_METADATA_KEY = "response_plan"
 
 

@@ -51,7 +51,7 @@ def _pin_the_demo_server(tmp: Path) -> str:
                 break
             time.sleep(0.2)
         assert done.returncode == 0, done.stderr
-        assert "3 new: get_quote, list_symbols, place_trade" in done.stdout
+        assert "6 new: get_account_notes, get_quote, get_statement, list_symbols" in done.stdout
     finally:
         server.terminate()
         server.wait(10)
@@ -209,5 +209,5 @@ def test_pin_check_exits_1_when_the_server_changed(tmp_path: Path) -> None:
         server.terminate()
         server.wait(10)
     assert done.returncode == 1, done.stderr
-    assert "1 new: place_trade" in done.stdout
+    assert "1 new: place_trade" in done.stdout, done.stdout
     assert pins.read_text() == before

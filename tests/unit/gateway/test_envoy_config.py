@@ -24,6 +24,7 @@ from policy_service.gateway.baselines import (
 from policy_service.gateway.bootstrap import render_envoy_config
 from policy_service.gateway.certs import generate_self_signed
 from policy_service.gateway.envoy_yaml import dump_envoy_yaml
+from policy_service.gateway.filters import RESPONSE_PLAN_KEY
 from policy_service.gateway.layout import (
     AuthzEndpoint,
     EnvoyLayout,
@@ -31,7 +32,6 @@ from policy_service.gateway.layout import (
     UpstreamRoute,
     otlp_collector_from_endpoint,
 )
-from policy_service.gateway.routes import RESPONSE_MARK_HEADER
 
 Config = dict[str, Any]
 
@@ -139,59 +139,50 @@ def test_filters_are_ext_authz_then_ext_proc_then_router() -> None:
     ]
 
 
-def test_ext_proc_streams_answers_fails_closed_and_reads_the_checks_plan() -> None:
+def _ext_proc(config: Config) -> Config:
     (ext_proc,) = [
         f["typed_config"]
-        for f in first_hcm(render_envoy_config(LAYOUT))["http_filters"]
+        for f in first_hcm(config)["http_filters"]
         if f["name"] == "envoy.filters.http.ext_proc"
     ]
-    assert ext_proc["failure_mode_allow"] is False
-    assert ext_proc["grpc_service"]["envoy_grpc"]["cluster_name"] == "authz"
-    mode = ext_proc["processing_mode"]
+    return ext_proc
+
+
+def test_ext_proc_streams_answers_fails_closed_and_reads_the_checks_plan() -> None:
+    wrapper = _ext_proc(render_envoy_config(LAYOUT))
+    processor = wrapper["extension_config"]["typed_config"]
+    assert processor["failure_mode_allow"] is False
+    assert processor["grpc_service"]["envoy_grpc"]["cluster_name"] == "authz"
+    mode = processor["processing_mode"]
     assert mode["request_header_mode"] == "SKIP"
     assert mode["response_body_mode"] == "STREAMED"  # never buffered whole by Envoy
-    assert ext_proc["allow_mode_override"] is True
-    assert ext_proc["metadata_options"]["forwarding_namespaces"]["untyped"] == [
+    assert processor["allow_mode_override"] is True
+    assert processor["metadata_options"]["forwarding_namespaces"]["untyped"] == [
         "envoy.filters.http.ext_authz"
     ]
 
 
-def test_only_the_marked_route_of_an_mcp_upstream_runs_ext_proc() -> None:
-    config = render_envoy_config(LAYOUT)
-    ordered = [r["name"] for r in routes(config)]
-    for upstream in LAYOUT.upstreams:
-        if upstream.protocol != "mcp":
-            assert f"{upstream.name}:answers" not in ordered
-            continue
-        # The marked route comes first, or the plain one would always win.
-        assert ordered.index(f"{upstream.name}:answers") < ordered.index(upstream.name)
-    for route in routes(config):
-        per_filter = route.get("typed_per_filter_config", {})
-        ext_proc = per_filter.get("envoy.filters.http.ext_proc")
-        if route["name"].endswith(":answers"):
-            assert ext_proc is None
-            assert route["match"]["headers"] == [
-                {"name": RESPONSE_MARK_HEADER, "present_match": True}
-            ]
-            assert route["request_headers_to_remove"] == [RESPONSE_MARK_HEADER]
-        else:
-            assert ext_proc is not None, route["name"]
-            assert ext_proc["disabled"] is True, route["name"]
+def test_ext_proc_is_skipped_unless_the_check_left_a_plan() -> None:
+    """The filter sits behind a matcher on the ext_authz metadata: a request the check gave
+    no plan (a plain call, a denial, a reply Envoy made itself) opens no stream."""
+    wrapper = _ext_proc(render_envoy_config(LAYOUT))
+    assert wrapper["@type"].endswith("ExtensionWithMatcher")
+    (matcher,) = wrapper["xds_matcher"]["matcher_list"]["matchers"]
+    assert matcher["on_match"]["action"]["typed_config"]["@type"].endswith("SkipFilter")
+    predicate = matcher["predicate"]["single_predicate"]
+    source = predicate["input"]["typed_config"]
+    assert source["@type"].endswith("DynamicMetadataInput")
+    assert source["filter"] == "envoy.filters.http.ext_authz"
+    assert source["path"] == [{"key": RESPONSE_PLAN_KEY}]
+    absent = predicate["custom_match"]["typed_config"]
+    assert absent["value"] == {"present_match": True}
+    assert absent["invert"] is True
 
 
-def test_the_mark_header_is_the_one_the_check_sets() -> None:
-    from policy_service.responses.plan import RESPONSE_MARK_HEADER as SET_BY_THE_CHECK
+def test_the_plan_key_is_the_one_the_check_writes() -> None:
+    from policy_service.responses.plan import PLAN_METADATA_KEY
 
-    assert RESPONSE_MARK_HEADER == SET_BY_THE_CHECK
-
-
-def test_ext_authz_clears_the_route_cache_so_a_mark_can_pick_the_route() -> None:
-    (ext_authz,) = [
-        f["typed_config"]
-        for f in first_hcm(render_envoy_config(LAYOUT))["http_filters"]
-        if f["name"] == "envoy.filters.http.ext_authz"
-    ]
-    assert ext_authz["clear_route_cache"] is True
+    assert RESPONSE_PLAN_KEY == PLAN_METADATA_KEY
 
 
 # -- routes -------------------------------------------------------------------------------
@@ -231,8 +222,8 @@ def test_catch_all_is_404_with_ext_authz_still_enabled() -> None:
     catch_all = routes(render_envoy_config(LAYOUT))[-1]
     assert catch_all["match"] == {"prefix": "/"}
     assert catch_all["direct_response"]["status"] == 404
-    # No ext_authz per-route config: it runs, with no "upstream" context extension.
-    assert set(catch_all["typed_per_filter_config"]) == {"envoy.filters.http.ext_proc"}
+    # No per-route config at all: ext_authz runs, with no "upstream" context extension.
+    assert "typed_per_filter_config" not in catch_all
 
 
 def test_direct_response_upstream_answers_200_without_a_cluster() -> None:
@@ -643,9 +634,7 @@ def test_without_the_response_side_the_gateway_is_ext_authz_alone() -> None:
         "envoy.filters.http.ext_authz",
         "envoy.filters.http.router",
     ]
-    assert filters[0]["typed_config"]["clear_route_cache"] is False
-    assert not [r for r in routes(config) if r["name"].endswith(":answers")]
-    assert "envoy.filters.http.ext_proc" not in json.dumps(routes(config))
+    assert "ext_proc" not in json.dumps(config)
 
 
 def test_a_canned_answer_can_say_it_is_json() -> None:
@@ -665,5 +654,3 @@ def test_a_canned_answer_can_say_it_is_json() -> None:
     by_name = {r["name"]: r for r in routes(render_envoy_config(layout))}
     (added,) = by_name["bench"]["response_headers_to_add"]
     assert added["header"] == {"key": "content-type", "value": "application/json"}
-    # A canned MCP answer has its marked twin too: the benchmark's response-side rows.
-    assert "direct_response" in by_name["bench:answers"]
