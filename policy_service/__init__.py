@@ -11,6 +11,14 @@ One check, in real names (``pipeline.CheckPipeline.check`` runs the phases in be
         --edge.envoy_out.to_check_response--> CheckResponse
     and after it, telemetry.trail.Trail.conclude: the audit event, the metrics, the span.
 
+An allowed MCP call whose answer needs work (a list to filter, a result to redact, a
+session to bind) leaves a plan (responses.plan) in Envoy's metadata, and its answer comes
+back through ext_proc (``answering.ResponsePipeline``, edge.envoy_proc for the protos):
+
+    ProcessingRequest (headers, then body chunks) --answering.AnswerProcessing-->
+        responses.answers.AnswerRewriter (listing, pins, redaction) per JSON body or SSE
+        event, responses.sessions on the headers --> ProcessingResponse (the chunk replaced)
+
 Layers, lowest first. A module imports only from its own layer or lower ones, never from a
 higher one, and there are no import cycles; tests/unit/test_layers.py reads this table and
 walks every import to keep it so.
