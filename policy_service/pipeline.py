@@ -296,12 +296,7 @@ class CheckPipeline:
         if answers.guards and isinstance(parsed, McpRequest):
             guarded = await self.guard.refusal(upstream, parsed, principal, outcome.targets)
             if guarded is not None:
-                return context.deny(
-                    DenyKind.FORBIDDEN,
-                    guarded.reason,
-                    guarded.message,
-                    http_status=guarded.status,
-                )
+                return context.deny(guarded.kind, guarded.reason, guarded.message)
 
         limited = NOTHING_MATCHED
         if bundle.limits and enforce_limits:

@@ -29,6 +29,8 @@ class DenyKind(StrEnum):
     UNKNOWN_UPSTREAM = "unknown_upstream"  # 503: Envoy's route tag names no upstream we know
     RATE_LIMITED = "rate_limited"  # 429 + Retry-After and RateLimit fields
     LIMIT_STORE_UNAVAILABLE = "limit_store_unavailable"  # 503: a fail-closed limit's store is down
+    SESSION_GONE = "session_gone"  # 404, always: a session not the caller's, ended or unknown
+    RESPONSE_STATE_UNAVAILABLE = "response_state_unavailable"  # 503: bindings and pins unreadable
     INTERNAL = "internal"  # 503: our own fault; fail closed
 
 
@@ -83,6 +85,11 @@ ANSWERS: Mapping[DenyKind, KindAnswer] = {
     DenyKind.UNKNOWN_UPSTREAM: KindAnswer(503, _DENIED, 503, Challenge.NONE),
     DenyKind.RATE_LIMITED: KindAnswer(429, _DENIED, 429, Challenge.NONE),
     DenyKind.LIMIT_STORE_UNAVAILABLE: KindAnswer(503, _DENIED, 503, Challenge.NONE),
+    # MCP clients read a 404 on a session as "gone, initialize again": the one answer that
+    # puts a client whose session was refused back on its feet, and never in band (a
+    # 200 + JSON-RPC error would keep the client on a session it can never use).
+    DenyKind.SESSION_GONE: KindAnswer(404, _DENIED, 404, Challenge.NONE),
+    DenyKind.RESPONSE_STATE_UNAVAILABLE: KindAnswer(503, _DENIED, 503, Challenge.NONE),
     DenyKind.INTERNAL: KindAnswer(503, _DENIED, 503, Challenge.NONE),
 }
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from policy_service.clock import SYSTEM_CLOCK, Clock
+from policy_service.decisions.model import DenyKind
 from policy_service.identity.principal import Principal
 from policy_service.policy.model import UpstreamPolicy
 from policy_service.policy.responses import PinMode
@@ -30,13 +32,13 @@ OBSERVED_TTL_SECONDS = 7 * 86400.0
 class GuardRefusal:
     reason: str  # session_unknown, session_principal_mismatch, tool_not_pinned, ...
     message: str
-    status: int  # the HTTP status the refusal is answered with
+    kind: DenyKind  # how the refusal is answered (decisions.model.ANSWERS: its status)
 
 
 _STATE_UNAVAILABLE = GuardRefusal(
     "response_state_unavailable",
     "the gateway cannot check this session or tool right now; the call was refused",
-    503,
+    DenyKind.RESPONSE_STATE_UNAVAILABLE,
 )
 
 
@@ -45,9 +47,9 @@ def _observed_key(upstream: str, tool: str) -> str:
 
 
 class AnswerGuard:
-    def __init__(self, shared: SharedState | None = None) -> None:
-        self.shared = shared or InProcessState()
-        self.sessions = SessionBindings(self.shared)
+    def __init__(self, shared: SharedState | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.shared = shared or InProcessState(clock=clock)
+        self.sessions = SessionBindings(self.shared, clock=clock)
 
     async def refusal(
         self,
@@ -91,7 +93,7 @@ class AnswerGuard:
             message = "this session is unknown or has ended; start a new session"
         # 404: what MCP clients read as "session gone, initialize again"; it tells a caller
         # replaying another's session id nothing about that session.
-        return GuardRefusal(verdict.value, message, 404)
+        return GuardRefusal(verdict.value, message, DenyKind.SESSION_GONE)
 
     async def tool_refusal(self, upstream: UpstreamPolicy, tool: str) -> GuardRefusal | None:
         """Under ``enforce``: a refusal for a tool with no pin, or whose definition was
@@ -102,7 +104,9 @@ class AnswerGuard:
         pinned = policy.pins.get(tool)
         if pinned is None:
             return GuardRefusal(
-                "tool_not_pinned", "this tool's definition has not been approved", 403
+                "tool_not_pinned",
+                "this tool's definition has not been approved",
+                DenyKind.FORBIDDEN,
             )
         try:
             observed = await self.shared.get(_observed_key(upstream.name, tool))
@@ -112,7 +116,7 @@ class AnswerGuard:
             return GuardRefusal(
                 "tool_definition_changed",
                 "this tool's definition changed since it was approved",
-                403,
+                DenyKind.FORBIDDEN,
             )
         return None
 
