@@ -27,6 +27,7 @@ from policy_service.policy.model import UpstreamPolicy
 from policy_service.responses.answers import AnswerReport, AnswerRewriter, unchecked_answer
 from policy_service.responses.guard import AnswerGuard
 from policy_service.responses.plan import ResponsePlan, SessionWork
+from policy_service.responses.sessions import BindOutcome
 from policy_service.responses.shared import SharedStateUnavailableError
 from policy_service.responses.sse import SseEvent, SseSplitter
 from policy_service.state import ServingBundles
@@ -125,10 +126,19 @@ class AnswerProcessing:
         try:
             if plan.session is SessionWork.BIND and ok:
                 session_id = headers.get("mcp-session-id")
+                # No id (a stateless server): nothing to bind, and the client sends none.
                 if session_id and plan.principal is not None:
                     ttl = upstream.responses.sessions.ttl_seconds
-                    await sessions.bind(upstream.name, session_id, plan.principal, ttl)
-                    self.session_event = "bound"
+                    bound = await sessions.bind(upstream.name, session_id, plan.principal, ttl)
+                    self.session_event = bound.value
+                    if bound is BindOutcome.CONFLICT:
+                        # The owner keeps it; this client's uses of it are refused as foreign.
+                        log.warning(
+                            "upstream %s opened a session whose id is already bound to "
+                            "another principal; it stays theirs (decision %s)",
+                            upstream.name,
+                            plan.decision_id,
+                        )
             elif plan.session is SessionWork.END and ok and plan.session_id is not None:
                 await sessions.end(upstream.name, plan.session_id)
                 self.session_event = "ended"

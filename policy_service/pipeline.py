@@ -66,12 +66,7 @@ from policy_service.telemetry.tracing import (
 )
 
 _NO_CONTEXT = DenialContext()  # before the upstream is known: a plain JSON problem
-# What the response side's refusals are answered as, by the status each asks for.
-_GUARD_KINDS = {
-    403: DenyKind.FORBIDDEN,
-    404: DenyKind.SESSION_NOT_FOUND,
-    503: DenyKind.INTERNAL,
-}
+
 
 _REFUSAL_MESSAGES = {
     RefusalReason.CLIENT_NOT_ALLOWED: "this client is not allowed to use this upstream",
@@ -304,7 +299,7 @@ class CheckPipeline:
         if answers.guards and isinstance(parsed, McpRequest):
             guarded = await self.guard.refusal(upstream, parsed, principal, outcome.targets)
             if guarded is not None:
-                return context.deny(_GUARD_KINDS[guarded.status], guarded.reason, guarded.message)
+                return context.deny(guarded.kind, guarded.reason, guarded.message)
 
         limited = NOTHING_MATCHED
         if bundle.limits and enforce_limits:

@@ -160,10 +160,16 @@ def _serve(args: argparse.Namespace, channel: SupervisorChannel | None) -> int:
     load = enforced_load = bundle_loader(keys, os.environ)
     guard = _rollback_guard(args, keys, quiet=channel is not None)
     if workers > 1 and redis_settings_from_args(args) is None:
-        from policy_service.workers.worker import refuse_in_process_limits
+        from policy_service.workers.worker import (
+            refuse_in_process_limits,
+            warn_in_process_sessions,
+        )
 
         # The enforced bundle's only: a dry-run bundle's limits never take from a bucket.
         enforced_load = refuse_in_process_limits(load, workers)
+        enforced_load = warn_in_process_sessions(
+            enforced_load, workers, quiet_first=channel is not None
+        )
 
     def first_load(location: str, load: BundleLoad) -> tuple[BundleSource, CompiledBundle]:
         # No last good bundle to fall back on yet: any problem ends the process.

@@ -26,10 +26,11 @@ class DenyKind(StrEnum):
     MALFORMED = "malformed"  # 400: cannot be parsed well enough to authorize
     BAD_ORIGIN = "bad_origin"  # 403: Origin present and not allowed (MCP transport MUST)
     NO_UPSTREAM = "no_upstream"  # 404: no upstream serves this path
-    SESSION_NOT_FOUND = "session_not_found"  # 404: an MCP session not this caller's, or gone
     UNKNOWN_UPSTREAM = "unknown_upstream"  # 503: Envoy's route tag names no upstream we know
     RATE_LIMITED = "rate_limited"  # 429 + Retry-After and RateLimit fields
     LIMIT_STORE_UNAVAILABLE = "limit_store_unavailable"  # 503: a fail-closed limit's store is down
+    SESSION_GONE = "session_gone"  # 404, always: a session not the caller's, ended or unknown
+    RESPONSE_STATE_UNAVAILABLE = "response_state_unavailable"  # 503: bindings and pins unreadable
     INTERNAL = "internal"  # 503: our own fault; fail closed
 
 
@@ -77,10 +78,6 @@ ANSWERS: Mapping[DenyKind, KindAnswer] = {
     DenyKind.MALFORMED: KindAnswer(400, _DENIED, 403, Challenge.NONE),
     DenyKind.BAD_ORIGIN: KindAnswer(403, _DENIED, 403, Challenge.NONE),
     DenyKind.NO_UPSTREAM: KindAnswer(404, _DENIED, 404, Challenge.NONE),
-    # MCP clients read a 404 to a request with a session id as "the session is gone" and
-    # start a new one: what a caller holding someone else's session id, or an ended one,
-    # should do. Never answered in band (a 200 would keep the client on the dead session).
-    DenyKind.SESSION_NOT_FOUND: KindAnswer(404, _DENIED, 404, Challenge.NONE),
     # The operator's Envoy routes and bundle disagree (typically a route deployed before the
     # bundle that names its upstream): a fault of the gateway, not of the request, and one
     # that a retry after the rollout fixes. A 404 would tell clients the endpoint is gone,
@@ -88,6 +85,11 @@ ANSWERS: Mapping[DenyKind, KindAnswer] = {
     DenyKind.UNKNOWN_UPSTREAM: KindAnswer(503, _DENIED, 503, Challenge.NONE),
     DenyKind.RATE_LIMITED: KindAnswer(429, _DENIED, 429, Challenge.NONE),
     DenyKind.LIMIT_STORE_UNAVAILABLE: KindAnswer(503, _DENIED, 503, Challenge.NONE),
+    # MCP clients read a 404 on a session as "gone, initialize again": the one answer that
+    # puts a client whose session was refused back on its feet, and never in band (a
+    # 200 + JSON-RPC error would keep the client on a session it can never use).
+    DenyKind.SESSION_GONE: KindAnswer(404, _DENIED, 404, Challenge.NONE),
+    DenyKind.RESPONSE_STATE_UNAVAILABLE: KindAnswer(503, _DENIED, 503, Challenge.NONE),
     DenyKind.INTERNAL: KindAnswer(503, _DENIED, 503, Challenge.NONE),
 }
 

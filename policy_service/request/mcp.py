@@ -89,6 +89,10 @@ def parse_mcp(request: HttpRequest) -> McpRequest | Malformed:
         # Envoy cut the body at its buffer limit: the tool name may be past the cut.
         return _invalid("body_truncated", "request body was truncated before authorization")
     headers = request.headers
+    if "mcp-session-id" in request.repeated_headers:
+        # One request, one session: with two ids the gateway would check one and the
+        # upstream might serve the other (another principal's).
+        return _invalid("ambiguous_session", "Mcp-Session-Id header is repeated")
     session_id = headers.get("mcp-session-id") or None
     header_version = headers.get("mcp-protocol-version")
     method = request.method.upper()

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from policy_service.clock import SYSTEM_CLOCK, Clock
+from policy_service.decisions.model import DenyKind
 from policy_service.identity.principal import Principal
 from policy_service.policy.model import UpstreamPolicy
 from policy_service.policy.responses import PinMode
@@ -30,13 +32,13 @@ OBSERVED_TTL_SECONDS = 7 * 86400.0
 class GuardRefusal:
     reason: str  # session_unknown, session_principal_mismatch, tool_not_pinned, ...
     message: str
-    status: int  # the HTTP status the refusal is answered with
+    kind: DenyKind  # how the refusal is answered (decisions.model.ANSWERS: its status)
 
 
 _STATE_UNAVAILABLE = GuardRefusal(
     "response_state_unavailable",
     "the gateway cannot check this session or tool right now; the call was refused",
-    503,
+    DenyKind.RESPONSE_STATE_UNAVAILABLE,
 )
 
 
@@ -45,9 +47,9 @@ def _observed_key(upstream: str, tool: str) -> str:
 
 
 class AnswerGuard:
-    def __init__(self, shared: SharedState | None = None) -> None:
-        self.shared = shared or InProcessState()
-        self.sessions = SessionBindings(self.shared)
+    def __init__(self, shared: SharedState | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.shared = shared or InProcessState(clock=clock)
+        self.sessions = SessionBindings(self.shared, clock=clock)
 
     async def refusal(
         self,
@@ -89,11 +91,13 @@ class AnswerGuard:
             return GuardRefusal(
                 "session_principal_mismatch",
                 "this session belongs to another principal; start a new session",
-                404,
+                DenyKind.SESSION_GONE,
             )
         if verdict is SessionVerdict.UNKNOWN:
             return GuardRefusal(
-                "session_unknown", "this session is unknown or has ended; start a new session", 404
+                "session_unknown",
+                "this session is unknown or has ended; start a new session",
+                DenyKind.SESSION_GONE,
             )
         return None
 
@@ -106,7 +110,9 @@ class AnswerGuard:
         pinned = policy.pins.get(tool)
         if pinned is None:
             return GuardRefusal(
-                "tool_not_pinned", "this tool's definition has not been approved", 403
+                "tool_not_pinned",
+                "this tool's definition has not been approved",
+                DenyKind.FORBIDDEN,
             )
         try:
             observed = await self.shared.get(_observed_key(upstream.name, tool))
@@ -116,7 +122,7 @@ class AnswerGuard:
             return GuardRefusal(
                 "tool_definition_changed",
                 "this tool's definition changed since it was approved",
-                403,
+                DenyKind.FORBIDDEN,
             )
         return None
 

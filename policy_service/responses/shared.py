@@ -9,9 +9,9 @@ session id or a principal's name in clear.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Protocol
 
+from policy_service.clock import SYSTEM_CLOCK, Clock
 from policy_service.errors import PolicyServiceError
 from policy_service.ratelimits.redis_store import RedisStore
 from policy_service.ratelimits.resp import RespClient, RespError
@@ -39,16 +39,17 @@ class InProcessState:
 
     name = "in_process"
 
-    def __init__(self, max_keys: int = _MAX_IN_PROCESS_KEYS) -> None:
+    def __init__(self, max_keys: int = _MAX_IN_PROCESS_KEYS, clock: Clock = SYSTEM_CLOCK) -> None:
         self._entries: dict[str, tuple[str, float]] = {}
         self._max_keys = max_keys
+        self._clock = clock
 
     async def get(self, key: str) -> str | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
         value, expires_at = entry
-        if expires_at <= time.monotonic():
+        if expires_at <= self._clock.monotonic():
             del self._entries[key]
             return None
         return value
@@ -57,7 +58,7 @@ class InProcessState:
         if len(self._entries) >= self._max_keys and key not in self._entries:
             soonest = min(self._entries, key=lambda name: self._entries[name][1])
             del self._entries[soonest]
-        self._entries[key] = (value, time.monotonic() + ttl_seconds)
+        self._entries[key] = (value, self._clock.monotonic() + ttl_seconds)
 
     async def delete(self, key: str) -> None:
         self._entries.pop(key, None)

@@ -44,7 +44,7 @@ class AnswerMetrics:
         )
         self._sessions = Counter(
             "policy_service_sessions",
-            "Session binding events by upstream: bound, ended.",
+            "Session binding events by upstream: bound, conflict (id already another's), ended.",
             ("upstream", "event"),
             registry=registry,
         )

@@ -7,6 +7,7 @@ read it here, so the three can never describe one check three ways.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from policy_service.request.model import A2aRequest, CallKind, McpRequest
@@ -25,8 +26,15 @@ class CheckFacts:
     target: str | None = None  # that name
     request_id: str | None = None  # the first call's JSON-RPC id, as text
     mcp_protocol_version: str | None = None
-    mcp_session_id: str | None = None
+    mcp_session_id: str | None = None  # a session_reference, never the id itself
     batch_size: int = 0  # the number of calls of an MCP batch; 0 when not a batch
+
+
+def session_reference(session_id: str) -> str:
+    """What spans and audit events say of a session: the same for each of its requests, so
+    they can be followed, but not the id, which lets whoever holds it into the session on
+    an upstream whose sessions the gateway does not bind to their principal."""
+    return "sha256:" + hashlib.sha256(session_id.encode()).hexdigest()[:32]
 
 
 def facts_of(record: CheckRecord) -> CheckFacts:
@@ -53,6 +61,6 @@ def facts_of(record: CheckRecord) -> CheckFacts:
             str(first.request_id) if first is not None and first.request_id is not None else None
         ),
         mcp_protocol_version=parsed.protocol_version,
-        mcp_session_id=parsed.session_id or None,
+        mcp_session_id=session_reference(parsed.session_id) if parsed.session_id else None,
         batch_size=len(parsed.calls) if parsed.is_batch else 0,
     )

@@ -8,6 +8,11 @@ SIGKILL cannot forward a SIGTERM, and workers left behind would hold the port fo
 buckets in process: each would count every limit alone, so N workers would let N times
 each limit through. ``serve`` refuses such a start, and a reload that adds limits is
 refused like any broken bundle (the last good one keeps serving; the reason is logged).
+
+``warn_in_process_sessions`` is its milder sibling for session binding: each worker would
+know only the sessions whose answers it saw, so a client's session is refused as unknown
+(404) whenever its request reaches another worker. That fails closed (nobody reaches a
+session that isn't theirs) but breaks clients, so it is logged loudly, not refused.
 """
 
 from __future__ import annotations
@@ -45,6 +50,32 @@ def refuse_in_process_limits(load: BundleLoad, workers: int) -> BundleLoad:
         return bundle
 
     return load_without_limits
+
+
+def in_process_sessions_warning(workers: int, upstreams: list[str]) -> str:
+    return (
+        f"--workers {workers} with sessions bound in process (upstreams {', '.join(upstreams)}): "
+        "each worker knows only the sessions whose answers it saw, so clients whose requests "
+        "reach another worker are refused with 404 session_unknown and must start over; give "
+        "--redis-url so the workers share their session bindings"
+    )
+
+
+def warn_in_process_sessions(load: BundleLoad, workers: int, *, quiet_first: bool) -> BundleLoad:
+    """``load``, warning about any bundle that binds sessions; ``quiet_first``: not for the
+    first bundle (a worker's first load repeats what its supervisor already said)."""
+    quiet = quiet_first
+
+    def load_warning(files: BundleFiles) -> CompiledBundle:
+        nonlocal quiet
+        bundle = load(files)
+        bound = [u.name for u in bundle.upstreams if u.responses.sessions.bind]
+        if bound and not quiet:
+            log.warning("%s", in_process_sessions_warning(workers, bound))
+        quiet = False
+        return bundle
+
+    return load_warning
 
 
 class SupervisorChannel:

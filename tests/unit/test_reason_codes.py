@@ -33,7 +33,7 @@ _MAKERS: dict[str, tuple[int, int | None]] = {
     "IdentityFailure": (0, ANSWERS[DenyKind.INVALID_CREDENTIAL].http_status),
     "UnusableCredential": (0, ANSWERS[DenyKind.INVALID_CREDENTIAL].http_status),
     "AmbiguousCredential": (0, ANSWERS[DenyKind.INVALID_REQUEST].http_status),
-    "GuardRefusal": (0, None),  # responses.guard: the status is its third argument
+    "GuardRefusal": (0, None),  # responses.guard: the kind is its third argument
 }
 # A reason handed on from one made above (a credential's, a parse result's, a refusal's).
 _HANDED_ON = re.compile(r"(\w+\.)*reason(\.value)?")
@@ -51,9 +51,9 @@ def _status(name: str, call: ast.Call, fixed: int | None) -> int:
     if fixed is not None:
         return fixed
     if name == "GuardRefusal":
-        given = call.args[2]
-        assert isinstance(given, ast.Constant), ast.unparse(call)
-        return int(given.value)
+        kind = call.args[2]
+        assert isinstance(kind, ast.Attribute), ast.unparse(call)
+        return ANSWERS[DenyKind[kind.attr]].http_status
     if name == "Malformed":
         given = next((k.value for k in call.keywords if k.arg == "http_status"), None)
         return given.value if isinstance(given, ast.Constant) else 400

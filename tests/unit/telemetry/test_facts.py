@@ -13,7 +13,7 @@ from policy_service.request.model import (
     JsonRpcCall,
     McpRequest,
 )
-from policy_service.telemetry.facts import CheckFacts, facts_of
+from policy_service.telemetry.facts import CheckFacts, facts_of, session_reference
 from policy_service.telemetry.record import CheckRecord
 from tests.support.bundles import TestBundle, write_test_bundle
 
@@ -54,7 +54,7 @@ def test_an_mcp_batch_names_its_first_method_and_its_first_named_target(
         target="get_quote",
         request_id=None,
         mcp_protocol_version="2025-03-26",
-        mcp_session_id="s-1",
+        mcp_session_id=session_reference("s-1"),
         batch_size=2,
     )
 

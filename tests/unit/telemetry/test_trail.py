@@ -25,6 +25,7 @@ from policy_service.app import build_gateway, build_servicer
 from policy_service.gen.policy_service.audit.v1 import audit_pb2
 from policy_service.request.model import HttpRequest
 from policy_service.telemetry.audit import AuditFailureMode, Auditor
+from policy_service.telemetry.facts import session_reference
 from policy_service.telemetry.metrics import CheckMetrics
 from policy_service.telemetry.record import CheckRecord
 from policy_service.telemetry.tracing import CHECK_SPAN_NAME
@@ -166,7 +167,9 @@ async def test_one_span_continues_envoys_trace_with_an_event_per_phase(
     assert attributes["gen_ai.tool.name"] == "get_quote"
     assert attributes["gen_ai.operation.name"] == "execute_tool"
     assert attributes["jsonrpc.request.id"] == "7"
-    assert attributes["mcp.session.id"] == "session-1"
+    # A reference, never the id: the id lets its holder into the session.
+    assert attributes["mcp.session.id"] == session_reference("session-1")
+    assert attributes["mcp.session.id"].startswith("sha256:")
     assert attributes["mcp.protocol.version"] == V2026
     assert attributes["policy_service.decision"] == "allow"
     assert attributes["policy_service.reason"] == "allowed"
@@ -453,7 +456,7 @@ async def test_an_event_says_who_called_what_and_how_it_ended(bundle: TestBundle
         "upstream": "fininfo",
         "protocol": "mcp",
         "calls": [{"kind": "tool", "method": "tools/call", "name": "get_quote", "jsonrpc_id": "7"}],
-        "mcp_session_id": "session-1",
+        "mcp_session_id": session_reference("session-1"),
         "mcp_protocol_version": V2026,
     }
     assert allowed["rate_limit"]["verdict"] == "admitted"
