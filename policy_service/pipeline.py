@@ -299,7 +299,7 @@ class CheckPipeline:
         if answers.guards and isinstance(parsed, McpRequest):
             guarded = await self.guard.refusal(upstream, parsed, principal, outcome.targets)
             if guarded is not None:
-                return context.deny(guarded.kind, guarded.reason, guarded.message)
+                return context.deny(DenyKind[guarded.kind], guarded.reason, guarded.message)
 
         limited = NOTHING_MATCHED
         if bundle.limits and enforce_limits:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 
 from policy_service.clock import SYSTEM_CLOCK, Clock
-from policy_service.decisions.model import DenyKind
 from policy_service.identity.principal import Principal
 from policy_service.policy.model import UpstreamPolicy
 from policy_service.policy.responses import PinMode
@@ -28,17 +28,26 @@ from policy_service.responses.shared import (
 OBSERVED_TTL_SECONDS = 7 * 86400.0
 
 
+class GuardKind(StrEnum):
+    """How a refusal is answered: each is the ``decisions.model.DenyKind`` of the same name
+    (the check maps it; this layer does not import the decisions)."""
+
+    FORBIDDEN = "FORBIDDEN"  # 403
+    SESSION_GONE = "SESSION_GONE"  # 404, always: MCP clients then start a new session
+    RESPONSE_STATE_UNAVAILABLE = "RESPONSE_STATE_UNAVAILABLE"  # 503
+
+
 @dataclass(frozen=True, slots=True)
 class GuardRefusal:
     reason: str  # session_unknown, session_principal_mismatch, tool_not_pinned, ...
     message: str
-    kind: DenyKind  # how the refusal is answered (decisions.model.ANSWERS: its status)
+    kind: GuardKind  # how the refusal is answered
 
 
 _STATE_UNAVAILABLE = GuardRefusal(
     "response_state_unavailable",
     "the gateway cannot check this session or tool right now; the call was refused",
-    DenyKind.RESPONSE_STATE_UNAVAILABLE,
+    GuardKind.RESPONSE_STATE_UNAVAILABLE,
 )
 
 
@@ -91,13 +100,13 @@ class AnswerGuard:
             return GuardRefusal(
                 "session_principal_mismatch",
                 "this session belongs to another principal; start a new session",
-                DenyKind.SESSION_GONE,
+                GuardKind.SESSION_GONE,
             )
         if verdict is SessionVerdict.UNKNOWN:
             return GuardRefusal(
                 "session_unknown",
                 "this session is unknown or has ended; start a new session",
-                DenyKind.SESSION_GONE,
+                GuardKind.SESSION_GONE,
             )
         return None
 
@@ -112,7 +121,7 @@ class AnswerGuard:
             return GuardRefusal(
                 "tool_not_pinned",
                 "this tool's definition has not been approved",
-                DenyKind.FORBIDDEN,
+                GuardKind.FORBIDDEN,
             )
         try:
             observed = await self.shared.get(_observed_key(upstream.name, tool))
@@ -122,7 +131,7 @@ class AnswerGuard:
             return GuardRefusal(
                 "tool_definition_changed",
                 "this tool's definition changed since it was approved",
-                DenyKind.FORBIDDEN,
+                GuardKind.FORBIDDEN,
             )
         return None
 

@@ -363,3 +363,15 @@ async def test_a_session_refusal_is_a_404_even_where_refusals_answer_in_band(
     await gateway.open_session(gateway.token("alice"))
     status, error = refusal(await gateway.check(quote(gateway.token("bob"))))
     assert (status, error["data"]["reason"]) == (404, "session_principal_mismatch")
+
+
+def test_every_guard_kind_is_a_deny_kind_of_the_same_name() -> None:
+    from policy_service.decisions.model import ANSWERS, DenyKind
+    from policy_service.responses.guard import GuardKind
+
+    statuses = {kind: ANSWERS[DenyKind[kind]].http_status for kind in GuardKind}
+    assert statuses == {
+        GuardKind.FORBIDDEN: 403,
+        GuardKind.SESSION_GONE: 404,
+        GuardKind.RESPONSE_STATE_UNAVAILABLE: 503,
+    }
