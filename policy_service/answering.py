@@ -22,6 +22,8 @@ from enum import StrEnum
 from typing import Any
 
 import orjson
+from opentelemetry.trace import INVALID_SPAN, Span
+from opentelemetry.util.types import AttributeValue
 
 from policy_service.policy.model import UpstreamPolicy
 from policy_service.responses.answers import AnswerReport, AnswerRewriter, unchecked_answer
@@ -34,6 +36,7 @@ from policy_service.state import ServingBundles
 from policy_service.telemetry.answer_metrics import OTHER, AnswerMetrics
 from policy_service.telemetry.audit import Auditor
 from policy_service.telemetry.audit_event import rfc3339
+from policy_service.telemetry.tracing import describe_answer
 
 log = logging.getLogger("policy_service.answers")
 
@@ -70,21 +73,29 @@ class ResponsePipeline:
         self.auditor = auditor
         self.metrics = metrics
 
-    def open(self, plan_text: str) -> AnswerProcessing:
+    def open(self, plan_text: str, span: Span = INVALID_SPAN) -> AnswerProcessing:
         """The processing of one answer; ValueError when the plan can't be read or names an
-        upstream the bundle doesn't have (then the answer fails closed)."""
+        upstream the bundle doesn't have (then the answer fails closed). ``span``, when
+        recording, is described and ended by ``finish``."""
         plan = ResponsePlan.from_metadata(plan_text)
         upstream = self.bundles.current.bundle.by_name.get(plan.upstream)
         if upstream is None:
             raise ValueError("the response plan names an upstream the bundle does not have")
-        return AnswerProcessing(self, upstream, plan)
+        return AnswerProcessing(self, upstream, plan, span)
 
 
 class AnswerProcessing:
-    def __init__(self, pipeline: ResponsePipeline, upstream: UpstreamPolicy, plan: ResponsePlan):
+    def __init__(
+        self,
+        pipeline: ResponsePipeline,
+        upstream: UpstreamPolicy,
+        plan: ResponsePlan,
+        span: Span = INVALID_SPAN,
+    ) -> None:
         self.pipeline = pipeline
         self.upstream = upstream
         self.plan = plan
+        self.span = span
         self.rewriter = AnswerRewriter(upstream, plan)
         self.report: AnswerReport = self.rewriter.report
         self.status = 0
@@ -275,6 +286,26 @@ class AnswerProcessing:
         auditor = self.pipeline.auditor
         if auditor is not None and auditor.enabled:
             auditor.write(self._audit_event(outcome, mode))
+        if self.span.is_recording():
+            describe_answer(self.span, self._span_attributes(outcome))
+            self.span.end()
+
+    def _span_attributes(self, outcome: str) -> dict[str, AttributeValue]:
+        report = self.report
+        attributes: dict[str, AttributeValue] = {
+            "policy_service.decision_id": self.plan.decision_id,
+            "policy_service.upstream": self.upstream.name,
+            "policy_service.answer.outcome": outcome,
+            "http.response.status_code": self.status,
+            "policy_service.answer.items_hidden": sum(report.hidden.values()),
+            "policy_service.answer.redactions": sum(report.redacted.values()),
+            "policy_service.answer.pin_mismatches": len(report.pins),
+        }
+        if self.plan.calls:
+            attributes["mcp.method.name"] = self.plan.calls[0].method
+        if self.session_event:
+            attributes["policy_service.answer.session"] = self.session_event
+        return attributes
 
     def _audit_event(self, outcome: str, mode: str) -> dict[str, Any]:
         report = self.report

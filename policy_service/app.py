@@ -101,7 +101,7 @@ def build_answers(gateway: CheckPipeline, trail: Trail) -> AnswerProcessorServic
     """The response side (ext_proc) over the gateway's bundles and shared state."""
     metrics = AnswerMetrics(trail.metrics.registry) if trail.metrics is not None else None
     pipeline = ResponsePipeline(gateway.bundles, gateway.guard, trail.auditor, metrics)
-    return AnswerProcessorService(pipeline)
+    return AnswerProcessorService(pipeline, trail)
 
 
 def build_servicer(gateway: CheckPipeline, trail: Trail) -> AuthorizationService:

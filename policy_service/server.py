@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
@@ -169,8 +170,9 @@ _UNCHECKED_PLAN = (
 class AnswerProcessorService(external_processor_pb2_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     """ext_proc: the answers the check marked, one stream per answer."""
 
-    def __init__(self, answers: ResponsePipeline) -> None:
+    def __init__(self, answers: ResponsePipeline, trail: Trail | None = None) -> None:
         self.answers = answers
+        self.trail = trail or Trail()
 
     async def Process(
         self,
@@ -190,10 +192,13 @@ class AnswerProcessorService(external_processor_pb2_grpc.ExternalProcessorServic
                         # a plan, there is nothing to do to its answer.
                         yield headers_reply((), skip_body=True)
                         continue
+                    span = self.trail.answer_span(_answer_parent(context))
                     try:
-                        processing = self.answers.open(plan_text)
+                        processing = self.answers.open(plan_text, span)
                     except ValueError:
                         log.exception("an answer's plan could not be read; answer refused")
+                        mark_internal_error(span)
+                        span.end()
                         yield immediate_reply(502, _UNCHECKED_PLAN, "application/json")
                         return
                     status, headers = status_and_headers(request.response_headers)
@@ -214,6 +219,14 @@ class AnswerProcessorService(external_processor_pb2_grpc.ExternalProcessorServic
             if processing is not None:
                 # The stream ended early (the client left, Envoy reset it): still recorded.
                 await processing.finish()
+
+
+def _answer_parent(context: grpc.aio.ServicerContext[Any, Any]) -> Context:
+    """Envoy's ext_proc span, from the stream's gRPC metadata (Envoy propagates it)."""
+    metadata = {
+        key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)
+    }
+    return parent_context(metadata, {})
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from policy_service.authorization.policy import Granted, PolicyOutcome
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from policy_service.telemetry.record import CheckRecord
 
 CHECK_SPAN_NAME = "envoy.service.auth.v3.Authorization/Check"
+ANSWER_SPAN_NAME = "envoy.service.ext_proc.v3.ExternalProcessor/Process"
 
 # The policy's own attributes.
 DECISION = "policy_service.decision"
@@ -178,3 +180,10 @@ def decision_name(decision: Decision) -> str:
     if isinstance(decision, Serve):
         return "serve"
     return "deny"
+
+
+def describe_answer(span: trace.Span, attributes: Mapping[str, AttributeValue]) -> None:
+    """What the response side did to one answer, on its span (counts and names only)."""
+    span.set_attributes(attributes)
+    if str(attributes.get("policy_service.answer.outcome", "")).startswith("response_"):
+        span.set_status(Status(StatusCode.ERROR, str(attributes["policy_service.answer.outcome"])))

@@ -32,6 +32,7 @@ from policy_service.telemetry.facts import CheckFacts
 from policy_service.telemetry.metrics import CheckMetrics
 from policy_service.telemetry.record import CheckRecord
 from policy_service.telemetry.tracing import (
+    ANSWER_SPAN_NAME,
     CHECK_ATTRIBUTES,
     CHECK_SPAN_NAME,
     set_check_attributes,
@@ -85,6 +86,20 @@ class Trail:
             record_exception=False,  # a traceback could quote request content
         ) as span:
             yield span
+
+    def answer_span(self, parent: Context) -> trace.Span:
+        """The span of one answer's processing (ended by the caller, when the answer
+        ends): a child of Envoy's ext_proc span, never made current (an answer's stream
+        spans many awaits). The invalid span when tracing is off or Envoy did not sample."""
+        if self.tracer_provider is None:
+            return trace.INVALID_SPAN
+        if self._follows_parent:
+            inherited = trace.get_current_span(parent).get_span_context()
+            if inherited.is_valid and not inherited.trace_flags.sampled:
+                return trace.INVALID_SPAN
+        return self.tracer.start_span(
+            ANSWER_SPAN_NAME, context=parent, kind=SpanKind.SERVER, record_exception=False
+        )
 
     def audit(
         self,

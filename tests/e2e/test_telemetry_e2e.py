@@ -20,10 +20,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from policy_service.dev.redis_server import RedisServer
-from policy_service.telemetry.tracing import CHECK_SPAN_NAME
+from policy_service.telemetry.tracing import ANSWER_SPAN_NAME, CHECK_SPAN_NAME
 from tests.e2e.conftest import Stack, start_stack
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
-from tests.support.peers import GatewayDenied, fetch_recorded_requests, mcp_call_tool
+from tests.support.peers import (
+    GatewayDenied,
+    fetch_recorded_requests,
+    mcp_call_tool,
+    mcp_list_tools,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -165,6 +170,42 @@ async def test_one_trace_runs_from_envoy_through_the_check_to_redis(traced: Trac
     remaining = attributes["policy_service.ratelimit.remaining"]
     assert isinstance(remaining, int)
     assert 990 <= remaining <= 998
+
+
+async def test_a_filtered_list_answer_has_its_own_span_in_the_same_trace(traced: Traced) -> None:
+    client_id, headers = traced.named_client("fininfo:read")
+    tools = await mcp_list_tools(traced.stack.fininfo_url, headers=headers)
+    assert "place_trade" not in {tool.name for tool in tools}
+
+    def complete(spans: list[ReceivedSpan]) -> bool:
+        check = check_span_for(
+            spans, **{"mcp.method.name": "tools/list", "policy_service.client_id": client_id}
+        )
+        return check is not None and any(
+            span.name == ANSWER_SPAN_NAME and span.trace_id == check.trace_id for span in spans
+        )
+
+    spans = traced.otlp.wait_for(complete)
+    check = check_span_for(
+        spans, **{"mcp.method.name": "tools/list", "policy_service.client_id": client_id}
+    )
+    assert check is not None
+    trace = [span for span in spans if span.trace_id == check.trace_id]
+    answer = only(trace, ANSWER_SPAN_NAME)
+    assert answer.service_name == "policy-service"
+    assert answer.kind == "SERVER"
+    # It continues Envoy's ext_proc call, as the Check span continues its ext_authz call.
+    (parent,) = [span for span in trace if span.span_id == answer.parent_span_id]
+    assert parent.service_name == "envoy"
+    assert parent.span_id != only(trace, EGRESS).span_id
+    assert (
+        answer.attributes["policy_service.decision_id"]
+        == check.attributes["policy_service.decision_id"]
+    )
+    assert answer.attributes["policy_service.answer.outcome"] == "rewritten"
+    hidden = answer.attributes["policy_service.answer.items_hidden"]
+    assert isinstance(hidden, int)
+    assert hidden >= 1
 
 
 async def test_a_denial_leads_from_its_decision_id_to_the_audit_log_access_log_and_trace(

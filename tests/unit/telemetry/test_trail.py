@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler, SamplingResult
-from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_trace_id
+from opentelemetry.trace import INVALID_SPAN, SpanKind, StatusCode, format_span_id, format_trace_id
 
 from policy_service.app import build_gateway, build_servicer
 from policy_service.gen.policy_service.audit.v1 import audit_pb2
@@ -709,3 +709,25 @@ async def test_without_a_route_tag_an_unmatched_path_is_still_no_upstream(
     response = await harness.check(path="/nowhere", headers={}, body=b"")
     assert response.denied_response.status.code == 404
     assert json.loads(response.denied_response.body)["error"] == "no_upstream"
+
+
+@pytest.mark.parametrize(("flags", "recorded"), [("01", True), ("00", False)])
+def test_an_answer_span_follows_envoys_sampling(flags: str, recorded: bool) -> None:
+    from opentelemetry import propagate
+
+    from policy_service.telemetry.tracing import ANSWER_SPAN_NAME
+
+    provider, exporter = capture_spans(None)
+    trail = Trail(tracer_provider=provider)
+    parent = propagate.extract({"traceparent": traceparent(ENVOY_TRACE, ENVOY_SPAN, flags)})
+    span = trail.answer_span(parent)
+    assert span.is_recording() is recorded
+    span.end()
+    finished = exporter.get_finished_spans()
+    assert [s.name for s in finished] == ([ANSWER_SPAN_NAME] if recorded else [])
+    if recorded:
+        context = finished[0].get_span_context()
+        assert format_trace_id(context.trace_id) == ENVOY_TRACE
+        assert finished[0].parent is not None
+        assert format_span_id(finished[0].parent.span_id) == ENVOY_SPAN
+    assert Trail().answer_span(parent) is INVALID_SPAN  # tracing off: no span at all
