@@ -3,17 +3,19 @@
 
 Every case gets fresh in-process rate-limit buckets; ``repeat: N`` sends the call N times and
 checks the last answer, for limits. ``explain`` builds its request and reads its outcome the
-same way (``http_request_for``, ``principal_for``, ``outcome_of``).
+same way (``http_request_for``, ``principal_for``, ``outcome_of``). Each result carries what
+its case exercised (``coverage.CaseTrace``), for the coverage ``test`` reports.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from policy_service.authoring.cases import Call, Caller, Case, Expectation
+from policy_service.authoring.coverage import CaseTrace, note_limits, trace_case
 from policy_service.decisions.model import Allow, Decision, Deny, Serve
 from policy_service.decisions.render import http_status_of
 from policy_service.identity.principal import CredentialKind, Principal
@@ -52,6 +54,7 @@ class CaseResult:
     case: Case
     outcome: Outcome
     mismatches: tuple[str, ...]
+    trace: CaseTrace = field(default_factory=CaseTrace)
 
     @property
     def passed(self) -> bool:
@@ -150,16 +153,25 @@ def gateway_for(bundle: CompiledBundle, state: BundleState, caller: Caller | Non
     return CheckPipeline(state, identity=GivenPrincipal(principal))
 
 
-async def decide_case(bundle: CompiledBundle, case: Case, gateway: CheckPipeline) -> Outcome:
+async def decide_case(
+    bundle: CompiledBundle, case: Case, gateway: CheckPipeline
+) -> tuple[Outcome, CaseTrace]:
     upstream = bundle.by_name[case.call.upstream]
     request = http_request_for(upstream, case.call, case.caller)
     outcome: Outcome | None = None
+    record: CheckRecord | None = None
+    limits: dict[str, bool] = {}
     for _ in range(case.repeat):
         record = CheckRecord.new()
         decision = await gateway.check(request, record)
+        note_limits(limits, record)
         outcome = outcome_of(decision, record)
     assert outcome is not None
-    return outcome
+    assert record is not None
+    # The rules are walked again only once a case, after its calls: every repeat of a call
+    # meets the rules the same way (only the buckets change), and the service's own checks
+    # never pay for the walk.
+    return outcome, trace_case(bundle, request, record, limits)
 
 
 def mismatches(expect: Expectation, got: Outcome) -> tuple[str, ...]:
@@ -212,8 +224,9 @@ async def run_cases(bundle: CompiledBundle, cases: Sequence[Case]) -> list[CaseR
     results: list[CaseResult] = []
     try:
         for case in cases:
-            outcome = await decide_case(bundle, case, gateway_for(bundle, state, case.caller))
-            results.append(CaseResult(case, outcome, mismatches(case.expect, outcome)))
+            gateway = gateway_for(bundle, state, case.caller)
+            outcome, trace = await decide_case(bundle, case, gateway)
+            results.append(CaseResult(case, outcome, mismatches(case.expect, outcome), trace))
     finally:
         await state.jwt.aclose()
     return results

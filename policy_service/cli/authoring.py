@@ -1,6 +1,9 @@
 """For the people who write policy: ``lint``, ``test``, ``explain``, ``schema``, ``hash-key``.
 
-policy-service test BUNDLE [CASES ...]     run policy tests; non-zero exit on any failure
+policy-service lint BUNDLE ...             validate bundles; non-zero exit on any problem
+policy-service test BUNDLE [CASES ...]     run policy tests and report their coverage;
+                                           non-zero exit on any failure
+    both: --format text|json|junit [--output FILE], the report for CI
 policy-service explain BUNDLE --upstream U --tool T [--scope S ...]   why one request is
                                            decided the way it is
 policy-service schema [--cases]            print the JSON Schema of the bundle format, or of
@@ -18,11 +21,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from policy_service.cli.reports import ReportOutput, add_report_flags, percent
 from policy_service.errors import BundleError, ConfigError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
+    from policy_service.authoring.reports import CaseFileRun
     from policy_service.cli.flags import Commands
     from policy_service.policy.model import CompiledBundle
     from policy_service.ratelimits.limiter import RateLimiter
@@ -36,6 +41,7 @@ SCHEMA_COMMENT = "# yaml-language-server: $schema="
 def register(commands: Commands) -> None:
     lint = commands.add_parser("lint", help="validate bundles; non-zero exit on any problem")
     lint.add_argument("bundles", nargs="+", help="bundle files or directories")
+    add_report_flags(lint)
     lint.set_defaults(run=_cmd_lint)
 
     hash_key = commands.add_parser(
@@ -45,16 +51,25 @@ def register(commands: Commands) -> None:
 
     test = commands.add_parser(
         "test",
-        help="run a bundle's policy tests; non-zero exit when any case fails",
+        help="run a bundle's policy tests and report coverage; non-zero exit when any case fails",
         description="Decide each case with the bundle, as the service would, and compare "
         "with what the case expects. Without CASES, the tests beside the bundle are run: "
-        f"NAME{CASES_SUFFIX} next to NAME.yaml, or every *{CASES_SUFFIX} in a bundle directory.",
+        f"NAME{CASES_SUFFIX} next to NAME.yaml, or every *{CASES_SUFFIX} in a bundle directory. "
+        "Then say which rules, conditions and limits the cases exercised, and list the rest.",
     )
     test.add_argument("bundle", help="bundle file or directory")
     test.add_argument(
         "cases", nargs="*", help=f"case files (default: the bundle's *{CASES_SUFFIX})"
     )
     test.add_argument("-v", "--verbose", action="store_true", help="show every decision")
+    test.add_argument(
+        "--min-coverage",
+        type=percent,
+        metavar="PERCENT",
+        help="exit 1 when fewer than PERCENT of the bundle's rules decided a case "
+        "(coverage is reported either way)",
+    )
+    add_report_flags(test)
     test.set_defaults(run=_cmd_test)
 
     explain = commands.add_parser(
@@ -116,6 +131,8 @@ def register(commands: Commands) -> None:
 
 
 def _cmd_test(args: argparse.Namespace) -> int:
+    from policy_service.authoring.coverage import coverage_of, render_coverage
+    from policy_service.authoring.reports import cases_json, cases_junit
     from policy_service.bundles.loader import load_bundle
 
     bundle_path = Path(args.bundle)
@@ -124,35 +141,66 @@ def _cmd_test(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"no case files given and none found beside {bundle_path} (*{CASES_SUFFIX})"
         )
+    out = ReportOutput(args)
     try:
         bundle = load_bundle(bundle_path)
-        failed = run_case_files(bundle, case_paths, str(bundle_path), verbose=args.verbose)
+        runs = run_case_files_for(bundle, case_paths, str(bundle_path), out.say, args.verbose)
     except BundleError as exc:
         print(exc, file=sys.stderr)
         return 1
-    return 1 if failed else 0
+    coverage = coverage_of(bundle, (result.trace for run in runs for result in run.results))
+    for line in render_coverage(coverage).splitlines():
+        out.say(line)
+    below = args.min_coverage is not None and coverage.below(args.min_coverage)
+    if below:
+        out.say(
+            f"rules covered {coverage.rules_percent}%, below --min-coverage {args.min_coverage:g}%",
+            error=True,
+        )
+    if args.format == "json":
+        out.finish(cases_json(str(bundle_path), bundle.revision, runs, coverage))
+    elif args.format == "junit":
+        out.finish(cases_junit(runs, coverage, args.min_coverage))
+    else:
+        out.finish()
+    failed = any(not result.passed for run in runs for result in run.results)
+    return 1 if failed or below else 0
 
 
 def run_case_files(
     bundle: CompiledBundle, case_paths: Sequence[Path], label: str, *, verbose: bool = False
 ) -> int:
     """Run each case file against ``bundle``, printing its report; how many cases failed.
+    ``sign`` (which refuses to sign when one fails) runs the tests this way."""
+    runs = run_case_files_for(bundle, case_paths, label, print, verbose)
+    return sum(1 for run in runs for result in run.results if not result.passed)
 
-    ``test`` and ``sign`` (which refuses to sign when one fails) both run tests this way.
+
+def run_case_files_for(
+    bundle: CompiledBundle,
+    case_paths: Sequence[Path],
+    label: str,
+    say: Callable[[str], None],
+    verbose: bool = False,
+) -> list[CaseFileRun]:
+    """Run each case file against ``bundle``, saying its report as it is decided.
+
     Raises ``BundleError`` for a case file that is malformed or names what is not there.
     """
     from policy_service.authoring.cases import check_case_targets, load_cases
+    from policy_service.authoring.reports import CaseFileRun
     from policy_service.authoring.runner import report, run_cases
 
-    failed = 0
+    runs: list[CaseFileRun] = []
     for path in case_paths:
         cases = load_cases(path)
         check_case_targets(bundle, cases, str(path))
         results = asyncio.run(run_cases(bundle, cases))
-        print(f"{path} against {label} (revision {bundle.revision})")
-        print(report(results, verbose=verbose))
-        failed += sum(1 for result in results if not result.passed)
-    return failed
+        say(f"{path} against {label} (revision {bundle.revision})")
+        for line in report(results, verbose=verbose).splitlines():
+            say(line)
+        runs.append(CaseFileRun(path, results))
+    return runs
 
 
 def cases_beside(bundle: Path) -> list[Path]:
@@ -305,35 +353,43 @@ def _write_schemas(folder: Path) -> int:
 
 def _cmd_lint(args: argparse.Namespace) -> int:
     from policy_service.authoring.findings import lint_findings
+    from policy_service.authoring.reports import LintResult, lint_json, lint_junit
     from policy_service.bundles.loader import load_bundle
 
-    failed = False
+    out = ReportOutput(args)
+    results: list[LintResult] = []
     for path in args.bundles:
         try:
             bundle = load_bundle(path)
         except BundleError as exc:
-            failed = True
-            print(exc, file=sys.stderr)
+            results.append(LintResult(path, problems=tuple(exc.problems)))
+            out.say(str(exc), error=True)
             continue
         findings = lint_findings(bundle)
+        results.append(LintResult(path, bundle.revision, findings=tuple(findings)))
         if findings:
-            failed = True
             count = len(findings)
-            print(
+            out.say(
                 f"{path}: loads, but {count} rule{'s' if count != 1 else ''} will not do "
                 "what they say:",
-                file=sys.stderr,
+                error=True,
             )
             for finding in findings:
-                print(f"  {path}: {finding}", file=sys.stderr)
+                out.say(f"  {path}: {finding}", error=True)
             continue
         rules = sum(len(upstream.rules) for upstream in bundle.upstreams)
-        print(
+        out.say(
             f"{path}: ok (revision {bundle.revision}; {len(bundle.upstreams)} upstreams, "
             f"{rules} rules, {len(bundle.limits)} limits, {len(bundle.issuers)} issuers, "
             f"{len(bundle.api_keys)} api keys)"
         )
-    return 1 if failed else 0
+    if args.format == "json":
+        out.finish(lint_json(results))
+    elif args.format == "junit":
+        out.finish(lint_junit(results))
+    else:
+        out.finish()
+    return 0 if all(result.ok for result in results) else 1
 
 
 def _cmd_hash_key(args: argparse.Namespace) -> int:

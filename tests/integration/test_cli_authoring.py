@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from policy_service.authoring.cases import Caller
@@ -24,7 +25,11 @@ def test_test_runs_the_cases_beside_the_bundle_and_exits_zero() -> None:
     result = run("test", str(FINANCE / "bundle.yaml"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "  PASS  an analyst reads a quote" in result.stdout
-    assert result.stdout.rstrip().endswith("11 passed, 0 failed")
+    # The count closes the cases; coverage follows it.
+    assert result.stdout.rstrip().endswith(
+        "11 passed, 0 failed\n"
+        "coverage: rules 6/6, conditions 2/2 (both outcomes), limits 2/2 (1 exceeded)"
+    )
 
 
 def test_a_policy_change_that_breaks_a_case_exits_non_zero(tmp_path: Path) -> None:
@@ -36,7 +41,7 @@ def test_a_policy_change_that_breaks_a_case_exits_non_zero(tmp_path: Path) -> No
     assert result.returncode == 1
     assert "  FAIL  an analyst cannot trade" in result.stdout
     assert "        decision: expected deny, got allow" in result.stdout
-    assert result.stdout.rstrip().endswith("10 passed, 1 failed")
+    assert "\n10 passed, 1 failed\ncoverage: " in result.stdout
 
 
 def test_a_broken_case_file_is_reported_not_run(tmp_path: Path) -> None:
@@ -58,6 +63,85 @@ def test_test_refuses_a_broken_bundle() -> None:
     result = run("test", str(invalid), str(cases))
     assert result.returncode == 1
     assert "unknown variable 'arg'" in result.stderr
+
+
+def test_test_writes_junit_for_ci_and_still_prints_the_text(tmp_path: Path) -> None:
+    shutil.copytree(FINANCE, tmp_path / "finance")
+    report = tmp_path / "results" / "policy.xml"
+    report.parent.mkdir()
+    result = run(
+        "test", str(tmp_path / "finance" / "bundle.yaml"), "--format", "junit",
+        "--output", str(report),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "  PASS  an analyst reads a quote" in result.stdout
+    assert "coverage: rules 6/6," in result.stdout
+    root = ET.parse(report).getroot()
+    assert (root.get("tests"), root.get("failures")) == ("11", "0")
+    suite = root.find("testsuite")
+    assert suite is not None
+    assert suite.get("name") == str(tmp_path / "finance" / "bundle.cases.yaml")
+
+
+def test_a_failing_case_exits_one_in_every_format(tmp_path: Path) -> None:
+    shutil.copytree(FINANCE, tmp_path / "finance")
+    bundle = tmp_path / "finance" / "bundle.yaml"
+    bundle.write_text(bundle.read_text().replace("scopes: [fininfo:trade]", "scopes: []"))
+    json_run = run("test", str(bundle), "--format", "json")
+    assert json_run.returncode == 1
+    document = json.loads(json_run.stdout)  # nothing but the report on stdout
+    assert (document["passed"], document["failed"]) == (10, 1)
+    junit_run = run("test", str(bundle), "--format", "junit")
+    assert junit_run.returncode == 1
+    assert ET.fromstring(junit_run.stdout).get("failures") == "1"
+
+
+def test_min_coverage_fails_the_run_below_it(tmp_path: Path) -> None:
+    shutil.copytree(FINANCE, tmp_path / "finance")
+    cases = tmp_path / "finance" / "bundle.cases.yaml"
+    # Only the first two cases: session and read decide; four rules of six are left.
+    text = cases.read_text()
+    cases.write_text(text[: text.index("  - name: an analyst cannot trade")])
+    bundle = str(tmp_path / "finance" / "bundle.yaml")
+    below = run("test", bundle, "--min-coverage", "34")
+    assert below.returncode == 1
+    assert "2 passed, 0 failed\ncoverage: rules 2/6," in below.stdout
+    assert "uncovered: upstreams[0].rules[3] 'large-orders' never decided a case" in below.stdout
+    assert "rules covered 33.3%, below --min-coverage 34%" in below.stderr
+    met = run("test", bundle, "--min-coverage", "33")
+    assert met.returncode == 0, met.stdout + met.stderr
+    # Without the flag coverage is only reported.
+    assert run("test", bundle).returncode == 0
+    refused = run("test", bundle, "--min-coverage", "101")
+    assert refused.returncode == 2
+    assert "'101' is not a percentage from 0 to 100" in refused.stderr
+
+
+def test_lint_writes_json_with_every_problem(tmp_path: Path) -> None:
+    invalid = ROOT / "tests" / "fixtures" / "bundles" / "invalid" / "when_unknown_variable.yaml"
+    result = run("lint", str(FINANCE / "bundle.yaml"), str(invalid), "--format", "json")
+    assert result.returncode == 1
+    document = json.loads(result.stdout)  # the ok line is held back: stdout is the report
+    assert [(b["path"], b["ok"]) for b in document["bundles"]] == [
+        (str(FINANCE / "bundle.yaml"), True),
+        (str(invalid), False),
+    ]
+    assert document["bundles"][1]["problems"][0]["path"] == "upstreams[0].rules[0].when"
+    assert "unknown variable 'arg'" in result.stderr  # problems still reach the terminal
+    report = tmp_path / "lint.xml"
+    junit = run("lint", str(FINANCE / "bundle.yaml"), "--format", "junit", "--output", str(report))
+    assert junit.returncode == 0, junit.stderr
+    assert ": ok (revision finance-2026-11-21;" in junit.stdout
+    assert ET.parse(report).getroot().get("tests") == "1"
+
+
+def test_the_readme_shows_what_test_prints_for_coverage() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    result = run("test", str(ROOT / "examples" / "ci-bots" / "bundle.yaml"), "--min-coverage", "90")
+    assert result.returncode == 1
+    shown = result.stdout.split("\n8 passed", 1)[1]
+    assert f"```\n8 passed{shown}```" in readme, result.stdout
+    assert f"(`{result.stderr.strip()}`)" in readme
 
 
 def test_explain_from_flags() -> None:
