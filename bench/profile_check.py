@@ -17,6 +17,7 @@ microseconds per check with the service CPU per request that run.py implies (ser
     .venv/bin/python bench/profile_check.py --tokens 20000 --iterations 20000  # no cache hits
     .venv/bin/python bench/profile_check.py --trail --sampling 1   # the production trail
     .venv/bin/python bench/profile_check.py --trail --sampling 1 --cold   # caches evicted
+    .venv/bin/python bench/profile_check.py --record   # serve --record's line per check
 
 ``--trail`` turns on what production runs beside the decision: an audit event per check
 (written to /dev/null through the real file sink), Prometheus metrics, and tracing with the
@@ -224,6 +225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="with --trail: the share of checks whose parent is sampled (default 100)",
     )
     parser.add_argument(
+        "--record",
+        action="store_true",
+        help="a recording line per check (serve --record), written to /dev/null",
+    )
+    parser.add_argument(
         "--cold",
         action="store_true",
         help="evict the CPU caches before each check, as a real server's neighbours do "
@@ -238,6 +244,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         otlp_sink(args.trail) as port,
     ):
         service, gateway, requests = build_requests(Path(tmp), max(1, args.tokens), port)
+        if args.record:
+            from policy_service.telemetry.audit import FileSink
+            from policy_service.telemetry.recording import Recorder
+
+            service.trail.recorder = Recorder(FileSink.open(Path("/dev/null")), "/dev/null")
         contexts = call_contexts(
             (100.0 if args.sampling is None else args.sampling) if args.trail else None
         )
@@ -258,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else ""
     )
     caches = ", caches evicted before each" if args.cold else ""
+    trail += ", recorded" if args.record else ""
     print(
         f"{args.iterations} checks{caches}, {args.tokens} token(s){trail}: "
         f"{per_check_us:.1f} us CPU "

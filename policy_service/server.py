@@ -146,6 +146,9 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
         seconds = time.perf_counter() - started
         facts = facts_of(record)  # derived once: the event, span and metrics read it
         audited = self.trail.audit(span, parent, http, decision, record, facts, seconds)
+        if decision is not _CANCELLED:  # abandoned, never decided: nothing to decide again
+            # What the policy decided, before an audit failure could turn it into a 503.
+            self.trail.record(http, decision, record)
         if not audited and self.trail.auditor.failure_mode is AuditFailureMode.CLOSED:
             decision = _unaudited(http, decision, record)
         self.trail.describe(span, http, decision, record, facts, seconds)

@@ -4,6 +4,7 @@ serve                                   the ext_authz gRPC service    (cli.servi
 lint, test, explain, schema, hash-key   writing and checking policy   (cli.authoring)
 keygen, sign, verify                    signed bundles                (cli.signing)
 pin                                     tool-definition pins          (cli.pinning)
+replay                                  recorded checks, decided again (cli.replaying)
 dev, token, envoy-config                the dev stack and Envoy       (cli.dev)
 """
 
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 import policy_service.cli.authoring as authoring
 import policy_service.cli.dev as dev
 import policy_service.cli.pinning as pinning
+import policy_service.cli.replaying as replaying
 import policy_service.cli.serving as serving
 import policy_service.cli.signing as signing
 from policy_service.cli.flags import finish_help
@@ -38,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how much the service logs",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (serving, authoring, dev, signing, pinning):
+    for group in (serving, authoring, dev, signing, pinning, replaying):
         group.register(commands)
     finish_help(parser)
     return parser

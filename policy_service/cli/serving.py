@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from policy_service.cli.flags import Commands
     from policy_service.policy.model import CompiledBundle
     from policy_service.server import TlsSettings
+    from policy_service.telemetry.recording import Recorder
     from policy_service.workers.worker import SupervisorChannel
 
 
@@ -91,6 +92,20 @@ def register(commands: Commands) -> None:
         metavar="BUNDLE|DIR|URL",
         help="also decide every check with this bundle and record what it would have done "
         "(audit event dry_run, metrics), without enforcing it; reloaded like the bundle",
+    )
+    serve.add_argument(
+        "--record",
+        metavar="FILE",
+        help="append one replayable JSON line per check to FILE, for `policy-service "
+        "replay`: the request as the policy reads it and the verified caller, never a "
+        "token, key or cookie; arguments only as the bundle's audit.include_arguments allows",
+    )
+    serve.add_argument(
+        "--record-sample",
+        type=_sample_rate,
+        default=1.0,
+        metavar="RATE",
+        help="with --record: the share of checks recorded, above 0 up to 1",
     )
     serve.add_argument("--tls-cert", help="PEM certificate chain: serve gRPC over TLS")
     serve.add_argument("--tls-key", help="the PEM private key of --tls-cert")
@@ -204,9 +219,13 @@ def _serve(args: argparse.Namespace, channel: SupervisorChannel | None) -> int:
             Path(args.tls_client_ca) if args.tls_client_ca else None,
         )
     metrics_listen = metrics_address(args)
+    if args.record_sample != 1.0 and not args.record:
+        raise ConfigError("--record-sample needs --record")
     if channel is None and workers > 1:
         _check_readable(tls)
         _check_audit_log(args.audit_log)
+        if args.record:
+            _check_audit_log(args.record, flag="--record")
         return _supervise(args, workers, metrics_listen)
     if channel is not None and metrics_listen is not None:
         # The supervisor serves --metrics-listen; it reads this worker's registry here.
@@ -223,6 +242,8 @@ def _serve(args: argparse.Namespace, channel: SupervisorChannel | None) -> int:
     trail = trail_from_args(
         args, os.environ, audit_lock_fd=channel.seat.audit_lock_fd if channel else None
     )
+    if args.record:
+        trail.recorder = _recorder(args.record, args.record_sample)
 
     def watched(
         source: BundleSource, load: BundleLoad, loaded: BundleLoaded | None = None
@@ -328,15 +349,39 @@ def _check_readable(tls: TlsSettings | None) -> None:
             raise ConfigError(f"{flag} {path}: {exc.strerror or exc}") from None
 
 
-def _check_audit_log(audit_log: str) -> None:
-    if audit_log in ("-", "off"):
+def _check_audit_log(audit_log: str, flag: str = "--audit-log") -> None:
+    if audit_log in ("-", "off") and flag == "--audit-log":
         return
     from policy_service.telemetry.audit import FileSink
 
     try:
         FileSink.open(Path(audit_log)).close()
     except OSError as exc:
-        raise ConfigError(f"--audit-log {audit_log}: {exc.strerror}") from None
+        raise ConfigError(f"{flag} {audit_log}: {exc.strerror}") from None
+
+
+def _sample_rate(text: str) -> float:
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = 0.0
+    if not 0.0 < rate <= 1.0:
+        raise argparse.ArgumentTypeError("give a share of checks above 0 and up to 1, e.g. 0.1")
+    return rate
+
+
+def _recorder(path: str, sample: float) -> Recorder:
+    from policy_service.telemetry.audit import FileSink
+    from policy_service.telemetry.recording import Recorder
+
+    # A file of its own: its lines are whole on O_APPEND, with one writer or with every
+    # worker of serve --workers appending to it.
+    try:
+        sink = FileSink.open(Path(path))
+    except OSError as exc:
+        raise ConfigError(f"--record {path}: {exc.strerror}") from None
+    log.info("recording checks to %s (a share of %g)", path, sample)
+    return Recorder(sink, path, sample=sample)
 
 
 def _failure_reason(exc: BaseException) -> str:

@@ -298,7 +298,7 @@ class Auditor:
         """Write one event; False when it could not be written."""
         if self.sink is None:
             return True
-        line = _json_line(event)
+        line = json_line(event)
         try:
             self.sink.write(line)
         except OSError as exc:
@@ -363,7 +363,7 @@ class Auditor:
             self.sink.close()
 
 
-def _json_line(event: Mapping[str, Any]) -> bytes:
+def json_line(event: Mapping[str, Any]) -> bytes:
     """The event as one compact UTF-8 JSON line. orjson takes it in well under a
     microsecond (the standard library took nine), in the same bytes."""
     try:
@@ -384,5 +384,6 @@ __all__ = [
     "FileSink",
     "SharedFileSink",
     "audit_event",
+    "json_line",
     "redact",
 ]

@@ -31,6 +31,7 @@ from policy_service.telemetry.audit_event import audit_event
 from policy_service.telemetry.facts import CheckFacts
 from policy_service.telemetry.metrics import CheckMetrics
 from policy_service.telemetry.record import CheckRecord
+from policy_service.telemetry.recording import Recorder
 from policy_service.telemetry.tracing import (
     ANSWER_SPAN_NAME,
     CHECK_ATTRIBUTES,
@@ -50,6 +51,7 @@ class Trail:
         tracer_provider: TracerProvider | None = None,
         auditor: Auditor | None = None,
         metrics: CheckMetrics | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.tracer_provider = tracer_provider
         self.tracer: trace.Tracer = (
@@ -63,6 +65,7 @@ class Trail:
         )
         self.auditor = auditor or Auditor(None, AuditFailureMode.OPEN)
         self.metrics = metrics
+        self.recorder = recorder  # serve --record: replayable lines, None when off
         self._unknown_tags_logged: dict[str, float] = {}
 
     @contextmanager
@@ -127,6 +130,11 @@ class Trail:
         )
         return self.auditor.write(event)
 
+    def record(self, request: HttpRequest, decision: Decision, record: CheckRecord) -> None:
+        """A replayable line for the check, when recording is on (built only then)."""
+        if self.recorder is not None:
+            self.recorder.record(request, decision, record)
+
     def describe(
         self,
         span: trace.Span,
@@ -173,6 +181,8 @@ class Trail:
         if self.tracer_provider is not None:
             self.tracer_provider.shutdown()
         self.auditor.close()
+        if self.recorder is not None:
+            self.recorder.close()
 
 
 def _trace_ids(span: trace.Span, parent: Context) -> tuple[str, str]:
