@@ -33,6 +33,10 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # Constructs whose matching time is not linear in the text, or that RE2 lacks: a pattern
 # scans every tool result of the upstream, so it must not be one an answer can stall.
 _NON_LINEAR = re.compile(r"\(\?<?[=!]|\\[1-9]|\(\?P=")
+# A repeated group whose own last item repeats or is optional, like (a+)+ or (\w*\s?)*:
+# the ways to split a run between the two repetitions grow exponentially, and Python's
+# engine tries them all when a match fails. (\d+\.)+ is fine: the dot separates the runs.
+_NESTED_REPEAT = re.compile(r"(?<!\\)(?:[*+?]|\{\d+,\d*\})\)(?:[*+]|\{\d+,)")
 _MIN_BODY_BYTES = 1024
 _MAX_BODY_BYTES = 64 * 1024 * 1024
 
@@ -84,6 +88,13 @@ def _redaction(section: bundle_pb2.Responses, path: str, problems: Problems) -> 
         if _NON_LINEAR.search(entry.regex):
             problems.add(
                 f"{where}.regex", "must not use lookaround or backreferences (RE2 syntax only)"
+            )
+            continue
+        if _NESTED_REPEAT.search(entry.regex):
+            problems.add(
+                f"{where}.regex",
+                "must not repeat a group that ends in a repetition, like (a+)+: it can "
+                "take exponential time on a tool result",
             )
             continue
         try:
