@@ -1,6 +1,6 @@
 """The response side's pipeline: one upstream answer, from its headers to its last byte.
 
-Envoy opens an ext_proc stream only for answers the check marked (``responses.plan``),
+Envoy opens an ext_proc stream only for answers the check left a plan for (``responses.plan``),
 sends the answer's headers, then its body chunk by chunk (STREAMED). Each chunk's reply
 replaces it:
 
@@ -59,7 +59,7 @@ class HeadersOutcome:
 
 
 class ResponsePipeline:
-    """Opens one ``AnswerProcessing`` per marked answer, over the bundle being served."""
+    """Opens one ``AnswerProcessing`` per planned answer, over the bundle being served."""
 
     def __init__(
         self,

@@ -171,7 +171,7 @@ _UNCHECKED_PLAN = (
 
 
 class AnswerProcessorService(external_processor_pb2_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    """ext_proc: the answers the check marked, one stream per answer."""
+    """ext_proc: the answers the check left a plan for, one stream per answer."""
 
     def __init__(self, answers: ResponsePipeline, trail: Trail | None = None) -> None:
         self.answers = answers
@@ -191,8 +191,8 @@ class AnswerProcessorService(external_processor_pb2_grpc.ExternalProcessorServic
                 if phase == "response_headers":
                     plan_text = plan_text_of(request)
                     if plan_text is None:
-                        # Marked routes only see marked requests; should one come without
-                        # a plan, there is nothing to do to its answer.
+                        # The filter's matcher lets only planned answers through; should one
+                        # come without a plan, there is nothing to do to it.
                         yield headers_reply((), skip_body=True)
                         continue
                     span = self.trail.answer_span(_answer_parent(context))
