@@ -11,7 +11,7 @@ on a unix socket: the ways the store logs in to and reaches a server.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from policy_service.dev.redis_server import RedisCluster, RedisServer
+from policy_service.ratelimits.redis_store import RedisSettings, RedisStore
 
 
 def sync_client(url: str) -> redis.Redis:
@@ -48,6 +49,17 @@ def redis_server() -> Iterator[RedisServer]:
 def redis_cluster() -> Iterator[RedisCluster]:
     with RedisCluster(size=3) as cluster:  # forming takes seconds: one per session
         yield cluster
+
+
+@pytest.fixture
+async def redis_store(clean_redis: RedisServer) -> AsyncIterator[RedisStore]:
+    """The service's own Redis store on a clean server (the response side's shared state
+    rides on it), closed after the test."""
+    store = RedisStore(RedisSettings(clean_redis.url, timeout_seconds=0.5))
+    try:
+        yield store
+    finally:
+        await store.aclose()
 
 
 @pytest.fixture

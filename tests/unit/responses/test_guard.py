@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from policy_service.decisions.render import render_deny
 from policy_service.dev.redis_server import RedisServer
 from policy_service.edge.envoy_out import to_check_response
 from policy_service.pipeline import CheckPipeline
-from policy_service.ratelimits.redis_store import RedisSettings, RedisStore
+from policy_service.ratelimits.redis_store import RedisStore
 from policy_service.request.model import HttpRequest
 from policy_service.responses.guard import AnswerGuard
 from policy_service.responses.plan import PLAN_METADATA_KEY, SessionWork
@@ -29,9 +29,9 @@ from policy_service.testing import FakeClock
 from policy_service.testing import mcp_request as mcp_post
 from policy_service.testing import tool_call_body as tool_call
 from tests.support.bundles import TestBundle, write_test_bundle
-from tests.support.redis import clean_redis, redis_server
+from tests.support.redis import clean_redis, redis_server, redis_store
 
-__all__ = ["clean_redis", "redis_server"]  # fixtures, used by name
+__all__ = ["clean_redis", "redis_server", "redis_store"]  # fixtures, used by name
 
 SESSION = "9d1e0f2a7b3c4d5e8f6a1b2c3d4e5f60"
 FRESH = "5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d"
@@ -299,15 +299,6 @@ async def test_a_binding_unused_past_its_ttl_is_unknown(gateway: Gateway, clock:
 
 
 # --- shared state in Redis -------------------------------------------------------------------
-
-
-@pytest.fixture
-async def redis_store(clean_redis: RedisServer) -> AsyncIterator[RedisStore]:
-    store = RedisStore(RedisSettings(clean_redis.url, timeout_seconds=0.3))
-    try:
-        yield store
-    finally:
-        await store.aclose()
 
 
 async def test_a_replica_enforces_what_another_bound_in_redis(

@@ -4,13 +4,12 @@ cache, and the same bindings shared through a real redis-server."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
 from policy_service.dev.redis_server import RedisServer
 from policy_service.identity.principal import CredentialKind, Principal
-from policy_service.ratelimits.redis_store import RedisSettings, RedisStore
+from policy_service.ratelimits.redis_store import RedisStore
 from policy_service.responses.sessions import (
     BindOutcome,
     SessionBindings,
@@ -24,9 +23,9 @@ from policy_service.responses.shared import (
     SharedStateUnavailableError,
 )
 from policy_service.testing import FakeClock
-from tests.support.redis import clean_redis, redis_server, sync_client
+from tests.support.redis import clean_redis, redis_server, redis_store, sync_client
 
-__all__ = ["clean_redis", "redis_server"]  # fixtures, used by name
+__all__ = ["clean_redis", "redis_server", "redis_store"]  # fixtures, used by name
 
 ISSUER = "https://idp.test.example"
 SESSION = "0c3b9f6e2a4d4f1b8e7a5c9d1f2e3a4b"
@@ -271,15 +270,6 @@ async def test_the_cache_is_bounded(store: CountingState, clock: FakeClock) -> N
 
 
 # --- Redis -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def redis_store(clean_redis: RedisServer) -> AsyncIterator[RedisStore]:
-    store = RedisStore(RedisSettings(clean_redis.url, timeout_seconds=0.5))
-    try:
-        yield store
-    finally:
-        await store.aclose()
 
 
 async def test_replicas_share_bindings_through_redis(
