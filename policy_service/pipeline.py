@@ -67,7 +67,6 @@ from policy_service.telemetry.tracing import (
 
 _NO_CONTEXT = DenialContext()  # before the upstream is known: a plain JSON problem
 
-
 _REFUSAL_MESSAGES = {
     RefusalReason.CLIENT_NOT_ALLOWED: "this client is not allowed to use this upstream",
     RefusalReason.DENIED_BY_RULE: "the policy denies this call",
